@@ -1,0 +1,1 @@
+"""The HTTP edge: ASGI app, auth, validation, intake, health and metrics."""

@@ -1,0 +1,86 @@
+"""The ``workfloo-bridge`` command line.
+
+The receiver is started by import string (``receiver.app:create_app``) so that ``workers`` never imports
+``receiver`` at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from workers.logging import configure_logging
+from workers.settings import Settings, SettingsError, load_settings
+
+RECEIVER_FACTORY = "receiver.app:create_app"
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        click.echo(f"workfloo-bridge: {exc}", err=True)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="workfloo-bridge")
+def main() -> None:
+    """Kiban workfloo → Kompliant webhook receiver and event bridge."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--workers", "processes", default=1, show_default=True, type=int, help="uvicorn processes.")
+def serve(host: str, port: int, processes: int) -> None:
+    """Run the receiver (HTTP edge) under uvicorn."""
+    import uvicorn
+
+    settings = _settings()
+    if settings.redis_url is None:
+        click.echo(
+            "workfloo-bridge: REDIS_URL is not set (use `workfloo-bridge demo` for an embedded one)", err=True
+        )
+        raise SystemExit(2)
+    uvicorn.run(
+        RECEIVER_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=processes,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="Receiver port.")
+def demo(port: int) -> None:
+    """Start the bridge on an embedded Redis with no configuration."""
+    import uvicorn
+
+    from workers.redis_server import RedisServer
+
+    settings = _settings()
+    server = None
+    if settings.redis_url is None:
+        server = RedisServer()
+        server.start()
+        os.environ["REDIS_URL"] = server.url
+        click.echo(f"embedded redis-server on {server.url}", err=True)
+    try:
+        click.echo(f"receiver on http://127.0.0.1:{port} (GET /healthz)", err=True)
+        uvicorn.run(RECEIVER_FACTORY, factory=True, host="127.0.0.1", port=port, log_config=None)
+    finally:
+        if server is not None:
+            server.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The event envelope shared by the receiver, the workers and every subscriber.
+
+Every event has the same envelope; only ``data`` varies by ``type``. ``id`` is a ULID: unique and
+lexicographically sortable by creation time. The catalogue of types lives in ``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+SCHEMA_VERSION = 1
+
+
+class Source(StrEnum):
+    KIBAN = "kiban"
+    KOMPLIANT = "kompliant"
+    BRIDGE = "bridge"
+
+
+class EventType(StrEnum):
+    CALLBACK_RECEIVED = "callback.received"
+    NIP_PENDING = "nip.pending"
+    NIP_SENT = "nip.sent"
+    NIP_DELIVERED = "nip.delivered"
+    NIP_FAILED = "nip.failed"
+    NIP_RESENT = "nip.resent"
+    NIP_VALIDATED = "nip.validated"
+    APPLICATION_STARTED = "application.started"
+    WORKFLOO_STATUS_CHANGED = "workfloo.status_changed"
+    WORKFLOO_COMPLETED = "workfloo.completed"
+    WORKFLOO_FAILED = "workfloo.failed"
+    WORKFLOO_ABANDONED = "workfloo.abandoned"
+    KOMPLIANT_WORKFLOW_CREATED = "kompliant.workflow.created"
+    KOMPLIANT_WORKFLOW_STARTED = "kompliant.workflow.started"
+    KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
+    ACTION_FAILED = "action.failed"
+
+
+def new_event_id() -> str:
+    return str(ULID())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """One thing that happened to one application (or to the bridge)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(default_factory=new_event_id)
+    type: str
+    occurred_at: datetime = Field(default_factory=utc_now)
+    execution_id: str | None = None
+    source: Source = Source.BRIDGE
+    schema_version: int = SCHEMA_VERSION
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "execution_id": self.execution_id,
+                "source": self.source.value,
+                "schema_version": self.schema_version,
+                "data": self.data,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        return cls.model_validate(orjson.loads(raw))

@@ -1,0 +1,165 @@
+"""Settings for every process, read from environment variables and validated at start-up.
+
+Field names map one-to-one onto upper-case environment variables (``redis_url`` ← ``REDIS_URL``).
+Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors.
+Anything the vendor docs leave open (see ``API-NOTES.md``) is a setting whose default is the labelled
+assumption, so it can be changed without a release.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
+KOMPLIANT_URL = "https://api.kompliant.com"
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+CommaList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
+
+
+class SettingsError(SystemExit):
+    """Raised when the environment holds an invalid setting; the message names the variable only."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", hide_input_in_errors=True, validate_default=True
+    )
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// (TLS), unix:// or redis+sentinel://host:port/service_name/db. "
+        "Unset: `demo` starts an embedded redis-server.",
+    )
+    redis_timeout_seconds: float = Field(default=1.0, gt=0, description="Socket timeout for Redis calls.")
+
+    # --- Receiver ----------------------------------------------------------------------------
+    bridge_callback_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated keys Kiban must present; list old and new to rotate.",
+    )
+    bridge_callback_key_headers: CommaList = Field(
+        default_factory=lambda: ["x-api-key", "xApiKeyCallback"],
+        description="Headers that may carry a callback key (assumption K1/K2).",
+    )
+    bridge_internal_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated keys for internal command/timeline endpoints (header x-api-key).",
+    )
+    bridge_public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
+    )
+    bridge_max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted body.")
+    bridge_dedupe_ttl_seconds: int = Field(
+        default=72 * 3600, gt=0, description="How long a delivery id is remembered."
+    )
+    bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
+
+    # --- Kiban -------------------------------------------------------------------------------
+    kiban_base_url: str = Field(default=KIBAN_SANDBOX_URL, description="Kiban workfloo host.")
+    kiban_api_key: SecretStr | None = Field(default=None, description="Kiban space API key (x-api-key).")
+    kiban_sandbox: bool = Field(
+        default=True, description="Send ?sandbox=true and require a scenarioId (ignored on the sandbox host)."
+    )
+    kiban_workfloo_definition_id: str = Field(default="", description="idWorkflooDefinition to execute.")
+    kiban_scenario_id: str = Field(default="", description="Default sandbox scenarioId.")
+
+    # --- Kompliant ---------------------------------------------------------------------------
+    kompliant_base_url: str = Field(default=KOMPLIANT_URL, description="Kompliant API host.")
+    kompliant_api_key: SecretStr | None = Field(default=None, description="Kompliant API key (sb_/lv_).")
+    kompliant_secret_key: SecretStr | None = Field(default=None, description="Base64 secret for KSig1.")
+    kompliant_auth_token: SecretStr | None = Field(default=None, description="X-API-Auth-Token.")
+    kompliant_account_id: str = Field(default="", description="account_id for workflow.create.")
+
+    # --- Events ------------------------------------------------------------------------------
+    events_stream: str = Field(default="workfloo:events", description="Durable event stream key.")
+    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="Approximate stream length cap.")
+
+    # --- Logging -----------------------------------------------------------------------------
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field(default="json", description="json (production) or console (people).")
+
+    @field_validator(
+        "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
+    )
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
+        return value
+
+    @field_validator("bridge_public_url", "kiban_base_url", "kompliant_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value not in {"json", "console"}:
+            raise ValueError("must be json or console")
+        return value
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in plain text, for the log redactor."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = value if isinstance(value, list) else [value]
+            found.extend(item.get_secret_value() for item in items if isinstance(item, SecretStr))
+        return [s for s in found if s]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; on error raise ``SettingsError`` with one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            lines.append(f"invalid setting {variable}: {error['msg']}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, loaded once (RQ job functions use this)."""
+    return load_settings()

@@ -13,7 +13,7 @@ from workers.demo.display import LiveProgress, print_report, progress_table
 from workers.demo.model import AppRun, Summary, scenarios_for
 from workers.demo.scenario import ScenarioRunner
 from workers.demo.stack import DemoStack, StackConfig
-from workers.demo.supervisor import Terminated, signals_as_exceptions
+from workers.demo.supervisor import Terminated, signals_as_exceptions, signals_ignored
 
 EXIT_INTERRUPTED = 130
 READY_LINE = "demo stack is running"
@@ -120,7 +120,7 @@ def run_demo(
             code = 1
         finally:
             pids = list(stack.pids().values())
-            with console.status("stopping every process"):
+            with signals_ignored(), console.status("stopping every process"):
                 stack.stop()
             console.print(f"stopped {len(pids)} processes")
             if code == 0 and log_dir is None:

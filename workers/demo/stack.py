@@ -21,7 +21,14 @@ from types import TracebackType
 
 import redis
 
-from workers.demo.supervisor import Child, Supervisor, wait_http, wait_port, wait_until
+from workers.demo.supervisor import (
+    Child,
+    Supervisor,
+    child_popen_kwargs,
+    wait_http,
+    wait_port,
+    wait_until,
+)
 from workers.redis_server import RedisServer, free_port
 
 DEFINITION_ID = "demo-credit-origination"
@@ -138,7 +145,7 @@ class DemoStack:
         timeout = self.config.start_timeout
         if not self.redis_url:
             step("starting embedded redis-server")
-            self.redis_server = RedisServer()
+            self.redis_server = RedisServer(popen_kwargs=child_popen_kwargs())
             self.redis_server.start(timeout=timeout)
             self.redis_url = self.redis_server.url
         else:

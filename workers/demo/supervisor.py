@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -56,6 +56,17 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM are ignored: a second Ctrl-C cannot cut cleanup short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """preexec_fn: SIGTERM this child when the parent thread that started it dies (Linux only)."""
     try:
@@ -63,6 +74,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def child_popen_kwargs() -> dict[str, Any]:
+    """``subprocess.Popen`` arguments for a supervised child: own process group, dies with the parent."""
+    return {
+        "start_new_session": True,
+        "preexec_fn": _die_with_parent if sys.platform.startswith("linux") else None,
+    }
 
 
 @dataclass
@@ -137,8 +156,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            **child_popen_kwargs(),
         )
         child = Child(name=name, argv=list(argv), process=process, log_path=log_path, _log=log)
         self.children.append(child)

@@ -44,11 +44,10 @@ def demo_form(index: int) -> dict[str, str]:
     """Made-up applicant data for the sandbox (no real person)."""
     return {
         "first_name": "Demo",
-        "last_name": f"Applicant{index}",
-        "email": f"demo.applicant{index}.{int(time.time())}@example.com",
-        "phone_number": f"55{index:08d}"[-10:],
+        "last_name_1": f"Applicant{index}",
+        "email": f"demo.applicant{index}.{int(time.time() * 1000)}@example.com",
         "country_code": "52",
-        "company_name": f"Demo Company {index}",
+        "phone_number": f"55{index:08d}"[-10:],
     }
 
 

@@ -204,7 +204,7 @@ class DemoStack:
             "--api-key",
             self.keys.kiban,
             "--end-callback-url",
-            f"{self.receiver_url}/v1/kiban/finished",
+            self.receiver_url + "/v1/kiban/executions/{execution_id}/finished",
             "--end-callback-api-key",
             self.keys.callback,
         ]

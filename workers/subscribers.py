@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus, get_current_job
 from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
@@ -165,6 +165,12 @@ def _job_timeout(settings: Settings) -> int:
     return int(settings.bridge_http_subscribers_timeout_seconds) + 30
 
 
+def _crash_retry() -> Retry:
+    """RQ-level retries, only for a worker that died mid-job or an unexpected error (e.g. Redis down while
+    scheduling the next attempt): HTTP failures never raise, they follow the delivery schedule."""
+    return Retry(max=3, interval=[10, 60, 300])
+
+
 def prepare_deliveries(
     connection: redis.Redis, settings: Settings, event: Event, envelope: bytes
 ) -> list[PreparedDelivery]:
@@ -183,6 +189,7 @@ def prepare_deliveries(
             connection=connection,
             id=job_id,
             timeout=_job_timeout(settings),
+            retry=_crash_retry(),
             origin=queue.name,
             status=JobStatus.QUEUED,
             description=f"webhook {subscriber.key} {event.type} {event.id}",
@@ -203,10 +210,6 @@ def prepare_deliveries(
 
 
 # --- delivery (the RQ job) -------------------------------------------------------------------------
-
-
-class DeliveryGaveUp(Exception):
-    """Every attempt of the retry schedule failed; the job ends in RQ's failed registry."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +293,8 @@ def _connection(settings: Settings) -> redis.Redis:
 def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Settings | None = None) -> str:
     """RQ job: one delivery attempt of ``envelope`` to a subscriber; schedules the next one on failure.
 
-    Returns ``delivered``, ``disabled``, ``retry_scheduled`` or ``unknown_subscriber``; raises
-    ``DeliveryGaveUp`` after the last attempt of the schedule.
+    Returns ``delivered``, ``disabled``, ``retry_scheduled``, ``gave_up`` (the schedule is exhausted;
+    recorded in the subscriber's state hash) or ``unknown_subscriber``.
     """
     settings = settings or get_settings()
     connection = _connection(settings)
@@ -331,14 +334,17 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     next_attempt = attempt + 1
     schedule = settings.bridge_http_subscribers_retry_schedule
     if next_attempt >= len(schedule):
+        connection.hset(state, mapping={"last_gave_up_event_id": event_id, "last_gave_up_at": now})
+        connection.hincrby(state, "gave_up", 1)
         log.warning("webhook_gave_up", subscriber=subscriber_key, event_id=event_id, attempts=next_attempt)
-        raise DeliveryGaveUp(f"{subscriber_key}: {next_attempt} attempts failed, last: {result.error}")
+        return "gave_up"
     delay = next_delay(settings, next_attempt, result.retry_after)
     queue = Queue(settings.bridge_http_subscribers_queue, connection=connection)
     job_id = delivery_job_id(subscriber_key, event_id, next_attempt)
     options: dict[str, Any] = {
         "job_id": job_id,
         "job_timeout": _job_timeout(settings),
+        "retry": _crash_retry(),
         "description": f"webhook {subscriber_key} {event_id} attempt {next_attempt}",
     }
     args = (subscriber_key, envelope, next_attempt)

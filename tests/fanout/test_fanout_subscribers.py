@@ -148,8 +148,11 @@ def test_gives_up_after_the_last_attempt_of_the_schedule(
 
     assert len(hook.received) == 2
     last = Job.fetch(subscribers.delivery_job_id("crm", event.id, 1), connection=redis_client)
-    assert last.get_status() == JobStatus.FAILED
-    assert redis_client.hget(subscribers.state_key("crm"), "failed_attempts") == b"2"
+    assert last.return_value() == "gave_up"
+    state = redis_client.hgetall(subscribers.state_key("crm"))
+    assert state[b"failed_attempts"] == b"2"
+    assert state[b"gave_up"] == b"1"
+    assert state[b"last_gave_up_event_id"] == event.id.encode()
 
 
 def test_retry_after_is_honoured(
@@ -309,3 +312,25 @@ def test_subscriber_config_is_validated() -> None:
     settings = load_settings(bridge_http_subscribers=[{"url": "https://x.example/h", "secret": SECRET}])
     assert settings.bridge_http_subscribers[0].types == ["*"]
     assert SECRET not in repr(settings)
+
+
+def test_delivery_jobs_are_enqueued_with_the_event_and_only_once(
+    redis_client: redis.Redis, configure: Callable[..., Settings]
+) -> None:
+    settings = configure(
+        [
+            {"url": "https://a.example/h", "types": ["nip.*"], "secret": SECRET, "id": "a"},
+            {"url": "https://b.example/h", "types": ["workfloo.*"], "secret": SECRET, "id": "b"},
+            {"url": "https://c.example/h", "secret": SECRET, "id": "c"},
+        ]
+    )
+    publisher = Publisher(redis_client, settings)
+    event = _nip_event()
+    assert publisher.publish(event, once_key="same")
+    assert not publisher.publish(event, once_key="same")
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client)
+    assert sorted(queue.job_ids) == sorted(subscribers.delivery_job_id(k, event.id, 0) for k in ("a", "c"))
+    job = queue.jobs[0]
+    assert job.func_name == subscribers.DELIVER_FUNC
+    assert job.args[1] == event.to_json().decode()
+    assert SECRET not in str(job.args)  # the secret never goes into Redis

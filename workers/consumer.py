@@ -166,14 +166,21 @@ class Consumer:
         self.stats.claimed += len(entries)
         counts = self._delivery_counts([eid for eid, _ in entries])
         for entry_id, fields in entries:
-            self._process(entry_id, fields, deliveries=counts.get(entry_id, self.max_deliveries + 1))
+            self._process(entry_id, fields, deliveries=counts[entry_id])
         return len(entries)
 
     def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
         rows: Any = self.redis.xpending_range(
             self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100, consumername=self.name
         )
-        return {_as_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        counts = {_as_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        for entry_id in ids:  # more of this consumer's entries in the range than asked for: look up alone
+            if entry_id not in counts:
+                one: Any = self.redis.xpending_range(
+                    self.stream, self.group, min=entry_id, max=entry_id, count=1, consumername=self.name
+                )
+                counts[entry_id] = int(one[0]["times_delivered"]) if one else 1
+        return counts
 
     def _process(self, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
         if not fields:  # trimmed away while pending: nothing left to deliver

@@ -166,3 +166,24 @@ def test_run_stops_on_event_and_handles_live_events(redis_client: redis.Redis) -
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert seen == published
+
+
+def test_failed_handler_is_retried_after_claim_idle_and_then_acked(redis_client: redis.Redis) -> None:
+    [event_id] = _publish(redis_client, 1)
+    calls: list[str] = []
+
+    def flaky(event: Event) -> None:
+        calls.append(event.id)
+        if len(calls) == 1:
+            raise ConnectionError("downstream blip")
+
+    consumer = Consumer(
+        redis_client, "g", "c", flaky, claim_idle_ms=30, claim_interval_ms=0, max_deliveries=3, start_id="0"
+    )
+    consumer.run_once(block=False)
+    assert _pending(redis_client, "g") == 1
+    time.sleep(0.05)
+    consumer.run_once(block=False)
+    assert calls == [event_id, event_id]
+    assert _pending(redis_client, "g") == 0
+    assert redis_client.xlen(keys.DEAD_LETTER_STREAM) == 0

@@ -16,6 +16,7 @@ bounded by ``--seconds``.
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import os
 import statistics
@@ -207,13 +208,26 @@ def main() -> None:
     parser.add_argument("--mode", choices=["publish", "e2e"], default="publish")
     parser.add_argument("--rate", type=float, default=200.0, help="events (or callbacks) per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured run")
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        default=0,
+        help="publish mode: matching HTTP subscribers (jobs enqueued, not run)",
+    )
     args = parser.parse_args()
 
     with RedisServer() as server:
-        settings = load_settings(redis_url=server.url, events_stream=STREAM)
+        secret = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-bench!").decode()
+        subs = [
+            {"url": f"https://sub{i}.example/h", "types": ["nip.*"], "secret": secret}
+            for i in range(args.subscribers)
+        ]
+        settings = load_settings(redis_url=server.url, events_stream=STREAM, bridge_http_subscribers=subs)
         base = summary(baseline(server.url, args.rate, args.seconds))
         if args.mode == "publish":
-            label = "publish → consumer group read"
+            label = "publish → consumer group read" + (
+                f" ({args.subscribers} subscribers)" if args.subscribers else ""
+            )
             measured = summary(publish_mode(server.url, settings, args.rate, args.seconds))
         else:
             label = "callback POST → receiver → RQ worker → stream (XREAD BLOCK)"

@@ -84,3 +84,7 @@ def demo(port: int) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+from workers.cli_events import events  # noqa: E402
+
+main.add_command(events)

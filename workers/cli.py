@@ -69,3 +69,7 @@ _register_ops()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+from workers.cli_events import events  # noqa: E402
+
+main.add_command(events)

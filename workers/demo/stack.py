@@ -55,7 +55,7 @@ class DemoKeys:
             kompliant_api="sb_" + secrets.token_urlsafe(16),
             kompliant_secret=base64.b64encode(secrets.token_bytes(33)).decode(),
             kompliant_token="tok_" + secrets.token_urlsafe(16),
-            kompliant_account="acc_demo",
+            kompliant_account="sb_demoaccount",
         )
 
 
@@ -122,6 +122,10 @@ class DemoStack:
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
+                # Demo pace: production waits 30 s before resending a NIP and backs off from 1 s.
+                "NIP_RESEND_DELAY_SECONDS": "0.3",
+                "RETRY_BASE_SECONDS": "0.2",
+                "RETRY_CAP_SECONDS": "2",
             }
         )
         env.update(self.config.extra_env)
@@ -221,6 +225,8 @@ class DemoStack:
             self.keys.kompliant_secret,
             "--auth-token",
             self.keys.kompliant_token,
+            "--account-id",
+            self.keys.kompliant_account,
         ]
 
     @staticmethod

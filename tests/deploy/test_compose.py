@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
-JOB_TIMEOUT_SECONDS = 180  # RQ job timeout of the bridge's jobs (docs/operations.md)
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -83,12 +82,14 @@ def _seconds(value: str) -> int:
     return int(match.group(1))
 
 
-def test_stop_grace_periods_cover_the_drain_and_the_longest_job(compose: dict[str, Any]) -> None:
+def test_stop_grace_periods_cover_the_drain_and_the_longest_job(
+    compose: dict[str, Any], job_timeout_seconds: int
+) -> None:
     services = compose["services"]
     graceful = Settings().bridge_graceful_shutdown_seconds
     for name in ("receiver-1", "receiver-2"):
         assert _seconds(services[name]["stop_grace_period"]) > graceful
-    assert _seconds(services["worker"]["stop_grace_period"]) > JOB_TIMEOUT_SECONDS
+    assert _seconds(services["worker"]["stop_grace_period"]) > job_timeout_seconds
 
 
 def test_bridge_services_wait_for_redis_and_read_secrets_from_the_env_file(compose: dict[str, Any]) -> None:

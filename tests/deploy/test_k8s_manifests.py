@@ -15,7 +15,6 @@ from workers.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 EXAMPLE_ONLY = {"secret.example.yaml"}
-JOB_TIMEOUT_SECONDS = 180  # RQ job timeout of the bridge's jobs (docs/operations.md)
 # Oldest and newest Kubernetes minor versions the manifests are checked against.
 VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 
@@ -106,9 +105,11 @@ def test_receiver_probes_prestop_and_grace_period(objects: dict[tuple[str, str],
     assert receiver["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_worker_grace_period_outlasts_the_longest_job(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_worker_grace_period_outlasts_the_longest_job(
+    objects: dict[tuple[str, str], dict[str, Any]], job_timeout_seconds: int
+) -> None:
     worker = _deployment(objects, "worker")
-    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > JOB_TIMEOUT_SECONDS
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > job_timeout_seconds
     assert _container(worker)["args"] == ["worker"]
 
 

@@ -63,6 +63,25 @@ def test_redis_has_aof_everysec_noeviction_on_a_named_volume_and_a_healthcheck(
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
 
 
+def _bridge_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    image = compose["x-bridge"]["image"]
+    return {name: s for name, s in compose["services"].items() if s.get("image") == image}
+
+
+def test_proxy_spreads_over_both_receivers_and_waits_for_them(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    receivers = {name for name, s in _bridge_services(compose).items() if s["command"][0] == "serve"}
+    assert {
+        name for name, dep in proxy["depends_on"].items() if dep["condition"] == "service_healthy"
+    } == receivers
+    conf = (COMPOSE.parent / "nginx.conf").read_text()
+    assert set(re.findall(r"server (receiver-\d+):8000", conf)) == receivers
+    assert proxy["volumes"] == ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
+    # Bodies the receiver must judge itself (413 as JSON) are not cut by nginx first.
+    limit = re.search(r"client_max_body_size (\d+)m;", conf)
+    assert limit and int(limit.group(1)) * 1024 * 1024 > Settings().bridge_max_body_bytes
+
+
 def test_two_receivers_a_worker_pool_and_one_scheduler(compose: dict[str, Any]) -> None:
     services = compose["services"]
     receivers = [s for s in services.values() if s.get("command", [None])[0] == "serve"]
@@ -93,9 +112,7 @@ def test_stop_grace_periods_cover_the_drain_and_the_longest_job(
 
 
 def test_bridge_services_wait_for_redis_and_read_secrets_from_the_env_file(compose: dict[str, Any]) -> None:
-    for name, service in compose["services"].items():
-        if name == "redis":
-            continue
+    for service in _bridge_services(compose).values():
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         assert service["env_file"] == [{"path": ".env", "required": True}]
         assert service["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")

@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 bridge \
  && useradd --system --uid 10001 --gid bridge --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin bridge
 COPY --from=builder /opt/venv /opt/venv
-WORKDIR /tmp
+WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 # For the receiver role. Worker and scheduler containers have no HTTP port: compose and the

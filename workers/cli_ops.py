@@ -54,11 +54,15 @@ def _load(configure: bool = True) -> Settings:
 def _redis_or_exit(settings: Settings) -> redis.Redis:
     if settings.redis_url is None:
         _fail("REDIS_URL is not set (use `workfloo-bridge demo` for an embedded stack)", EXIT_USAGE)
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=max(settings.redis_timeout_seconds, 2.0),
-        socket_connect_timeout=max(settings.redis_timeout_seconds, 2.0),
-    )
+    from workers.redis_connection import RedisUrlError, redis_from_url
+
+    timeout = max(settings.redis_timeout_seconds, 2.0)
+    try:
+        return redis_from_url(
+            settings.redis_url, settings=settings, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    except (RedisUrlError, ValueError) as exc:
+        _fail(f"invalid setting REDIS_URL: {exc}", EXIT_USAGE)
 
 
 def _print_json(document: Any) -> None:
@@ -262,7 +266,14 @@ def check_settings(settings: Settings) -> list[CheckResult]:
 def check_redis(settings: Settings) -> CheckResult:
     if settings.redis_url is None:
         return CheckResult("redis", False, "REDIS_URL is not set, so there is nowhere to store events")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    from workers.redis_connection import RedisUrlError, redis_from_url
+
+    try:
+        client = redis_from_url(
+            settings.redis_url, settings=settings, socket_timeout=3, socket_connect_timeout=3
+        )
+    except (RedisUrlError, ValueError) as exc:
+        return CheckResult("redis", False, f"REDIS_URL cannot be used: {_reason(exc)}")
     try:
         client.ping()
         info = client.info("server")
@@ -434,8 +445,11 @@ def demo(
     """
     from workers.demo.runner import run_demo
 
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        _fail("--redis-url must start with redis://, rediss:// or unix://", EXIT_USAGE)
+    if redis_url is not None:
+        try:
+            load_settings(redis_url=redis_url)
+        except SettingsError as exc:
+            _fail(str(exc).replace("REDIS_URL", "--redis-url"), EXIT_USAGE)
     code = run_demo(
         applications=applications,
         keep_running=keep_running,

@@ -132,7 +132,9 @@ class DemoStack:
         return env
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        from workers.redis_connection import redis_from_url
+
+        return redis_from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

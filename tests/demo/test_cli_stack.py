@@ -140,7 +140,7 @@ def test_timeline_cli_and_endpoint(running: Running) -> None:
 
 
 def test_events_tail(running: Running) -> None:
-    result = cli(running, "events", "tail", "--type", "kompliant.*", "--since", "0")
+    result = cli(running, "events", "tail", "--type", "kompliant.*", "--since", "0-0")
     assert result.returncode == 0, result.stderr
     assert "kompliant.workflow.started" in result.stdout
     assert "nip.sent" not in result.stdout
@@ -210,6 +210,8 @@ def test_dlq_list_and_replay(running: Running) -> None:
 
 
 def test_demo_on_an_existing_redis(running: Running) -> None:
+    # Another database of the same server: the module stack's worker must not take this demo's jobs.
+    other_db = running.stack.redis_url.rsplit("/", 1)[0] + "/1"
     result = cli(
         running,
         "demo",
@@ -218,13 +220,13 @@ def test_demo_on_an_existing_redis(running: Running) -> None:
         "--workers",
         "1",
         "--redis-url",
-        running.stack.redis_url,
+        other_db,
         "--json",
         timeout=90,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["ok"] and summary["applications"][0]["outcome"] == "approved"
-    assert f"Redis {running.stack.redis_url}" in result.stderr
+    assert f"Redis {other_db}" in result.stderr
     bad = cli(running, "demo", "--redis-url", "http://nope")
     assert bad.returncode == 2 and "--redis-url" in bad.stderr

@@ -90,7 +90,10 @@ class KSig1Signer:
         clock: Callable[[], float] = time.time,
         nonce_factory: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
-        base64.b64decode(secret_key, validate=True)  # fail at start-up, not on the first call
+        try:  # fail at start-up, not on the first call
+            base64.b64decode(secret_key, validate=True)
+        except ValueError:
+            raise ValueError("Kompliant secret key is not valid Base64") from None
         self.api_key = api_key
         self._secret = secret_key
         self._auth_token = auth_token

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -185,8 +185,8 @@ class FakeKibanState:
 
     def reset(self) -> None:
         with self.lock:
-            for task in self._tasks:
-                task.cancel()
+            for task in list(self._tasks):
+                task.get_loop().call_soon_threadsafe(task.cancel)
             self.executions.clear()
             self.requests.clear()
         self.sender.clear()
@@ -567,7 +567,10 @@ def create_app(
     async def read_object(
         request: Request, *, required: bool
     ) -> tuple[dict[str, Any] | None, Response | None]:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            return None, _empty(400)
         if not raw.strip():
             if required:
                 return None, _json(_envelope("INVALID_BODY", "request body is required"), 400)

@@ -122,3 +122,6 @@ class KibanValidationError(KibanError):
 
 class KibanRetryableError(KibanError):
     """429, 5xx, timeouts and connection failures: worth another attempt later."""
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, retryable=retryable, **kwargs)

@@ -63,6 +63,9 @@ class KompliantConfigurationViolation(KompliantError):
 class KompliantRetryableError(KompliantError):
     """429, 5xx, timeouts and connection failures."""
 
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, retryable=retryable, **kwargs)
+
 
 ERROR_CLASSES: dict[str, type[KompliantError]] = {
     "BAD_REQUEST": KompliantBadRequest,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from conftest import KibanRig  # type: ignore[import-not-found]
 
 from workers.kiban import (
     KibanAuthError,
@@ -24,6 +24,9 @@ from workers.kiban import (
 from workers.kiban.client import KibanClient, get_kiban_client
 from workers.kiban.errors import parse_error_body
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from conftest import KibanRig
 
 FORM = {"email": "ana@example.com", "first_name": "Ana", "last_name_1": "Lopez"}
 

@@ -350,3 +350,40 @@ def test_error_body_shapes() -> None:
     assert parse_error_body(b"<html>oops</html>").message == "<html>oops</html>"
     flat = parse_error_body(b'{"curp": "FORMAT_ERROR; invalid curp format"}')
     assert flat.fields["curp"].codes == ("FORMAT_ERROR",)
+
+
+# --- answers the fake never gives (MockTransport is only for these) ----------------------------
+
+
+def _mocked(handler, **kwargs) -> KibanClient:  # type: ignore[no-untyped-def]
+    return KibanClient("https://workfloo.kiban.com", "k", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def test_bare_400_on_nip_send_is_already_sent_by_setting() -> None:
+    client = _mocked(lambda request: httpx.Response(400))
+    with pytest.raises(KibanNipAlreadySent):
+        client.send_nip("657118e1d511b6e54fe2a969")
+    strict = _mocked(lambda request: httpx.Response(400), nip_send_bare_400_is_sent=False)
+    with pytest.raises(KibanValidationError) as caught:
+        strict.send_nip("657118e1d511b6e54fe2a969")
+    assert not isinstance(caught.value, KibanNipAlreadySent)
+
+
+def test_marker_text_in_any_body_shape_means_already_sent() -> None:
+    client = _mocked(lambda request: httpx.Response(400, text="Error: NIP previously sent"))
+    with pytest.raises(KibanNipAlreadySent):
+        client.send_nip("657118e1d511b6e54fe2a969")
+
+
+def test_success_without_json_is_a_non_retryable_error() -> None:
+    client = _mocked(lambda request: httpx.Response(200, text="<html>proxy</html>"))
+    with pytest.raises(KibanError) as caught:
+        client.get_status("657118e1d511b6e54fe2a969")
+    assert not caught.value.retryable and caught.value.status_code == 200
+
+
+def test_unexpected_4xx_is_a_plain_kiban_error() -> None:
+    client = _mocked(lambda request: httpx.Response(418))
+    with pytest.raises(KibanError) as caught:
+        client.get_status("657118e1d511b6e54fe2a969")
+    assert type(caught.value) is KibanError and not caught.value.retryable

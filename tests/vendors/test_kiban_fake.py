@@ -285,11 +285,16 @@ def test_runs_as_a_process(sink) -> None:  # type: ignore[no-untyped-def]
         "proc-key",
         "--end-callback-url",
         sink.url + "/v1/kiban/executions/{execution_id}/finished",
+        "--faults",
+        '{"fail_next": 1, "fail_status": 503}',
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
         assert wait_until(lambda: _up(url), timeout=15), process.stderr.read() if process.stderr else ""
+        body = {"idWorkflooDefinition": "d", "scenarioId": "approved"}
+        first = httpx.post(url + "/api/v1/workfloo", json=body, headers={"x-api-key": "proc-key"})
+        assert first.status_code == 503  # the --faults knob
         response = httpx.post(
             url + "/api/v1/workfloo",
             json={"idWorkflooDefinition": "d", "scenarioId": "approved"},

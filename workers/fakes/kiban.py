@@ -969,7 +969,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nip-event-delay", type=float, default=0.2, help="seconds between NIP events")
     parser.add_argument("--default-scenario", default=None, choices=[*SCENARIOS, None])
     parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--faults", default="{}", help='initial fault knobs as JSON, e.g. {"fail_next": 2}')
     args = parser.parse_args(argv)
+    knobs = {"latency_ms": args.latency_ms, **json.loads(args.faults)}
     app = create_app(
         args.api_key,
         end_callback_url=args.end_callback_url,
@@ -978,7 +980,7 @@ def main(argv: list[str] | None = None) -> None:
         decision_delay=args.decision_delay,
         nip_event_delay=args.nip_event_delay,
         default_scenario=args.default_scenario,
-        faults=Faults(latency_ms=args.latency_ms),
+        faults=Faults(**knobs),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -430,14 +430,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID)
     parser.add_argument("--allow-duplicate-emails", action="store_true")
     parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--faults", default="{}", help='initial fault knobs as JSON, e.g. {"fail_next": 2}')
     args = parser.parse_args(argv)
+    knobs = {"latency_ms": args.latency_ms, **json.loads(args.faults)}
     app = create_app(
         args.api_key,
         args.secret_key,
         args.auth_token,
         args.account_id,
         allow_duplicate_emails=args.allow_duplicate_emails,
-        faults=Faults(latency_ms=args.latency_ms),
+        faults=Faults(**knobs),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

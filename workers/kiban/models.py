@@ -200,6 +200,10 @@ class WorkflooNode(_KibanModel):
     api_data: dict[str, Any] | None = None
     variables: list[dict[str, Any]] | None = None
 
+    @property
+    def decisionTree(self) -> list[DecisionTreeResult] | None:  # the wire name, as in the spec
+        return self.decision_tree
+
 
 class WorkflooDetail(_KibanModel):
     """``GET /api/v1/workfloo/{id}`` (``WorkflooResume``): the history, as ``nodes``."""

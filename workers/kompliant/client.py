@@ -163,8 +163,19 @@ class KompliantClient:
         )
 
     def update_workflow(self, workflow_id: str, details: Mapping[str, Any]) -> None:
-        """``workflow.update``: only a CREATED BUSINESS_APPLICATION accepts it."""
-        self.call("workflow.update", {"workflow_id": workflow_id, "workflow": {"details": dict(details)}})
+        """``workflow.update``: only a CREATED BUSINESS_APPLICATION accepts it.
+
+        ``details`` is the Workflow details object (``{"business_application_details": {...}}``); the inner
+        object alone (``{"applying_user": ..., "referrer_value": ...}``) is wrapped for you.
+        """
+        body = dict(details)
+        if "business_application_details" not in body:
+            body = {"business_application_details": body}
+        inner = body["business_application_details"]
+        referrer = inner.get("referrer_value") if isinstance(inner, Mapping) else None
+        if isinstance(referrer, str) and len(referrer) > REFERRER_MAX:
+            raise ValueError(f"referrer_value is limited to {REFERRER_MAX} characters")
+        self.call("workflow.update", {"workflow_id": workflow_id, "workflow": {"details": body}})
 
     def start_workflow(self, workflow_id: str) -> None:
         """CREATED -> STARTED; ``WORKFLOW_STARTED`` / ``WORKFLOW_ENDED`` rule violations otherwise."""

@@ -110,6 +110,7 @@ def kiban(_kiban_server: tuple[Starlette, ServerThread], sink: Sink) -> Iterator
     """The session's fake Kiban (over loopback), reset for this test, and a client factory."""
     app, server = _kiban_server
     state: fake_kiban.FakeKibanState = app.state.fake
+    wait_until(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
     state.wait_idle(2.0)
     state.reset()
     with sink.lock:
@@ -153,6 +154,7 @@ def kompliant(_kompliant_server: tuple[Starlette, ServerThread]) -> Iterator[Kom
     """The session's fake Kompliant (over loopback), reset for this test, and a client factory."""
     app, server = _kompliant_server
     state: fake_kompliant.FakeKompliantState = app.state.fake
+    wait_until(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
     state.reset()
     state.allow_duplicate_emails = False
     clients: list[KompliantClient] = []

@@ -46,6 +46,21 @@ class Faults:
         self._lock = threading.Lock()
         self._knobs = FaultKnobs(**knobs)
         self._random = random.Random()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Vendor requests inside the fake right now (tests wait for 0 before resetting)."""
+        with self._lock:
+            return self._in_flight
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     @property
     def knobs(self) -> FaultKnobs:
@@ -100,22 +115,27 @@ class FaultMiddleware:
         if scope["type"] != "http" or str(scope.get("path", "")).startswith("/_fake"):
             await self.app(scope, receive, send)
             return
-        latency = self.faults.knobs.latency_ms
-        if latency:
-            await asyncio.sleep(latency / 1000)
-        failure = self.faults.take_failure()
-        if failure is None:
-            await self.app(scope, receive, send)
-            return
-        status, retry_after = failure
-        body = self.error_body(status)
-        headers = [(b"content-length", str(len(body)).encode())]
-        if body:
-            headers.append((b"content-type", b"application/json"))
-        if retry_after:
-            headers.append((b"retry-after", retry_after.encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        self.faults._enter()
+        try:
+            # Decide on arrival, so a request still sleeping cannot consume a failure set later.
+            failure = self.faults.take_failure()
+            latency = self.faults.knobs.latency_ms
+            if latency:
+                await asyncio.sleep(latency / 1000)
+            if failure is None:
+                await self.app(scope, receive, send)
+                return
+            status, retry_after = failure
+            body = self.error_body(status)
+            headers = [(b"content-length", str(len(body)).encode())]
+            if body:
+                headers.append((b"content-type", b"application/json"))
+            if retry_after:
+                headers.append((b"retry-after", retry_after.encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.faults._leave()
 
 
 def fault_routes(faults: Faults) -> list[Route]:

@@ -338,9 +338,50 @@ def check_kiban(settings: Settings, timeout: float = 5.0) -> CheckResult:
     )
 
 
-def check_kompliant(settings: Settings) -> CheckResult:
+def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
     """workflow.get of an id that cannot exist: ENTITY_NOT_FOUND proves reachability and a valid signature."""
-    return CheckResult("kompliant", False, "Kompliant client not available in this build")
+    import httpx
+
+    from workers.kompliant.client import KompliantClient
+    from workers.kompliant.errors import (
+        KompliantAuthError,
+        KompliantError,
+        KompliantNotFound,
+        KompliantRetryableError,
+    )
+
+    base = settings.kompliant_base_url
+    try:
+        client = KompliantClient.from_settings(settings, timeout=httpx.Timeout(timeout))
+    except ValueError as exc:
+        return CheckResult("kompliant", False, f"Kompliant cannot be called: {_reason(exc)}")
+    except Exception as exc:  # e.g. a secret that is not Base64
+        return CheckResult("kompliant", False, f"Kompliant credentials are unusable: {_reason(exc)}")
+    try:
+        client.get_workflow(DUMMY_KOMPLIANT_WORKFLOW)
+    except KompliantNotFound:
+        return CheckResult("kompliant", True, f"reachable at {base}, signature and credentials accepted")
+    except KompliantAuthError as exc:
+        return CheckResult(
+            "kompliant",
+            False,
+            f"Kompliant at {base} rejected the credentials (HTTP {exc.status_code}): check "
+            "KOMPLIANT_API_KEY, KOMPLIANT_SECRET_KEY and KOMPLIANT_AUTH_TOKEN",
+        )
+    except KompliantRetryableError as exc:
+        if exc.status_code is None:
+            return CheckResult("kompliant", False, f"cannot reach Kompliant at {base} ({_reason(exc)})")
+        return CheckResult("kompliant", False, f"Kompliant at {base} is failing (HTTP {exc.status_code})")
+    except KompliantError as exc:
+        return CheckResult(
+            "kompliant",
+            False,
+            f"unexpected answer from Kompliant at {base} (HTTP {exc.status_code}, {exc.code or 'no code'}); "
+            "is KOMPLIANT_BASE_URL right?",
+        )
+    finally:
+        client.close()
+    return CheckResult("kompliant", True, f"reachable at {base}, signature and credentials accepted")
 
 
 def run_checks(settings: Settings) -> list[CheckResult]:

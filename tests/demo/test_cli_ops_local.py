@@ -123,3 +123,42 @@ def test_timeline_prints_steps_or_says_none(
     assert code == 0 and json.loads(out)["count"] == 3
     code, _, err = _invoke("timeline", "unknown")
     assert code == 1 and "no events for execution unknown" in err
+
+
+def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url: str, serve) -> None:  # type: ignore[no-untyped-def]
+    from workers.fakes import kiban as fake_kiban
+    from workers.fakes import kompliant as fake_kompliant
+
+    kiban = serve(fake_kiban.create_app("kb-good"))
+    kompliant = serve(fake_kompliant.create_app())
+    for name, value in {
+        "REDIS_URL": redis_url,
+        "BRIDGE_CALLBACK_KEYS": "cb",
+        "BRIDGE_INTERNAL_KEYS": "in",
+        "KIBAN_BASE_URL": kiban.url,
+        "KIBAN_API_KEY": "kb-good",
+        "KIBAN_WORKFLOO_DEFINITION_ID": "def",
+        "KOMPLIANT_BASE_URL": kompliant.url,
+        "KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
+        "KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
+        "KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
+        "KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
+    }.items():
+        clean_env.setenv(name, value)
+    code, out, _ = _invoke("check")
+    assert code == 0, out
+    assert "all checks passed" in out
+
+    clean_env.setenv("KIBAN_API_KEY", "kb-wrong")
+    clean_env.setenv("KOMPLIANT_SECRET_KEY", "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGVzdHM=")
+    code, out, _ = _invoke("check", "--json")
+    assert code == 1
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["settings"]["ok"] and checks["redis"]["ok"]
+    assert "rejected KIBAN_API_KEY (HTTP 401)" in checks["kiban"]["message"]
+    assert "rejected the credentials" in checks["kompliant"]["message"]
+
+    kompliant.stop()
+    code, out, _ = _invoke("check")
+    assert code == 1
+    assert f"cannot reach Kompliant at {kompliant.url}" in out

@@ -99,6 +99,19 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="json", description="json (production) or console (people).")
 
+    # --- Receiver intake ---
+    bridge_intake_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest wait for Redis to confirm a callback write; past it the receiver answers 503.",
+    )
+    bridge_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After (seconds) sent with 503 when Redis is unavailable."
+    )
+    bridge_intake_max_batch: int = Field(
+        default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
+    )
+
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
     )

@@ -88,7 +88,9 @@ def test_status_webhook_keeps_the_whole_body_and_event_headers(
     assert payload.body == STATUS  # unknown fields (link, …) reach the worker
 
 
-def test_status_without_event_id_dedupes_on_the_body(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+def test_status_without_event_id_dedupes_on_the_body(
+    receiver: httpx.Client, redis_client: redis.Redis
+) -> None:
     first = receiver.post("/v1/kiban/status", json=STATUS, headers=AUTH).json()
     # Same object, other key order and whitespace: the same delivery.
     raw = b'{ "status":"PROGRESS", "currentNodeType":"LINK", "link": ' + orjson.dumps(STATUS["link"])
@@ -144,7 +146,9 @@ def test_finished_without_any_execution_id_names_the_field(
     assert queue(redis_client).count == 0
 
 
-def test_nip_without_execution_id_correlates_by_link(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+def test_nip_without_execution_id_correlates_by_link(
+    receiver: httpx.Client, redis_client: redis.Redis
+) -> None:
     unknown = receiver.post("/v1/kiban/nip-events", json=NIP, headers=AUTH).json()
     redis_client.set(keys.link(LINK_ID), EXECUTION_ID)
     known = receiver.post("/v1/kiban/nip-events", json={**NIP, "event": "SUCCESS"}, headers=AUTH).json()
@@ -161,7 +165,9 @@ def test_nip_without_execution_id_correlates_by_link(receiver: httpx.Client, red
 # -- idempotency -------------------------------------------------------------------------------------
 
 
-def test_ten_concurrent_copies_make_exactly_one_job(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+def test_ten_concurrent_copies_make_exactly_one_job(
+    receiver: httpx.Client, redis_client: redis.Redis
+) -> None:
     import concurrent.futures
 
     def deliver(_: int) -> dict[str, Any]:
@@ -229,7 +235,9 @@ def test_key_rotation_and_both_headers(start_receiver: Callable[..., httpx.Clien
     for n, headers in enumerate([{"x-api-key": OLD_KEY}, {"x-api-key": KEY}, {"xApiKeyCallback": KEY}]):
         assert both.post(NIP_PATH, json={**NIP, "date": str(n)}, headers=headers).status_code == 200
     rotated = start_receiver(redis_url, bridge_callback_keys=KEY)
-    assert rotated.post(NIP_PATH, json={**NIP, "date": "x"}, headers={"x-api-key": OLD_KEY}).status_code == 401
+    assert (
+        rotated.post(NIP_PATH, json={**NIP, "date": "x"}, headers={"x-api-key": OLD_KEY}).status_code == 401
+    )
     assert rotated.post(NIP_PATH, json={**NIP, "date": "x"}, headers={"x-api-key": KEY}).status_code == 200
     only_custom_header = start_receiver(redis_url, bridge_callback_key_headers="x-kiban-key")
     assert only_custom_header.post(NIP_PATH, json=NIP, headers={"x-api-key": KEY}).status_code == 401
@@ -255,7 +263,9 @@ def test_wrong_content_type_is_415(
     receiver: httpx.Client, redis_client: redis.Redis, content_type: str
 ) -> None:
     for path, body in ALL_CALLBACKS:
-        response = receiver.post(path, content=orjson.dumps(body), headers={**AUTH, "content-type": content_type})
+        response = receiver.post(
+            path, content=orjson.dumps(body), headers={**AUTH, "content-type": content_type}
+        )
         assert response.status_code == 415
         assert error(response)["error"] == "unsupported_media_type"
     assert redis_client.llen("rq:queue:workfloo") == 0
@@ -265,7 +275,9 @@ def test_wrong_content_type_is_415(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/vnd.kiban+json"]
 )
 def test_json_content_type_variants_are_accepted(receiver: httpx.Client, content_type: str) -> None:
-    response = receiver.post(NIP_PATH, content=orjson.dumps(NIP), headers={**AUTH, "content-type": content_type})
+    response = receiver.post(
+        NIP_PATH, content=orjson.dumps(NIP), headers={**AUTH, "content-type": content_type}
+    )
     assert response.status_code == 200
 
 
@@ -357,7 +369,9 @@ def test_lying_content_length_never_stores_anything(
     low = _raw_request(port, head + b"Content-Length: 10\r\n\r\n" + big)
     assert low.startswith(b"HTTP/1.1 400")
     # Claims a small size but is chunked and large: counted while streaming (uvicorn refuses both headers).
-    both = _raw_request(port, head + b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(big))
+    both = _raw_request(
+        port, head + b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(big)
+    )
     assert both.startswith(b"HTTP/1.1 4")
     chunked = _raw_request(
         port, head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(big) + big + b"\r\n0\r\n\r\n"

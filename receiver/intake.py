@@ -112,8 +112,10 @@ class GroupCommitter:
         timeout: float,
         max_batch: int,
         scripts: Sequence[str] = (),
+        batched: bool = True,
     ) -> None:
         self._client = client
+        self.batched = batched
         self.timeout = timeout
         self._max_batch = max_batch
         self._scripts = list(scripts)
@@ -139,6 +141,8 @@ class GroupCommitter:
         """Run one command in the next batch; raises ``IntakeUnavailable`` when Redis does not answer."""
         if self._task is None or self._task.done():
             raise IntakeUnavailable("intake flusher is not running")
+        if not self.batched:
+            return await self._direct(command)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((command, future, time.monotonic()))
         self._wake.set()
@@ -193,6 +197,22 @@ class GroupCommitter:
             else:
                 future.set_result(result)
 
+    async def _direct(self, command: tuple[Any, ...]) -> Any:
+        """One round trip per call on a pooled connection (``bridge_intake_group_commit=false``)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                try:
+                    result = await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+                except NoScriptError:
+                    for source in self._scripts:
+                        await self._client.script_load(source)
+                    result = await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise IntakeUnavailable(type(exc).__name__) from None
+        self.batches += 1
+        self.commands += 1
+        return result
+
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
@@ -209,18 +229,22 @@ class GroupCommitter:
 
 def intake_client(settings: Settings) -> aioredis.Redis:
     """Async Redis client of the receiver: no automatic retries (the intake answers 503 instead and the
-    Lua script makes a re-delivery safe), socket timeouts no longer than the intake timeout."""
+    Lua script makes a re-delivery safe), socket timeouts no longer than the intake timeout, and a
+    bounded pool that makes callers wait (within the timeout) rather than fail when it is exhausted."""
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     timeout = min(settings.redis_timeout_seconds, settings.bridge_intake_timeout_seconds)
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url or "redis://127.0.0.1:6379/0",
+        max_connections=64,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Intake:
@@ -240,6 +264,7 @@ class Intake:
             timeout=settings.bridge_intake_timeout_seconds,
             max_batch=settings.bridge_intake_max_batch,
             scripts=[INTAKE_SCRIPT],
+            batched=settings.bridge_intake_group_commit,
         )
         self.queue_key = self.recorder.queue.key
         self._sha = hashlib.sha1(INTAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id

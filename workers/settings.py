@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     bridge_intake_max_batch: int = Field(
         default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
     )
+    bridge_intake_group_commit: bool = Field(
+        default=True,
+        description="Share Redis round trips between concurrent callbacks (false: one call per request, "
+        "kept for the benchmark comparison).",
+    )
 
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"

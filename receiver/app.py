@@ -18,16 +18,20 @@ from starlette.routing import BaseRoute, Route
 from receiver import commands
 from receiver.callbacks import CallbackEndpoints
 from receiver.http import JSONBytes
-from receiver.intake import Intake, IntakeUnavailable, JobRecorder, intake_client
+from receiver.intake import Intake, IntakeUnavailable, intake_client
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
+from receiver.rqjob import JobRecorder
+from workers.callbacks import JOB_FUNCTIONS
 from workers.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     metrics = ReceiverMetrics()
-    recorder = JobRecorder(settings.bridge_queue)  # fails fast if RQ's enqueue commands changed
+    recorder = JobRecorder(settings.bridge_queue)
+    # Build and verify the callback job scripts now: start-up fails if RQ's enqueue commands changed.
+    job_scripts = [recorder.script(func) for func in JOB_FUNCTIONS.values()]
     callbacks = CallbackEndpoints(settings, metrics)
     document = openapi_document(settings)
     document["paths"].update(commands.openapi_paths(settings))
@@ -36,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = intake_client(settings)
-        intake = Intake(settings, client, recorder)
+        intake = Intake(settings, client, recorder, job_scripts)
         app.state.redis = client
         app.state.intake = intake
         await intake.start()

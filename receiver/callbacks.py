@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from receiver.http import (
 )
 from receiver.intake import Intake, IntakeUnavailable
 from receiver.metrics import ReceiverMetrics
+from receiver.rqjob import utc_stamp
 from workers import keys
 from workers.callbacks import (
     EXECUTION_ID_RE,
@@ -41,10 +41,6 @@ from workers.settings import Settings
 log = get_logger("receiver.callbacks")
 
 EVENT_TYPE_HEADER_MAX = 128
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class CallbackEndpoints:
@@ -233,7 +229,7 @@ def _payload(
         "kind": kind,
         "execution_id": execution_id,
         "link_id": link_id,
-        "received_at": _now(),
+        "received_at": utc_stamp(),
         "event_type_header": event_type_header,
         "body": body,
     }

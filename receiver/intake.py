@@ -1,98 +1,25 @@
-"""Durable, idempotent intake: the dedupe key and an ordinary RQ job written by one Lua call, and many
-concurrent calls sent to Redis in one pipelined round trip (group commit).
-
-How a job is built without RQ touching the network: RQ's own ``Queue.create_job`` + ``Queue.enqueue_job``
-run against a *recording* pipeline whose connection can never connect. The commands RQ would have sent
-(``SADD rq:queues``, ``HSET rq:job:<id> status``, ``HSET rq:job:<id> <fields>``, ``RPUSH rq:queue:<name>``;
-checked at start-up against an allow-list, so an RQ upgrade that changes them fails loudly) are read
-from ``pipeline.command_stack`` and replayed inside ``INTAKE_SCRIPT``, guarded by the dedupe key. The
-job is therefore byte-for-byte what ``queue.enqueue(...)`` would store: standard workers, ``rq info`` and
-the failed-job registry see it.
-"""
+"""Durable, idempotent intake: the dedupe key and an ordinary RQ job written by one Lua call
+(``receiver.rqjob``), and the calls of concurrent requests sent to Redis in one pipelined round trip
+(group commit)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
-import redis
 import redis.asyncio as aioredis
-from redis._parsers.encoders import Encoder
 from redis.exceptions import NoScriptError
-from rq import Queue
 
+from receiver.rqjob import JobRecorder, JobScript
 from workers import keys
 from workers.settings import Settings
-
-# Order matters: the dedupe key is checked first and written LAST, so a command that fails half-way
-# (only possible with a corrupted key type) leaves no dedupe key and the delivery can be retried.
-# Under maxmemory, Redis rejects a script at its first write, so an OOM writes nothing at all.
-INTAKE_SCRIPT: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local i = 3
-local n = #ARGV
-while i <= n do
-  local count = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + count))
-  i = i + count + 1
-end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
-return 1
-"""
-"""KEYS[1] = dedupe key; ARGV[1] = TTL seconds; ARGV[2] = value stored under the dedupe key;
-ARGV[3..] = the recorded commands, each as ``<argc> <command> <args…>``. Returns 1 accepted, 0 duplicate."""
-
-ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
-
-_ENCODER: Final = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
 
 
 class IntakeUnavailable(Exception):
     """Redis did not confirm the write in time (down, slow, or replied with an error)."""
-
-
-class _NeverConnect(redis.Connection):
-    """Connection class of the recording client: RQ must only queue commands on it, never send them."""
-
-    def connect(self) -> None:
-        raise RuntimeError("the RQ recording client must never connect")
-
-
-class JobRecorder:
-    """Builds an RQ job with RQ's own API and returns the Redis commands that would enqueue it."""
-
-    def __init__(self, queue_name: str) -> None:
-        self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_NeverConnect))
-        self.queue = Queue(queue_name, connection=self._client)
-        # Only used to pick command variants; avoids an INFO round trip (never persisted on the job).
-        self.queue.redis_server_version = (7, 0, 0)
-        self._check()
-
-    def record(self, func: str, payload: dict[str, Any], job_id: str, description: str) -> list[bytes]:
-        """Flattened ``<argc> <command> <args…>`` list for ``INTAKE_SCRIPT``'s ARGV."""
-        pipe = self._client.pipeline(transaction=False)
-        job = self.queue.create_job(func, args=(payload,), job_id=job_id, description=description)
-        self.queue.enqueue_job(job, pipeline=pipe)
-        flat: list[bytes] = []
-        encode = _ENCODER.encode
-        for args, _options in pipe.command_stack:
-            flat.append(str(len(args)).encode())
-            flat.extend(encode(arg) for arg in args)  # type: ignore[no-untyped-call]
-        return flat
-
-    def _check(self) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        job = self.queue.create_job("builtins.len", args=((),), job_id="selfcheck")
-        self.queue.enqueue_job(job, pipeline=pipe)
-        used = {str(args[0]).upper() for args, _ in pipe.command_stack}
-        if not used <= ALLOWED_COMMANDS or "RPUSH" not in used:
-            raise RuntimeError(
-                f"RQ enqueue issues unexpected commands {sorted(used)}; review receiver.intake"
-            )
 
 
 class GroupCommitter:
@@ -111,14 +38,14 @@ class GroupCommitter:
         *,
         timeout: float,
         max_batch: int,
-        scripts: Sequence[str] = (),
+        scripts: list[str] | None = None,
         batched: bool = True,
     ) -> None:
         self._client = client
         self.batched = batched
         self.timeout = timeout
         self._max_batch = max_batch
-        self._scripts = list(scripts)
+        self._scripts = scripts if scripts is not None else []  # shared: the owner may add scripts later
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -255,26 +182,43 @@ class Intake:
     """
 
     def __init__(
-        self, settings: Settings, client: aioredis.Redis, recorder: JobRecorder | None = None
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        recorder: JobRecorder | None = None,
+        scripts: Sequence[JobScript] = (),
     ) -> None:
         self.client = client
         self.recorder = recorder or JobRecorder(settings.bridge_queue)
+        self._sources: list[str] = []
         self.committer = GroupCommitter(
             client,
             timeout=settings.bridge_intake_timeout_seconds,
             max_batch=settings.bridge_intake_max_batch,
-            scripts=[INTAKE_SCRIPT],
+            scripts=self._sources,
             batched=settings.bridge_intake_group_commit,
         )
         self.queue_key = self.recorder.queue.key
-        self._sha = hashlib.sha1(INTAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id
+        self._scripts: dict[str, JobScript] = {}
+        for script in scripts:
+            self._scripts[script.func] = script
+            self._sources.append(script.source)
         self._ttl = str(settings.bridge_dedupe_ttl_seconds).encode()
+
+    def script(self, func: str) -> JobScript:
+        """The job script of ``func`` (built and verified against RQ on first use)."""
+        script = self._scripts.get(func)
+        if script is None:
+            script = self._scripts[func] = self.recorder.script(func)
+            self._sources.append(script.source)
+        return script
 
     async def start(self) -> None:
         self.committer.start()
         try:  # best effort: Redis may be down at start-up; NOSCRIPT is handled per batch anyway
             async with asyncio.timeout(self.committer.timeout):
-                await self.client.script_load(INTAKE_SCRIPT)
+                for source in self._sources:
+                    await self.client.script_load(source)
         except Exception:  # noqa: S110
             pass
 
@@ -285,10 +229,23 @@ class Intake:
         self, job_id: str, func: str, payload: dict[str, Any], *, description: str, stamp: str
     ) -> bool:
         """True when the job was written, False when ``job_id`` was seen within the dedupe TTL.
+        ``stamp`` (``rqjob.utc_stamp()``) is the job's created_at/enqueued_at and the dedupe value.
         Raises ``IntakeUnavailable`` when Redis did not confirm either way."""
-        argv = self.recorder.record(func, payload, job_id, description)
+        script = self.script(func)
         result = await self.committer.submit(
-            "EVALSHA", self._sha, 1, keys.dedupe(job_id), self._ttl, stamp, *argv
+            "EVALSHA",
+            script.sha,
+            2 + len(script.static_keys),
+            keys.dedupe(job_id),
+            "rq:job:" + job_id,
+            *script.static_keys,
+            self._ttl,
+            stamp,
+            job_id,
+            stamp,
+            stamp,
+            script.data(payload),
+            description,
         )
         return bool(result == 1)
 

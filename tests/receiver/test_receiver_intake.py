@@ -14,14 +14,8 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from receiver.intake import (
-    INTAKE_SCRIPT,
-    GroupCommitter,
-    Intake,
-    IntakeUnavailable,
-    JobRecorder,
-    intake_client,
-)
+from receiver.intake import GroupCommitter, Intake, IntakeUnavailable, intake_client
+from receiver.rqjob import JobRecorder, _lua_string, utc_stamp
 from workers import keys
 from workers.redis_server import RedisServer
 from workers.settings import load_settings
@@ -108,7 +102,7 @@ def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str) -> N
         await intake.start()
         try:
             return await intake.enqueue(
-                "job-1", "builtins.len", {"a": 1, "b": 2}, description="test", stamp="now"
+                "job-1", "builtins.len", {"a": 1, "b": 2}, description="test", stamp=utc_stamp()
             )
         finally:
             await intake.stop()
@@ -137,7 +131,7 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str) -> None:
         intake = Intake(settings, client)
         await intake.start()
         try:
-            await intake.enqueue("ours-1", "builtins.len", {"a": 1}, description="x", stamp="now")
+            await intake.enqueue("ours-1", "builtins.len", {"a": 1}, description="x", stamp=utc_stamp())
         finally:
             await intake.stop()
             await client.aclose()
@@ -159,7 +153,7 @@ async def test_concurrent_requests_share_round_trips(redis_url: str, group_commi
     try:
         results = await asyncio.gather(
             *(
-                intake.enqueue(f"job-{n % 50}", "builtins.len", {"n": n}, description="x", stamp="t")
+                intake.enqueue(f"job-{n % 50}", "builtins.len", {"n": n}, description="x", stamp=utc_stamp())
                 for n in range(200)
             )
         )
@@ -177,7 +171,7 @@ async def test_concurrent_requests_share_round_trips(redis_url: str, group_commi
 
 async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisServer) -> None:
     client = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=0.5)
-    committer = GroupCommitter(client, timeout=0.5, max_batch=2, scripts=[INTAKE_SCRIPT])
+    committer = GroupCommitter(client, timeout=0.5, max_batch=2)
     with pytest.raises(IntakeUnavailable):
         await committer.submit("PING")  # not started
     committer.start()
@@ -197,8 +191,18 @@ async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisSer
 
 def test_recorder_never_touches_the_network() -> None:
     recorder = JobRecorder("workfloo")
-    flat = recorder.record("builtins.len", {"a": 1}, "abc", "description")
-    assert b"RPUSH" in flat
-    assert b"rq:queue:workfloo" in flat
+    commands = recorder.record("builtins.len", {"a": 1}, "abc", "description")
+    assert [c[0] for c in commands] == [b"SADD", b"HSET", b"HSET", b"RPUSH"]
+    assert commands[-1] == [b"RPUSH", b"rq:queue:workfloo", b"abc"]
+    with pytest.raises(RuntimeError, match="never connect"):
+        recorder.queue.connection.ping()
+
+
+def test_job_script_rejects_ids_rq_would_reject() -> None:
     with pytest.raises(ValueError, match="Job ID"):
-        recorder.record("builtins.len", {}, "bad id", "x")
+        JobRecorder("workfloo").record("builtins.len", {}, "bad id", "x")
+
+
+def test_lua_literals_carry_every_byte(redis_client: redis.Redis) -> None:
+    every_byte = bytes(range(256)) + b"\\1\\0123"
+    assert redis_client.eval(f"return {_lua_string(every_byte)}", 0) == every_byte

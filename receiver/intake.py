@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-from receiver.rqjob import JobRecorder, JobScript
+from receiver.rqjob import JOB_KEY_PREFIX, JobRecorder, JobScript
 from workers import keys
 from workers.settings import Settings
 
@@ -46,7 +46,7 @@ class GroupCommitter:
         self.timeout = timeout
         self._max_batch = max_batch
         self._scripts = scripts if scripts is not None else []  # shared: the owner may add scripts later
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[Any], float]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -66,6 +66,10 @@ class GroupCommitter:
 
     async def submit(self, *command: Any) -> Any:
         """Run one command in the next batch; raises ``IntakeUnavailable`` when Redis does not answer."""
+        return await self.submit_packed(pack(command))
+
+    async def submit_packed(self, command: bytes) -> Any:
+        """Same as ``submit`` for a command already in RESP (``pack``)."""
         if self._task is None or self._task.done():
             raise IntakeUnavailable("intake flusher is not running")
         if not self.batched:
@@ -78,13 +82,15 @@ class GroupCommitter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # One more loop turn lets requests whose bytes arrived in the same poll join this batch.
+            await asyncio.sleep(0)
             self._wake.clear()
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 await self._flush(batch)
 
-    async def _flush(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]]) -> None:
+    async def _flush(self, batch: list[tuple[bytes, asyncio.Future[Any], float]]) -> None:
         # Requests that already waited a full timeout behind a slow batch get their 503 now.
         deadline = time.monotonic() - self.timeout
         live = []
@@ -124,34 +130,66 @@ class GroupCommitter:
             else:
                 future.set_result(result)
 
-    async def _direct(self, command: tuple[Any, ...]) -> Any:
+    async def _direct(self, command: bytes) -> Any:
         """One round trip per call on a pooled connection (``bridge_intake_group_commit=false``)."""
         try:
             async with asyncio.timeout(self.timeout):
-                try:
-                    result = await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
-                except NoScriptError:
+                (result,) = await self._execute([command])
+                if isinstance(result, NoScriptError):
                     for source in self._scripts:
                         await self._client.script_load(source)
-                    result = await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+                    (result,) = await self._execute([command])
         except Exception as exc:
             raise IntakeUnavailable(type(exc).__name__) from None
+        if isinstance(result, Exception):
+            raise IntakeUnavailable(type(result).__name__)
         self.batches += 1
         self.commands += 1
         return result
 
-    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+    async def _execute(self, commands: list[bytes]) -> list[Any]:
+        """All commands in one write, then one reply each (a non-transactional pipeline without
+        redis-py's per-pipeline bookkeeping). Error replies are returned, not raised; a connection that
+        fails or is cancelled mid-way is closed, never handed back with unread replies."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(b"".join(commands), check_health=False)
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await connection.read_response())
+                except ResponseError as exc:
+                    results.append(exc)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
         return results
 
     @staticmethod
-    def _fail(items: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]], exc: Exception) -> None:
+    def _fail(items: list[tuple[bytes, asyncio.Future[Any], float]], exc: Exception) -> None:
         for _cmd, future, _t in items:
             if not future.done():
                 future.set_exception(exc)
+
+
+def pack_args(args: Iterable[bytes | str | int]) -> bytes:
+    """RESP bulk strings for command arguments (no array header)."""
+    out: list[bytes] = []
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def pack(command: Sequence[bytes | str | int]) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(command) + pack_args(command)
 
 
 def intake_client(settings: Settings) -> aioredis.Redis:
@@ -200,6 +238,8 @@ class Intake:
         )
         self.queue_key = self.recorder.queue.key
         self._scripts: dict[str, JobScript] = {}
+        self._prefixes: dict[str, bytes] = {}
+        self._middles: dict[str, bytes] = {}
         for script in scripts:
             self._scripts[script.func] = script
             self._sources.append(script.source)
@@ -232,21 +272,28 @@ class Intake:
         ``stamp`` (``rqjob.utc_stamp()``) is the job's created_at/enqueued_at and the dedupe value.
         Raises ``IntakeUnavailable`` when Redis did not confirm either way."""
         script = self.script(func)
-        result = await self.committer.submit(
-            "EVALSHA",
-            script.sha,
-            2 + len(script.static_keys),
-            keys.dedupe(job_id),
-            "rq:job:" + job_id,
-            *script.static_keys,
-            self._ttl,
-            stamp,
-            job_id,
-            stamp,
-            stamp,
-            script.data(payload),
-            description,
+        prefix = self._prefixes.get(func)
+        if prefix is None:
+            argc = 3 + 2 + len(script.static_keys) + 7
+            prefix = b"*%d\r\n" % argc + pack_args(["EVALSHA", script.sha, 2 + len(script.static_keys)])
+            self._prefixes[func] = prefix
+            self._middles[func] = pack_args([*script.static_keys, self._ttl])
+        # KEYS: dedupe, job key, static keys; ARGV: ttl, stamp, job id, created_at, enqueued_at, data,
+        # description (see receiver.rqjob).
+        stamp_arg = pack_args([stamp])
+        command = b"".join(
+            (
+                prefix,
+                pack_args([keys.dedupe(job_id), JOB_KEY_PREFIX + job_id]),
+                self._middles[func],
+                stamp_arg,
+                pack_args([job_id]),
+                stamp_arg,
+                stamp_arg,
+                pack_args([script.data(payload), description]),
+            )
         )
+        result = await self.committer.submit_packed(command)
         return bool(result == 1)
 
     async def call(self, *command: Any) -> Any:

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         intake = Intake(settings, client, recorder, job_scripts)
         app.state.redis = client
         app.state.intake = intake
+        metrics.round_trip_counts = lambda: (intake.committer.batches, intake.committer.commands)
         await intake.start()
         # Everything alive now (modules, schemas, RQ templates) lives as long as the process: keep it
         # out of the cyclic GC's generations so collections triggered by request garbage stay cheap.

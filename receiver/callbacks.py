@@ -100,11 +100,7 @@ class CallbackEndpoints:
             self.metrics.unavailable.inc()
             log.warning("receiver.redis_unavailable", kind=kind, event_id=event_id, reason=str(exc))
             raise self.unavailable from None
-        if accepted:
-            self.metrics.accepted.labels(kind).inc()
-        else:
-            self.metrics.duplicates.labels(kind).inc()
-        self.metrics.intake_seconds.labels(kind).observe(time.perf_counter() - started)
+        self.metrics.count_callback(kind, accepted, time.perf_counter() - started)
         return JSONBytes({"status": "accepted" if accepted else "duplicate", "event_id": event_id})
 
     @staticmethod

@@ -38,10 +38,13 @@ class GroupCommitter:
         *,
         timeout: float,
         max_batch: int,
+        max_in_flight: int = 1,
         scripts: list[str] | None = None,
         batched: bool = True,
     ) -> None:
         self._client = client
+        self._max_in_flight = max_in_flight
+        self._flushes: set[asyncio.Task[None]] = set()
         self.batched = batched
         self.timeout = timeout
         self._max_batch = max_batch
@@ -61,6 +64,9 @@ class GroupCommitter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for flush in list(self._flushes):
+            flush.cancel()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         self._fail(self._pending, IntakeUnavailable("receiver shutting down"))
         self._pending = []
 
@@ -80,15 +86,26 @@ class GroupCommitter:
         return await future
 
     async def _run(self) -> None:
+        # Up to max_in_flight batches on the wire at once (each on its own pooled connection): the
+        # next batch goes out while Redis still runs the previous one, so neither side idles.
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self._max_in_flight)
         while True:
             await self._wake.wait()
             # One more loop turn lets requests whose bytes arrived in the same poll join this batch.
             await asyncio.sleep(0)
             self._wake.clear()
             while self._pending:
+                await slots.acquire()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                await self._flush(batch)
+                if not batch:  # taken by nobody else, but stay safe
+                    slots.release()
+                    break
+                flush = loop.create_task(self._flush(batch))
+                self._flushes.add(flush)
+                flush.add_done_callback(self._flushes.discard)
+                flush.add_done_callback(lambda _: slots.release())
 
     async def _flush(self, batch: list[tuple[bytes, asyncio.Future[Any], float]]) -> None:
         # Requests that already waited a full timeout behind a slow batch get their 503 now.
@@ -149,18 +166,30 @@ class GroupCommitter:
 
     async def _execute(self, commands: list[bytes]) -> list[Any]:
         """All commands in one write, then one reply each (a non-transactional pipeline without
-        redis-py's per-pipeline bookkeeping). Error replies are returned, not raised; a connection that
-        fails or is cancelled mid-way is closed, never handed back with unread replies."""
+        redis-py's per-pipeline and per-reply bookkeeping). Error replies are returned, not raised; a
+        connection that fails or is cancelled mid-way is closed, never handed back with unread replies.
+
+        redis-py's connection does the connecting (auth, db, TLS, sentinel); the bytes go through its
+        stream reader/writer directly when it exposes them, with redis-py's own calls as the fallback."""
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(b"".join(commands), check_health=False)
-            results: list[Any] = []
-            for _ in commands:
-                try:
-                    results.append(await connection.read_response())
-                except ResponseError as exc:
-                    results.append(exc)
+            if not connection.is_connected:
+                await connection.connect()
+            reader = getattr(connection, "_reader", None)
+            writer = getattr(connection, "_writer", None)
+            if isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter):
+                writer.write(b"".join(commands))
+                await writer.drain()
+                results = [await _read_reply(reader) for _ in commands]
+            else:  # pragma: no cover - other redis-py internals
+                await connection.send_packed_command(b"".join(commands), check_health=False)
+                results = []
+                for _ in commands:
+                    try:
+                        results.append(await connection.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
@@ -173,6 +202,32 @@ class GroupCommitter:
         for _cmd, future, _t in items:
             if not future.done():
                 future.set_exception(exc)
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> Any:
+    """One reply of the simple kinds the intake's commands get: integer, status, error, bulk string and
+    null (RESP2, and the RESP3 forms redis-py may negotiate)."""
+    line = await reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("Redis closed the connection")
+    kind, body = line[:1], line[1:-2]
+    if kind == b":":
+        return int(body)
+    if kind == b"+":
+        return body
+    if kind == b"$":
+        size = int(body)
+        return None if size < 0 else (await reader.readexactly(size + 2))[:-2]
+    if kind == b"_":
+        return None
+    if kind == b"#":
+        return body == b"t"
+    if kind in (b"-", b"!"):
+        if kind == b"!":
+            body = (await reader.readexactly(int(body) + 2))[:-2]
+        message = body.decode(errors="replace")
+        return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+    raise ResponseError(f"unexpected reply type {kind!r} for an intake command")
 
 
 def pack_args(args: Iterable[bytes | str | int]) -> bytes:
@@ -233,6 +288,7 @@ class Intake:
             client,
             timeout=settings.bridge_intake_timeout_seconds,
             max_batch=settings.bridge_intake_max_batch,
+            max_in_flight=settings.bridge_intake_max_in_flight,
             scripts=self._sources,
             batched=settings.bridge_intake_group_commit,
         )
@@ -279,20 +335,27 @@ class Intake:
             self._prefixes[func] = prefix
             self._middles[func] = pack_args([*script.static_keys, self._ttl])
         # KEYS: dedupe, job key, static keys; ARGV: ttl, stamp, job id, created_at, enqueued_at, data,
-        # description (see receiver.rqjob).
-        stamp_arg = pack_args([stamp])
-        command = b"".join(
-            (
-                prefix,
-                pack_args([keys.dedupe(job_id), JOB_KEY_PREFIX + job_id]),
-                self._middles[func],
-                stamp_arg,
-                pack_args([job_id]),
-                stamp_arg,
-                stamp_arg,
-                pack_args([script.data(payload), description]),
-            )
-        )
+        # description (see receiver.rqjob). Formatted in one go: this is the hot path.
+        job = job_id.encode()
+        dedupe = keys.dedupe(job_id).encode()
+        job_key = JOB_KEY_PREFIX.encode() + job
+        when = stamp.encode()
+        data = script.data(payload)
+        text = description.encode()
+        command = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            prefix,
+            len(dedupe),
+            dedupe,
+            len(job_key),
+            job_key,
+            self._middles[func],
+            len(when),
+            when,
+            len(job),
+            job,
+            len(when),
+            when,
+        ) + b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(when), when, len(data), data, len(text), text)
         result = await self.committer.submit_packed(command)
         return bool(result == 1)
 

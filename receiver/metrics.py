@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -47,6 +50,20 @@ class ReceiverMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        self._kinds: dict[str, tuple[Any, Any, Any]] = {}
+        self.round_trip_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.registry.register(_RoundTrips(self))
+
+    def count_callback(self, kind: str, accepted: bool, seconds: float) -> None:
+        children = self._kinds.get(kind)
+        if children is None:
+            children = self._kinds[kind] = (
+                self.accepted.labels(kind),
+                self.duplicates.labels(kind),
+                self.intake_seconds.labels(kind),
+            )
+        (children[0] if accepted else children[1]).inc()
+        children[2].observe(seconds)
 
     def count_request(self, route: str, method: str, status: int) -> None:
         key = (route, method, status)
@@ -54,6 +71,22 @@ class ReceiverMetrics:
         if child is None:
             child = self._children[key] = self.requests.labels(route, method, str(status))
         child.inc()
+
+
+class _RoundTrips(Collector):
+    """Group-commit effect, read from the intake at scrape time: commands / round trips = batch size."""
+
+    def __init__(self, metrics: ReceiverMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        round_trips, commands = self.metrics.round_trip_counts()
+        yield CounterMetricFamily(
+            "receiver_redis_round_trips", "Redis round trips made by the intake.", value=round_trips
+        )
+        yield CounterMetricFamily(
+            "receiver_redis_commands", "Redis commands sent by the intake.", value=commands
+        )
 
 
 class RequestMetricsMiddleware:

@@ -47,8 +47,8 @@ _FIELD_SLOTS: Final = {
 
 
 def utc_stamp() -> str:
-    """Now, formatted as RQ formats its timestamps."""
-    return datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
+    """Now, formatted as RQ formats its timestamps (``TIMESTAMP_FORMAT``; isoformat is faster)."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class _NeverConnect(redis.Connection):

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     bridge_intake_max_batch: int = Field(
         default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
     )
+    bridge_intake_max_in_flight: int = Field(
+        default=4, gt=0, le=32, description="Most intake round trips to Redis in flight at once."
+    )
     bridge_intake_group_commit: bool = Field(
         default=True,
         description="Share Redis round trips between concurrent callbacks (false: one call per request, "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from receiver.http import (
     UNAUTHORIZED,
@@ -16,6 +18,7 @@ from receiver.http import (
     JSONBytes,
     KeyChecker,
     from_pydantic,
+    header,
     is_json_content_type,
     parse_json_object,
     read_body,
@@ -61,13 +64,19 @@ class CallbackEndpoints:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/kiban/executions/{execution_id}/nip-events", self.nip_for_execution, methods=["POST"]),
-            Route("/v1/kiban/nip-events", self.nip_for_link, methods=["POST"]),
-            Route("/v1/kiban/status", self.status, methods=["POST"]),
             Route(
-                "/v1/kiban/executions/{execution_id}/finished", self.finished_for_execution, methods=["POST"]
+                "/v1/kiban/executions/{execution_id}/nip-events",
+                _Plain(self.nip_for_execution),
+                methods=["POST"],
             ),
-            Route("/v1/kiban/finished", self.finished, methods=["POST"]),
+            Route("/v1/kiban/nip-events", _Plain(self.nip_for_link), methods=["POST"]),
+            Route("/v1/kiban/status", _Plain(self.status), methods=["POST"]),
+            Route(
+                "/v1/kiban/executions/{execution_id}/finished",
+                _Plain(self.finished_for_execution),
+                methods=["POST"],
+            ),
+            Route("/v1/kiban/finished", _Plain(self.finished), methods=["POST"]),
         ]
 
     # -- shared steps ------------------------------------------------------------------------------
@@ -75,7 +84,7 @@ class CallbackEndpoints:
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
         if not self.keys.allows(request.scope["headers"]):
             raise UNAUTHORIZED
-        content_type = request.headers.get("content-type")
+        content_type = header(request.scope, b"content-type")
         if not is_json_content_type(content_type):
             if not (empty_ok and content_type is None):
                 raise HTTPError(415, "unsupported_media_type", "send application/json")
@@ -155,10 +164,10 @@ class CallbackEndpoints:
                 status = StatusWebhookBody.model_validate(body)
             except ValidationError as exc:
                 raise from_pydantic(exc) from None
-            event_type = request.headers.get("x-kiban-event-type")
+            event_type = header(request.scope, b"x-kiban-event-type")
             if event_type is not None:
                 event_type = event_type[:EVENT_TYPE_HEADER_MAX]
-            event_id = status_event_id(request.headers.get("x-kiban-event-id"), body)
+            event_id = status_event_id(header(request.scope, b"x-kiban-event-id"), body)
             payload = _payload(event_id, "status", status.id, None, event_type, body)
             return await self._store(request, started, "status", event_id, payload)
         except HTTPError as exc:
@@ -202,6 +211,19 @@ class CallbackEndpoints:
         event_id = finished_event_id(execution_id)
         payload = _payload(event_id, "finished", execution_id, None, None, body)
         return await self._store(request, started, "finished", event_id, payload)
+
+
+class _Plain:
+    """ASGI adapter for the callback handlers: they answer every error themselves, so Starlette's
+    per-request exception-handler wrapping is skipped (anything unexpected still reaches the app's
+    server-error handler)."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 def _validate_nip(body: dict[str, Any]) -> NipEventBody:

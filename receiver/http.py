@@ -76,6 +76,14 @@ class KeyChecker:
 UNAUTHORIZED = HTTPError(401, "unauthorized", "missing or invalid API key")
 
 
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    """First value of header ``name`` (lower-case bytes), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def is_json_content_type(value: str | None) -> bool:
     """``application/json`` or ``application/<anything>+json``, any parameters (charset) allowed."""
     if not value:
@@ -86,7 +94,7 @@ def is_json_content_type(value: str | None) -> bool:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes whatever Content-Length claims."""
-    declared = request.headers.get("content-length")
+    declared = header(request.scope, b"content-length")
     if declared is not None:
         try:
             size = int(declared)

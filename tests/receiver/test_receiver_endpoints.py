@@ -456,3 +456,34 @@ def test_openapi_lists_every_route_and_status(receiver: httpx.Client, redis_url:
         responses = document["paths"][path]["post"]["responses"]
         assert set(responses) == {"200", "400", "401", "413", "415", "422", "503"}
     assert set(document["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
+
+
+def test_command_routes_extension_point(
+    monkeypatch: pytest.MonkeyPatch, serve: Callable[..., Any], redis_url: str
+) -> None:
+    """``receiver.commands.routes(settings)`` and ``openapi_paths`` are merged into the app."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from receiver import commands
+    from receiver.app import create_app
+    from receiver.rqjob import utc_stamp
+    from workers.settings import load_settings
+
+    async def command(request: Request) -> JSONResponse:
+        accepted = await request.app.state.intake.enqueue(
+            "cmd-1", "builtins.len", {"x": 1}, description="command", stamp=utc_stamp()
+        )
+        return JSONResponse({"accepted": accepted})
+
+    monkeypatch.setattr(
+        commands, "routes", lambda settings: [Route("/v1/test-command", command, methods=["POST"])]
+    )
+    monkeypatch.setattr(commands, "openapi_paths", lambda settings: {"/v1/test-command": {"post": {}}})
+    server = serve(create_app(load_settings(redis_url=redis_url, bridge_callback_keys=KEY)))
+    with httpx.Client(base_url=server.url) as client:
+        assert client.post("/v1/test-command").json() == {"accepted": True}
+        assert client.post("/v1/test-command").json() == {"accepted": False}
+        assert "/v1/test-command" in client.get("/openapi.json").json()["paths"]
+    assert Job.fetch("cmd-1", connection=redis.Redis.from_url(redis_url)).func_name == "builtins.len"

@@ -263,6 +263,7 @@ def intake_client(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        protocol=2,  # plain replies only: no RESP3 push messages on the raw intake reads
     )
     return aioredis.Redis(connection_pool=pool)
 

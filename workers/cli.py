@@ -67,9 +67,11 @@ def _register_ops() -> None:
 _register_ops()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
 from workers.cli_events import events  # noqa: E402
 
 main.add_command(events)
+
+
+# Keep this last: `python -m workers.cli` (used by the demo's child processes) must see every command.
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -104,3 +104,30 @@ def test_report_prints_timelines_and_summary() -> None:
     assert "812 ms" in text and "decision=approved" in text
     assert "demo passed" in text
     assert "✔ approved" in _render(progress_table([run]))
+
+
+def test_compact_timeline_hides_receipts_and_repeats_and_recomputes_steps() -> None:
+    from workers.demo.display import compact_events
+
+    def ev(kind: str, at: float, **data: Any) -> dict[str, Any]:
+        return {"type": kind, "since_start_ms": at, "since_previous_ms": 1.0, "data": data}
+
+    events = [
+        ev("application.started", 0),
+        ev("callback.received", 5),
+        ev("workfloo.status_changed", 6, status="PROGRESS", node_type="LINK"),
+        ev("callback.received", 50),
+        ev("workfloo.status_changed", 51, status="PROGRESS", node_type="LINK"),
+        ev("nip.sent", 80),
+        ev("workfloo.status_changed", 90, status="PROGRESS", node_type="LINK"),
+        ev("workfloo.status_changed", 400, status="SUCCESS"),
+    ]
+    rows, hidden = compact_events(events)
+    assert [r["type"] for r in rows] == [
+        "application.started",
+        "workfloo.status_changed",
+        "nip.sent",
+        "workfloo.status_changed",
+    ]
+    assert hidden == 4
+    assert [r["since_previous_ms"] for r in rows] == [0.0, 6.0, 74.0, 320.0]

@@ -94,9 +94,41 @@ def _event_detail(event: dict[str, Any]) -> str:
     return " ".join(parts)[:70]
 
 
-def timeline_table(execution_id: str, events: Sequence[dict[str, Any]], title: str | None = None) -> Table:
+NOISE_TYPES = frozenset({"callback.received"})
+
+
+def compact_events(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The steps a person reads: no raw receipts (``callback.received``), no repeated status change with
+    the same detail; ``since_previous_ms`` recomputed between the rows kept. Returns (rows, hidden)."""
+    kept: list[dict[str, Any]] = []
+    last_start: float | None = None
+    last_status: str | None = None
+    for event in events:
+        kind = str(event.get("type"))
+        if kind in NOISE_TYPES:
+            continue
+        if kind == "workfloo.status_changed":
+            detail = _event_detail(event)
+            if detail == last_status:
+                continue
+            last_status = detail
+        row = dict(event)
+        start = event.get("since_start_ms")
+        if isinstance(start, int | float):
+            row["since_previous_ms"] = 0.0 if last_start is None else round(start - last_start, 1)
+            last_start = start
+        kept.append(row)
+    return kept, len(events) - len(kept)
+
+
+def timeline_table(
+    execution_id: str,
+    events: Sequence[dict[str, Any]],
+    title: str | None = None,
+    caption: str | None = None,
+) -> Table:
     """Events of one application in order with the time since the previous step and since the start."""
-    table = Table(title=title or f"timeline {execution_id}", title_justify="left")
+    table = Table(title=title or f"timeline {execution_id}", title_justify="left", caption=caption)
     table.add_column("+prev", justify="right")
     table.add_column("t", justify="right")
     table.add_column("event")
@@ -151,11 +183,13 @@ def print_report(console: Console, summary: Summary, *, timelines: bool = True) 
     if timelines:
         for run in summary.runs:
             if run.execution_id and run.events:
-                console.print(
-                    timeline_table(
-                        run.execution_id,
-                        run.events,
-                        title=f"#{run.index} {run.scenario} · {run.execution_id}",
-                    )
+                rows, hidden = compact_events(run.events)
+                caption = (
+                    f"{hidden} receipts and repeated status changes hidden: "
+                    f"workfloo-bridge timeline {run.execution_id}"
+                    if hidden
+                    else None
                 )
+                title = f"#{run.index} {run.scenario} · {run.execution_id}"
+                console.print(timeline_table(run.execution_id, rows, title=title, caption=caption))
     console.print(summary_panel(summary))

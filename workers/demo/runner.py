@@ -94,6 +94,7 @@ def run_demo(
                         run.started_at = time.monotonic()
                     with LiveProgress(console, runs) as live:
                         runner.run(on_tick=live.refresh)
+                    console.print()
                     summary.events_published, summary.duplicates_absorbed = runner.totals()
                 finally:
                     runner.close()

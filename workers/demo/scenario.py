@@ -114,6 +114,18 @@ def judge(run: AppRun) -> tuple[str | None, list[str]]:
     return outcome, problems
 
 
+def _job_result(client: redis.Redis, job_id: str) -> tuple[Any, str | None]:
+    """(return value, status) of an RQ job (a bridge command is one), (None, None) while unknown."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        job = Job.fetch(job_id, connection=client)
+    except NoSuchJobError:
+        return None, None
+    return job.return_value(), str(job.get_status(refresh=False))
+
+
 class ScenarioRunner:
     """Runs every application concurrently (one thread each) against a started ``DemoStack``."""
 
@@ -132,16 +144,25 @@ class ScenarioRunner:
         return {"x-api-key": self.stack.keys.internal}
 
     def start_application(self, run: AppRun) -> str:
-        """``POST /v1/applications`` (execute + form + NIP send as one command); returns the execution id."""
-        body: dict[str, Any] = {"scenario_id": KIBAN_SCENARIO[run.scenario], "form": demo_form(run.index)}
+        """``POST /v1/applications`` (execute + form + NIP send as one command job), then the execution id
+        from the command's result once a worker ran it."""
+        body: dict[str, Any] = {"scenarioId": KIBAN_SCENARIO[run.scenario], "form": demo_form(run.index)}
         response = self._http.post("/v1/applications", json=body, headers=self._internal_headers())
         if response.status_code >= 300:
             raise RuntimeError(f"start failed: HTTP {response.status_code} {response.text[:200]}")
-        data = response.json()
-        execution_id = data.get("execution_id")
-        if not execution_id:
-            raise RuntimeError(f"start answered without an execution id: {response.text[:200]}")
-        return str(execution_id)
+        command_id = str(response.json()["command_id"])
+        run.stage = "start queued"
+        while True:
+            value, status = _job_result(self._redis, command_id)
+            if isinstance(value, dict) and value.get("execution_id"):
+                return str(value["execution_id"])
+            if status == "failed":
+                raise RuntimeError(f"the start command {command_id} failed (see `workfloo-bridge dlq list`)")
+            if self.stop_event.is_set():
+                raise Stopped("interrupted")
+            if time.monotonic() > self._deadline:
+                raise Stopped(f"timed out waiting for the start command {command_id} to run")
+            time.sleep(POLL_SECONDS)
 
     def validate_nip(self, run: AppRun) -> None:
         """``POST /v1/applications/{id}/nip`` with the sandbox NIP (the bridge does both steps)."""

@@ -87,7 +87,8 @@ def _event_detail(event: dict[str, Any]) -> str:
     if not isinstance(data, dict):
         return ""
     parts = []
-    for key in ("status", "decision", "outcome", "phase", "node_type", "reason", "error", "workflow_id"):
+    keys = ("status", "decision", "outcome", "phase", "node_type", "why", "resend", "reason", "workflow_id")
+    for key in keys:
         value = data.get(key)
         if value not in (None, "", [], {}):
             parts.append(f"{key}={value}")

@@ -161,7 +161,9 @@ def test_serve_starts_and_stops_on_sigterm(running: Running) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err[-2000:]
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM is its contract).
+    assert process.returncode in (0, -signal.SIGTERM), err[-2000:]
+    assert "Application shutdown complete" in err
     unset = cli(running, "serve", env={"REDIS_URL": ""})
     assert unset.returncode == 2 and "REDIS_URL" in unset.stderr
 

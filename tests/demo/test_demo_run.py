@@ -91,6 +91,7 @@ def test_keep_running_then_sigint_leaves_nothing_running(tmp_path: Path) -> None
             match = re.match(r"\s*pids\s+([\d ]+)$", line)
             if match:
                 pids = [int(p) for p in match.group(1).split()]
+            if "curl -H" in line and "/timeline" in line:  # the last line of the keep-running notice
                 break
         output = "".join(lines)
         assert READY_LINE in output, output

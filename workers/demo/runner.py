@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,10 +25,17 @@ def _keep_running_text(stack: DemoStack) -> str:
     pids = " ".join(str(pid) for pid in stack.pids().values())
     exports = " ".join(
         f"{name}={env[name]}"
-        for name in ("REDIS_URL", "BRIDGE_INTERNAL_KEYS", "BRIDGE_CALLBACK_KEYS", "KIBAN_BASE_URL",
-                     "KIBAN_API_KEY", "KOMPLIANT_BASE_URL", "KOMPLIANT_API_KEY", "KOMPLIANT_SECRET_KEY",
-                     "KOMPLIANT_AUTH_TOKEN", "KOMPLIANT_ACCOUNT_ID")
+        for name in ("REDIS_URL", "BRIDGE_INTERNAL_KEYS", "BRIDGE_CALLBACK_KEYS", "BRIDGE_PUBLIC_URL",
+                     "KIBAN_BASE_URL", "KIBAN_API_KEY", "KIBAN_WORKFLOO_DEFINITION_ID", "KOMPLIANT_BASE_URL",
+                     "KOMPLIANT_API_KEY", "KOMPLIANT_SECRET_KEY", "KOMPLIANT_AUTH_TOKEN",
+                     "KOMPLIANT_ACCOUNT_ID")
     )  # fmt: skip
+    start_body = json.dumps(
+        {
+            "scenarioId": "approved",
+            "form": {"email": "ana@example.com", "first_name": "Ana", "last_name_1": "Lopez"},
+        }
+    )
     return "\n".join(
         [
             f"{READY_LINE} (demo keys below are generated for this run only); Ctrl-C stops everything.",
@@ -41,9 +49,15 @@ def _keep_running_text(stack: DemoStack) -> str:
             f"  pids            {pids}",
             "watch it in another terminal:",
             f"  export {exports}",
+            "  workfloo-bridge check",
             "  workfloo-bridge events tail --follow",
             "  workfloo-bridge status",
             "  workfloo-bridge timeline <execution id>",
+            "start another application (scenarioId: approved, rejected, nip-error, nip-invalid, abandoned):",
+            f"  curl -H 'x-api-key: {stack.keys.internal}' -H 'content-type: application/json' "
+            f"-d '{start_body}' {stack.receiver_url}/v1/applications",
+            f"  curl -H 'x-api-key: {stack.keys.internal}' {stack.receiver_url}/v1/applications/<id>/nip "
+            """-H 'content-type: application/json' -d '{"nip": "123456"}'""",
             f"  curl -H 'x-api-key: {stack.keys.internal}' "
             f"{stack.receiver_url}/v1/applications/<id>/timeline",
         ]
@@ -107,7 +121,7 @@ def run_demo(
             code = 0 if summary.ok or not runs else 1
             finished = True
             if keep_running:
-                console.print(_keep_running_text(stack))
+                console.print(_keep_running_text(stack), soft_wrap=True, markup=False, highlight=False)
                 console.file.flush()
                 _wait_until_interrupted(stack)
         except (KeyboardInterrupt, Terminated) as exc:

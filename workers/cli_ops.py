@@ -258,9 +258,41 @@ def check_settings(settings: Settings) -> list[CheckResult]:
             missing.append(name.upper())
     if not settings.kompliant_account_id:
         missing.append("KOMPLIANT_ACCOUNT_ID")
+    results = []
     if missing:
-        return [CheckResult("settings", False, "missing: " + "; ".join(missing))]
-    return [CheckResult("settings", True, "all required settings are present and valid")]
+        results.append(CheckResult("settings", False, "missing: " + "; ".join(missing)))
+    else:
+        results.append(CheckResult("settings", True, "all required settings are present and valid"))
+    public = _host(settings.bridge_public_url)
+    if _is_local(public) and not _is_local(_host(settings.kiban_base_url)):
+        results.append(
+            CheckResult(
+                "public-url",
+                False,
+                f"BRIDGE_PUBLIC_URL points at {public}, which Kiban at {settings.kiban_base_url} cannot "
+                "reach: callbacks would never arrive",
+            )
+        )
+    return results
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
+
+
+def _is_local(host: str) -> bool:
+    """Loopback, private or link-local: reachable only from this machine or network."""
+    import ipaddress
+
+    if host in ("localhost", "") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def check_redis(settings: Settings) -> CheckResult:

@@ -162,3 +162,17 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
     code, out, _ = _invoke("check")
     assert code == 1
     assert f"cannot reach Kompliant at {kompliant.url}" in out
+
+
+def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
+    clean_env.setenv("REDIS_URL", redis_url)
+    clean_env.setenv("KIBAN_BASE_URL", "https://sandbox.workfloo.kiban.com")
+    clean_env.setenv("BRIDGE_PUBLIC_URL", "http://10.0.0.5:8000")
+    from workers.cli_ops import check_settings
+    from workers.settings import load_settings
+
+    results = {r.name: r for r in check_settings(load_settings())}
+    assert not results["public-url"].ok
+    assert "BRIDGE_PUBLIC_URL points at 10.0.0.5" in results["public-url"].message
+    clean_env.setenv("BRIDGE_PUBLIC_URL", "https://bridge.example.com")
+    assert "public-url" not in {r.name for r in check_settings(load_settings())}

@@ -137,6 +137,8 @@ class ScenarioRunner:
         self._deadline = time.monotonic() + timeout
         self._http = httpx.Client(base_url=stack.receiver_url, timeout=10.0)
         self._redis = stack.redis()
+        self._stream = stack.env().get("EVENTS_STREAM", "workfloo:events")
+        self._stream_at_start = int(self._redis.xlen(self._stream))  # an existing Redis may hold old ones
 
     # -- bridge calls ------------------------------------------------------------------------
 
@@ -301,8 +303,8 @@ class ScenarioRunner:
                 on_tick()
 
     def totals(self) -> tuple[int, int]:
-        """(events in the stream, duplicate deliveries absorbed by the receiver)."""
-        events = int(self._redis.xlen(self.stack.env().get("EVENTS_STREAM", "workfloo:events")))
+        """(events added to the stream by this run, duplicate deliveries absorbed by the receiver)."""
+        events = int(self._redis.xlen(self._stream)) - self._stream_at_start
         return events, self._duplicates_absorbed()
 
     def _duplicates_absorbed(self) -> int:

@@ -38,7 +38,9 @@ def _redis(settings: Settings) -> redis.Redis:
 @click.option("--worker-class", "worker_class", default=None, help="Override WORKER_CLASS.")
 @click.option("--name", default=None, help="Worker name (default: random).")
 @click.option("--max-jobs", type=int, default=None, help="Quit after this many jobs.")
-def worker(burst: bool, scheduler: bool, worker_class: str | None, name: str | None, max_jobs: int | None) -> None:
+def worker(
+    burst: bool, scheduler: bool, worker_class: str | None, name: str | None, max_jobs: int | None
+) -> None:
     """Run one RQ worker on the bridge queue with the project's settings."""
     from workers.worker import build_worker
 
@@ -72,7 +74,7 @@ def scheduler() -> None:
         failure_ttl=options["failure_ttl"],
         name="workfloo-reconcile",
     )
-    cron.start()
+    cron.start()  # type: ignore[no-untyped-call]
 
 
 @click.group()

@@ -75,7 +75,7 @@ class RetryPolicy:
         wait = rng() * ceiling
         if retry_after is not None and retry_after > 0:
             wait = max(wait, min(retry_after, self.retry_after_max))
-        return wait
+        return float(wait)
 
     def can_retry(self, attempt: int) -> bool:
         return attempt + 1 < self.max_attempts

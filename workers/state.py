@@ -71,7 +71,7 @@ def get_field(connection: redis.Redis, execution_id: str, field: str) -> str | N
 
 def set_fields(connection: redis.Redis, execution_id: str, fields: Mapping[str, str]) -> None:
     if fields:
-        connection.hset(keys.execution(execution_id), mapping=dict(fields))
+        connection.hset(keys.execution(execution_id), mapping=dict(fields.items()))
 
 
 def set_once(connection: redis.Redis, execution_id: str, field: str, value: str) -> str:
@@ -120,7 +120,7 @@ def close(connection: redis.Redis, execution_id: str) -> None:
 
 def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) -> list[str]:
     raw = connection.zrangebyscore(keys.OPEN_EXECUTIONS, "-inf", repr(older_than), start=0, num=limit)
-    return [str(_text(item)) for item in raw]
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
 
 
 def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:

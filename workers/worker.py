@@ -31,7 +31,7 @@ from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TAS
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.utils import as_text, import_attribute, parse_composite_key
+from rq.utils import import_attribute, parse_composite_key
 from rq.worker import WorkerStatus
 
 from workers.events import Event, EventType
@@ -57,10 +57,11 @@ def reap_abandoned(
     for name in queue_names:
         queue = Queue(name, connection=connection)
         registry_key = queue.started_job_registry.key
-        for entry in connection.zrangebyscore(registry_key, 0, cutoff):
+        for raw in connection.zrangebyscore(registry_key, 0, cutoff):
+            entry = raw.decode() if isinstance(raw, bytes) else str(raw)
             if not connection.zrem(registry_key, entry):
                 continue  # another reaper (or RQ's own cleanup) took it
-            job_id, _execution = parse_composite_key(as_text(entry))
+            job_id, _execution = parse_composite_key(entry)
             try:
                 job = Job.fetch(job_id, connection=connection)
             except NoSuchJobError:
@@ -77,7 +78,7 @@ def reap_abandoned(
                 log.error("job_dead_lettered_after_crashes", job_id=job_id, crashes=crashes)
                 continue
             job.meta[CRASH_REQUEUES] = crashes
-            job.save_meta()
+            job.save_meta()  # type: ignore[no-untyped-call]
             queue.enqueue_job(job, at_front=True)
             requeued.append(job_id)
             log.warning("job_requeued_after_worker_death", job_id=job_id, crashes=crashes, queue=name)
@@ -150,7 +151,7 @@ class _BridgeWorkerMixin:
             return []
 
 
-class BridgeWorker(_BridgeWorkerMixin, Worker):  # type: ignore[misc]
+class BridgeWorker(_BridgeWorkerMixin, Worker):
     """Fork-per-job worker (RQ's default model): a crashing job cannot take the worker down."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -164,10 +165,10 @@ class BridgeWorker(_BridgeWorkerMixin, Worker):  # type: ignore[misc]
         if self._reap_due():
             self.reap()
         if super().should_run_maintenance_tasks:
-            super().run_maintenance_tasks()
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
 
 
-class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):  # type: ignore[misc]
+class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
     """In-process worker: no fork per job, the pooled httpx clients live for the worker's lifetime.
 
     RQ's ``SimpleWorker`` does not heartbeat while a job runs; a daemon thread does it here so the short
@@ -185,7 +186,7 @@ class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):  # type: ignore[misc
         if self._reap_due():
             self.reap()
         if super().should_run_maintenance_tasks:
-            super().run_maintenance_tasks()
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
@@ -209,7 +210,7 @@ class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):  # type: ignore[misc
 
 
 def worker_class(settings: Settings, override: str | None = None) -> type[Worker] | type[SimpleWorker]:
-    cls: type[Worker] | type[SimpleWorker] = import_attribute(override or settings.worker_class)
+    cls: type[Worker] | type[SimpleWorker] = import_attribute(override or settings.worker_class)  # type: ignore[assignment]
     return cls
 
 

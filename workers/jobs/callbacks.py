@@ -45,7 +45,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _received(publisher: Publisher, payload: dict[str, Any], execution_id: str | None, detail: str | None) -> None:
+def _received(
+    publisher: Publisher, payload: dict[str, Any], execution_id: str | None, detail: str | None
+) -> None:
     data: dict[str, Any] = {
         "kind": payload.get("kind"),
         "event_id": payload.get("event_id"),
@@ -87,7 +89,9 @@ def handle_nip_event(payload: dict[str, Any]) -> Any:
     return guarded(conn, s, "nip_event", execution_id, lambda: _nip_event(conn, s, payload, execution_id))
 
 
-def _nip_event(conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None) -> dict[str, Any]:
+def _nip_event(
+    conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None
+) -> dict[str, Any]:
     publisher = Publisher(conn, s)
     body: dict[str, Any] = payload.get("body") or {}
     event = str(body.get("event") or "").upper()
@@ -175,7 +179,9 @@ def handle_status(payload: dict[str, Any]) -> Any:
     return guarded(conn, s, "status", execution_id, lambda: _status(conn, s, payload, execution_id))
 
 
-def _status(conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None) -> dict[str, Any]:
+def _status(
+    conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None
+) -> dict[str, Any]:
     publisher = Publisher(conn, s)
     body: dict[str, Any] = payload.get("body") or {}
     status = str(body.get("status") or "").upper()
@@ -188,14 +194,20 @@ def _status(conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_i
     terminal_known = state.is_terminal(conn, execution_id)
     fields = {}
     if not terminal_known:
-        fields = {k: str(v) for k, v in (("kiban_status", status), ("node_type", node_type), ("nip_phase", phase)) if v}
+        fields = {
+            k: str(v)
+            for k, v in (("kiban_status", status), ("node_type", node_type), ("nip_phase", phase))
+            if v
+        }
     publisher.publish(
         Event(
             type=EventType.WORKFLOO_STATUS_CHANGED, execution_id=execution_id, source=Source.KIBAN,
             data={"status": status or None, "node_type": node_type, "node_name": body.get("currentNodeName"),
                   "nip_phase": phase, "event_type": payload.get("event_type_header")},
         ),
-        once_key=f"status:{payload.get('event_id')}", state_key=_key(execution_id), state_fields=fields or None,
+        once_key=f"status:{payload.get('event_id')}",
+        state_key=_key(execution_id),
+        state_fields=fields or None,
     )  # fmt: skip
     if status in TERMINAL_STATUSES:
         return finish(conn, s, execution_id, trigger="status")
@@ -262,7 +274,11 @@ def finish(conn: redis.Redis, s: Settings, execution_id: str, *, trigger: str) -
     )
     state.set_fields(conn, execution_id, {state.TERMINAL: "1"})
     state.close(conn, execution_id)
-    result: dict[str, Any] = {"execution_id": execution_id, "status": outcome.status, "decision": outcome.decision}
+    result: dict[str, Any] = {
+        "execution_id": execution_id,
+        "status": outcome.status,
+        "decision": outcome.decision,
+    }
     if outcome.approved:
         handoff = Handoff(conn, s, get_kompliant_client(s), publisher).run(execution_id, outcome.applicant)
         result["kompliant"] = handoff.outcome

@@ -12,6 +12,7 @@ the job gets a reference.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +49,7 @@ def _checkpoint(name: str, value: Any) -> None:
     job = get_current_job()
     if job is not None:
         job.meta[name] = value
-        job.save_meta()
+        job.save_meta()  # type: ignore[no-untyped-call]
 
 
 def _checkpoints() -> dict[str, Any]:
@@ -102,14 +103,12 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
             kiban.submit_form(execution_id, form)
         _checkpoint("form_submitted", True)
     if not done.get("nip_sent"):
-        try:
+        with contextlib.suppress(KibanNipAlreadySent):  # sent by an earlier run of this job
             kiban.send_nip(
                 execution_id,
                 url_callback=nip_callback_url(s, execution_id),
                 api_key_callback=callback_key(s),
             )
-        except KibanNipAlreadySent:
-            pass
         _checkpoint("nip_sent", True)
     log.info("application_started", execution_id=execution_id, command_id=command_id)
     return {"execution_id": execution_id}

@@ -56,7 +56,7 @@ class HandoffResult:
 
 
 def _sub_code_is(exc: KompliantError, sub_code: str) -> bool:
-    return exc.has_sub_code(sub_code)
+    return bool(exc.has_sub_code(sub_code))
 
 
 def _is_rejection(exc: KompliantError) -> bool:
@@ -90,7 +90,12 @@ class Handoff:
             execution_id,
             EventType.KOMPLIANT_WORKFLOW_REJECTED,
             "kompliant-rejected",
-            {"code": exc.code, "sub_code": exc.sub_code, "entity_type": exc.entity_type, "trace_id": exc.trace_id},
+            {
+                "code": exc.code,
+                "sub_code": exc.sub_code,
+                "entity_type": exc.entity_type,
+                "trace_id": exc.trace_id,
+            },
         )
         log.info("kompliant_rejected", execution_id=execution_id, code=exc.code, sub_code=exc.sub_code)
         return HandoffResult(outcome="rejected", reason=reason)
@@ -107,7 +112,7 @@ class Handoff:
     def _adopt(self, subject_record_id: str) -> str | None:
         for workflow in self.kompliant.list_workflows(subject_record_id):
             if (workflow.type or "").upper() == BUSINESS_APPLICATION:
-                return workflow.workflow_id
+                return str(workflow.workflow_id)
         return None
 
     def _workflow(
@@ -171,7 +176,9 @@ class Handoff:
         workflow_id = known.get(state.KOMPLIANT_WORKFLOW)
         adopted = False
         if not workflow_id:
-            workflow_id, adopted, rejection = self._workflow(execution_id, subject_record_id, fresh, applicant)
+            workflow_id, adopted, rejection = self._workflow(
+                execution_id, subject_record_id, fresh, applicant
+            )
             if rejection is not None:
                 return rejection
             assert workflow_id is not None

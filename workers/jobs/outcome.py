@@ -106,7 +106,9 @@ def _form_values(nodes: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         if isinstance(fields, Mapping):
             items = list(fields.items())
         elif isinstance(fields, list):  # list-item shape: [{id, name, value}]
-            items = [(str(f.get("id") or f.get("name")), f.get("value")) for f in fields if isinstance(f, dict)]
+            items = [
+                (str(f.get("id") or f.get("name")), f.get("value")) for f in fields if isinstance(f, dict)
+            ]
         else:
             continue
         for key, value in items:
@@ -143,7 +145,9 @@ def _decision_tree(nodes: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return found
 
 
-def decide(status: str, nodes: list[Mapping[str, Any]], settings: Settings) -> tuple[str, str | None, str | None]:
+def decide(
+    status: str, nodes: list[Mapping[str, Any]], settings: Settings
+) -> tuple[str, str | None, str | None]:
     """(decision, source, detail) for a terminal execution."""
     if status != "SUCCESS":
         return REJECTED if status == "ERROR" else UNDECIDED, "status", status

@@ -31,7 +31,9 @@ log = get_logger(__name__)
 
 
 def poll_backoff(s: Settings, polls: int) -> float:
-    return float(min(s.reconcile_poll_backoff_cap_seconds, s.reconcile_poll_backoff_seconds * 2 ** min(polls, 32)))
+    return float(
+        min(s.reconcile_poll_backoff_cap_seconds, s.reconcile_poll_backoff_seconds * 2 ** min(polls, 32))
+    )
 
 
 def _defer(conn: redis.Redis, s: Settings, execution_id: str, now: float) -> None:

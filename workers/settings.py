@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.subscriber_config import DEFAULT_RETRY_SCHEDULE, HttpSubscriber, RetrySchedule
+
 KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
 KOMPLIANT_URL = "https://api.kompliant.com"
 
@@ -207,6 +209,47 @@ class Settings(BaseSettings):
         if value not in {"ruleset_or_tree", "ruleset", "tree", "status"}:
             raise ValueError("must be ruleset_or_tree, ruleset, tree or status")
         return value
+    # --- Fan-out -----------------------------------------------------------------------------
+    events_timeline_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="How long an execution's timeline is kept after its last event.",
+    )
+    events_claim_idle_ms: int = Field(
+        default=60_000, gt=0, description="Consumer: claim entries pending longer than this (dead consumers)."
+    )
+    events_max_deliveries: int = Field(
+        default=5,
+        gt=0,
+        description="Consumer: deliveries after which an entry goes to the dead-letter stream.",
+    )
+    events_block_ms: int = Field(default=5_000, gt=0, description="Consumer: XREADGROUP BLOCK time.")
+    bridge_http_subscribers: list[HttpSubscriber] = Field(
+        default_factory=list,
+        description='JSON list: [{"url": "https://…", "types": ["nip.*"], "secret": "whsec_…"}] '
+        '(optional "id", "allow_private").',
+    )
+    bridge_http_subscribers_allow_private: bool = Field(
+        default=False,
+        description="Allow every HTTP subscriber to reach private/loopback/link-local addresses.",
+    )
+    bridge_http_subscribers_queue: str = Field(
+        default="workfloo-webhooks", description="RQ queue for HTTP subscriber deliveries."
+    )
+    bridge_http_subscribers_retry_schedule: RetrySchedule = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE),
+        description="Comma-separated seconds before each delivery attempt (Standard Webhooks schedule); "
+        "its length is the number of attempts.",
+    )
+    bridge_http_subscribers_jitter: float = Field(
+        default=0.1, ge=0, le=1, description="Random ± fraction applied to each retry delay."
+    )
+    bridge_http_subscribers_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one delivery attempt."
+    )
+    bridge_http_subscribers_max_retry_after_seconds: float = Field(
+        default=36_000.0, ge=0, description="Cap on the Retry-After a subscriber may ask for."
+    )
 
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"

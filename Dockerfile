@@ -1,7 +1,46 @@
-# Placeholder until the deploy issue: one image for every role, chosen by command.
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# One image for every role, chosen by the command (ENTRYPOINT is the `workfloo-bridge` CLI):
+#   receiver            (default)  serve --host 0.0.0.0 --port 8000
+#   worker pool                    worker            (RQ worker on the bridge queue)
+#   scheduler/reconciler           scheduler         (single replica)
+# Build: docker build -t workfloo-bridge:0.1.0 .   (see docs/operations.md)
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BUILDER_IMAGE=python:3.11-bookworm
+
+# --- builder: the full Debian image has gcc and headers for any dependency without a wheel ------
+FROM ${BUILDER_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+# Dependencies first (cached until pyproject.toml changes), then the code.
+COPY pyproject.toml README.md ./
+COPY receiver ./receiver
+COPY workers ./workers
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+ && /opt/venv/bin/python -m compileall -q /opt/venv
+
+# --- runtime: slim, no compilers, no pip cache, non-root ----------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="workfloo-bridge" \
+      org.opencontainers.image.description="Kiban workfloo -> Kompliant webhook receiver and event bridge"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    LOG_FORMAT=json
+RUN groupadd --system --gid 10001 bridge \
+ && useradd --system --uid 10001 --gid bridge --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin bridge
+COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-COPY . .
-RUN pip install --no-cache-dir .
-USER nobody
-CMD ["workfloo-bridge", "serve", "--host", "0.0.0.0"]
+USER 10001:10001
+EXPOSE 8000
+# For the receiver role. Worker and scheduler containers have no HTTP port: compose and the
+# Kubernetes manifests override or disable this check for them.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["workfloo-bridge"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -55,7 +55,7 @@ def serve(host: str, port: int, processes: int) -> None:
         workers=processes,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=settings.bridge_graceful_shutdown_seconds,
     )
 
 

@@ -9,7 +9,7 @@ assumption, so it can be changed without a release.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -249,6 +249,29 @@ class Settings(BaseSettings):
     )
     bridge_http_subscribers_max_retry_after_seconds: float = Field(
         default=36_000.0, ge=0, description="Cap on the Retry-After a subscriber may ask for."
+    )
+
+    # --- Redis connection --------------------------------------------------------------------
+    redis_ssl_ca_certs: str | None = Field(
+        default=None, description="PEM bundle of CAs that sign the Redis server certificate (rediss only)."
+    )
+    redis_ssl_certfile: str | None = Field(default=None, description="Client certificate for mutual TLS.")
+    redis_ssl_keyfile: str | None = Field(default=None, description="Client private key for mutual TLS.")
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required", description="Server certificate check: required, optional or none."
+    )
+    redis_ssl_check_hostname: bool = Field(
+        default=True, description="Match the Redis server certificate against the host name."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel processes themselves (their requirepass)."
+    )
+
+    # --- Deploy ------------------------------------------------------------------------------
+    bridge_graceful_shutdown_seconds: int = Field(
+        default=20,
+        gt=0,
+        description="On SIGTERM the receiver stops accepting and waits this long for in-flight requests.",
     )
 
     @field_validator(

@@ -23,8 +23,11 @@ def _settings() -> Settings:
 
 
 def _redis(settings: Settings) -> redis.Redis:
+    """Any supported REDIS_URL form (plain, TLS, Sentinel); RQ raises the socket timeout it needs."""
+    from workers.redis_connection import redis_from_url
+
     assert settings.redis_url is not None
-    return redis.Redis.from_url(settings.redis_url)
+    return redis_from_url(settings.redis_url, settings=settings)
 
 
 @click.command()

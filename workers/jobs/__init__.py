@@ -16,7 +16,9 @@ from workers.settings import Settings, get_settings
 
 @lru_cache(maxsize=4)
 def _redis_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    from workers.redis_connection import redis_from_url
+
+    return redis_from_url(url, settings=get_settings())
 
 
 def connection() -> redis.Redis:

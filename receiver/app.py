@@ -2,46 +2,104 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from receiver import commands
+from receiver.callbacks import CallbackEndpoints
+from receiver.http import JSONBytes
+from receiver.intake import Intake, IntakeUnavailable, intake_client
+from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
+from receiver.openapi import openapi_document
+from receiver.rqjob import JobRecorder
+from workers.callbacks import JOB_FUNCTIONS
 from workers.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    metrics = ReceiverMetrics()
+    recorder = JobRecorder(settings.bridge_queue)
+    # Build and verify the callback job scripts now: start-up fails if RQ's enqueue commands changed.
+    job_scripts = [recorder.script(func) for func in JOB_FUNCTIONS.values()]
+    callbacks = CallbackEndpoints(settings, metrics)
+    document = openapi_document(settings)
+    document["paths"].update(commands.openapi_paths(settings))
+    openapi_bytes = orjson.dumps(document)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.redis = aioredis.Redis.from_url(
-            settings.redis_url or "redis://127.0.0.1:6379/0",
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-        )
+        client = intake_client(settings)
+        intake = Intake(settings, client, recorder, job_scripts)
+        app.state.redis = client
+        app.state.intake = intake
+        metrics.round_trip_counts = lambda: (intake.committer.batches, intake.committer.commands)
+        await intake.start()
+        # Everything alive now (modules, schemas, RQ templates) lives as long as the process: keep it
+        # out of the cyclic GC's generations so collections triggered by request garbage stay cheap.
+        gc.freeze()
         try:
             yield
         finally:
-            await app.state.redis.aclose()
+            await intake.stop()
+            await client.aclose()
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+    async def healthz(request: Request) -> Response:
+        return JSONBytes({"status": "ok"})
 
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> Response:
         try:
-            await request.app.state.redis.ping()
-        except Exception:
-            return JSONResponse({"status": "unavailable", "redis": False}, status_code=503)
-        return JSONResponse({"status": "ready", "redis": True})
+            await request.app.state.intake.call("PING")
+        except IntakeUnavailable:
+            return JSONBytes({"status": "unavailable", "redis": False}, status_code=503)
+        return JSONBytes({"status": "ready", "redis": True})
 
+    async def metrics_endpoint(request: Request) -> Response:
+        intake: Intake = request.app.state.intake
+        try:
+            depth = float(await intake.call("LLEN", intake.queue_key))
+        except IntakeUnavailable:
+            depth = float("nan")
+        metrics.queue_depth.labels(settings.bridge_queue).set(depth)
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_bytes, media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONBytes({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONBytes({"error": "internal_error", "detail": None}, 500)
+
+    routes: list[BaseRoute] = [
+        *callbacks.routes(),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *commands.routes(settings),
+    ]
     app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])],
+        routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     return app

@@ -319,6 +319,27 @@ class Settings(BaseSettings):
     def _split_vendor_lists(cls, value: Any) -> Any:
         return _split_commas(value)
 
+    # --- Receiver intake ---
+    bridge_intake_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest wait for Redis to confirm a callback write; past it the receiver answers 503.",
+    )
+    bridge_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After (seconds) sent with 503 when Redis is unavailable."
+    )
+    bridge_intake_max_batch: int = Field(
+        default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
+    )
+    bridge_intake_max_in_flight: int = Field(
+        default=4, gt=0, le=32, description="Most intake round trips to Redis in flight at once."
+    )
+    bridge_intake_group_commit: bool = Field(
+        default=True,
+        description="Share Redis round trips between concurrent callbacks (false: one call per request, "
+        "kept for the benchmark comparison).",
+    )
+
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
     )

@@ -37,6 +37,7 @@ def receiver(redis_url: str, graceful_seconds: int) -> Iterator[tuple[subprocess
         **os.environ,
         "REDIS_URL": redis_url,
         "REDIS_TIMEOUT_SECONDS": "10",
+        "BRIDGE_INTAKE_TIMEOUT_SECONDS": "10",  # readiness waits on the paused Redis instead of 503
         "BRIDGE_GRACEFUL_SHUTDOWN_SECONDS": str(graceful_seconds),
         "LOG_LEVEL": "WARNING",
     }

@@ -1,0 +1,125 @@
+"""Small HTTP pieces of the receiver: JSON responses, the error type, key check, content type and a body
+reader that counts bytes while streaming."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from pydantic import SecretStr, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class HTTPError(Exception):
+    """An answer for bad input: ``{"error": code, "detail": detail}`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, detail: Any = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+    def response(self) -> Response:
+        return JSONBytes({"error": self.code, "detail": self.detail}, self.status, headers=self.headers)
+
+
+def validation_error(field: str, message: str) -> HTTPError:
+    return HTTPError(422, "validation_error", [{"field": field, "message": message}])
+
+
+def from_pydantic(exc: ValidationError) -> HTTPError:
+    """422 naming each failing field; never echoes the input (it may hold personal data)."""
+    detail = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        detail.append({"field": field, "message": error["msg"]})
+    return HTTPError(422, "validation_error", detail)
+
+
+class KeyChecker:
+    """Accepts a request that carries any configured key in any configured header.
+
+    Every (header value, key) pair is compared with ``hmac.compare_digest`` without stopping early, so the
+    time taken does not tell which part failed. With no key configured nothing is accepted (fail closed).
+    """
+
+    def __init__(self, keys: Iterable[SecretStr], headers: Iterable[str]) -> None:
+        self._keys = [k.get_secret_value().encode() for k in keys if k.get_secret_value()]
+        self._headers = frozenset(h.strip().lower().encode("latin-1") for h in headers if h.strip())
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._keys)
+
+    def allows(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        ok = False
+        for name, value in raw_headers:
+            if name in self._headers:
+                for key in self._keys:
+                    ok |= hmac.compare_digest(value, key)
+        return ok
+
+
+UNAUTHORIZED = HTTPError(401, "unauthorized", "missing or invalid API key")
+
+
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    """First value of header ``name`` (lower-case bytes), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, any parameters (charset) allowed."""
+    if not value:
+        return False
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes whatever Content-Length claims."""
+    declared = header(request.scope, b"content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPError(400, "bad_request", "invalid Content-Length") from None
+        if size > limit:
+            raise HTTPError(413, "payload_too_large", f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise HTTPError(413, "payload_too_large", f"body larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPError(400, "bad_request", "client disconnected before the body ended") from None
+    return b"".join(chunks)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HTTPError(400, "invalid_json", "body is not valid UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise validation_error("body", "must be a JSON object")
+    return value

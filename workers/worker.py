@@ -32,7 +32,9 @@ from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TAS
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.utils import import_attribute, parse_composite_key
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scripts import release_lock
+from rq.utils import import_attribute, now, parse_composite_key, utcparse
 from rq.worker import WorkerStatus
 
 from workers.events import Event, EventType
@@ -42,6 +44,8 @@ from workers.settings import Settings, get_settings
 log = get_logger(__name__)
 
 CRASH_REQUEUES = "crash_requeues"
+SCHEDULER_STALE_SECONDS = 10.0
+"""A scheduler whose heartbeat (every second) is older than this is dead."""
 
 
 def reap_abandoned(
@@ -138,8 +142,43 @@ class _BridgeWorkerMixin:
         period = self._bridge_settings.reaper_interval_seconds
         return self._reaped_at is None or time.monotonic() - self._reaped_at >= period
 
+    def take_over_dead_scheduler(self) -> bool:
+        """Start this worker's scheduler when the one holding a queue's scheduler lock is dead.
+
+        RQ lets a scheduler lock (TTL 61 s) expire on its own and retries acquiring it only in the
+        10-minute maintenance; scheduled jobs (backoff retries, NIP resends) would wait that long after
+        the worker running the scheduler was SIGKILLed. A live scheduler refreshes its heartbeat every
+        second, so a holder silent for ``SCHEDULER_STALE_SECONDS`` is dead and its lock is released
+        (compare-and-delete on the holder's name) for this worker's scheduler to take.
+        """
+        scheduler: RQScheduler | None = getattr(self, "scheduler", None)
+        if scheduler is None:
+            return False
+        process = scheduler._process
+        if process is not None and process.is_alive():
+            return False
+        for queue in self.queues:
+            lock_key = RQScheduler.get_locking_key(queue.name)
+            raw = self.connection.get(lock_key)
+            if raw is None:
+                continue
+            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if holder == scheduler.name:
+                continue
+            beat = self.connection.hget(SCHEDULER_KEY_TEMPLATE % holder, "last_heartbeat")
+            text = beat.decode() if isinstance(beat, bytes) else beat
+            age = None if text is None else (now() - utcparse(text)).total_seconds()
+            if age is None or age > SCHEDULER_STALE_SECONDS:
+                release_lock(self.connection, lock_key, holder)
+                log.warning("scheduler_lock_taken_over", queue=queue.name, dead_holder=holder)
+        return bool(scheduler.acquire_locks(auto_start=True))  # type: ignore[no-untyped-call]
+
     def reap(self) -> list[str]:
         self._reaped_at = time.monotonic()
+        try:
+            self.take_over_dead_scheduler()
+        except redis.RedisError:
+            log.warning("scheduler_takeover_redis_error")
         try:
             return reap_abandoned(
                 self.connection,

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
 
 from workers import dlq
 from workers.settings import load_settings
@@ -47,9 +49,11 @@ def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(timeout=10)
 
 
-def start_worker(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], procs: list[subprocess.Popen[bytes]], *, scheduler: bool = False
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [str(BIN), "worker", "--no-scheduler"],
+        [str(BIN), "worker", "--scheduler" if scheduler else "--no-scheduler"],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -111,3 +115,21 @@ def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
     job.set_status(JobStatus.STARTED)
     redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() + 30})
     assert reap_abandoned(redis_client, [QUEUE], max_requeues=3) == []
+
+
+def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
+    redis_url: str, redis_client: redis.Redis, spawn: list[subprocess.Popen[bytes]]
+) -> None:
+    env = worker_env(redis_url, "workers.worker.BridgeSimpleWorker")
+    holder = start_worker(env, spawn, scheduler=True)
+    lock = RQScheduler.get_locking_key(QUEUE)
+    wait_for(lambda: redis_client.get(lock) is not None, 15, "the first worker to take the scheduler lock")
+    start_worker(env, spawn, scheduler=True)
+    time.sleep(1)
+    os.killpg(holder.pid, signal.SIGKILL)  # worker and its scheduler process
+    holder.wait(timeout=10)
+    killed_at = time.monotonic()
+    job = Queue(QUEUE, connection=redis_client).enqueue_in(timedelta(seconds=1), "time.sleep", 0)
+    # RQ alone: the dead holder's lock lives 61 s and is retried at the next maintenance.
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the scheduled job to run")
+    assert time.monotonic() - killed_at < 30

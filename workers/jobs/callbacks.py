@@ -103,37 +103,80 @@ def _nip_event(
     if link_id:
         state.map_link(conn, str(link_id), execution_id)
     state.touch_open(conn, execution_id)
+    date = str(body.get("date") or payload.get("event_id"))
+    return apply_nip_event(
+        conn, s, publisher, execution_id, event, date, body.get("errorMessage"), link_id, Source.KIBAN
+    )
 
+
+def apply_nip_event(
+    conn: redis.Redis,
+    s: Settings,
+    publisher: Publisher,
+    execution_id: str,
+    event: str,
+    date: str,
+    message: Any,
+    link_id: Any,
+    source: Source,
+) -> dict[str, Any]:
+    """Publish one NIP delivery event and, for ERROR, decide on a resend.
+
+    Used for NIP callbacks, for the ``link.events`` of status webhooks and for reconciler polls (the
+    status object is the source of truth, assumption K2): the once-key (execution, event, date) makes
+    the same delivery event count once whichever way it arrived.
+    """
+    event = event.upper()
     event_type = NIP_EVENT_TYPES.get(event)
     if event_type is None:
         log.warning("nip_event_unknown", execution_id=execution_id, nip_event=event[:40])
         return {"execution_id": execution_id, "event": event}
-    date = str(body.get("date") or payload.get("event_id"))
     once = f"nip:{execution_id}:{event}:{date}"
-    data: dict[str, Any] = {"date": body.get("date"), "link_id": link_id}
+    data: dict[str, Any] = {"date": date, "link_id": link_id}
     fields: dict[str, str] = {}
     if event == "SUCCESS":
         fields["nip_delivered"] = "1"
     if event != "ERROR":
         publisher.publish(
-            Event(type=event_type, execution_id=execution_id, source=Source.KIBAN, data=data),
+            Event(type=event_type, execution_id=execution_id, source=source, data=data),
             once_key=once, state_key=_key(execution_id), state_fields=fields or None,
         )  # fmt: skip
         return {"execution_id": execution_id, "event": event}
 
-    message = body.get("errorMessage")
     data["error_message"] = redactor.text(str(message))[:300] if message else None
+    if conn.exists(keys.event_once(once)):
+        return {"execution_id": execution_id, "event": event, "duplicate": True}
     known = state.load(conn, execution_id)
     decision = _resend_decision(conn, s, execution_id, known, message, date)
     data.update(decision)
+    if decision["recoverable"]:  # before the publish: a crash in between re-schedules the same job id
+        _schedule_resend(conn, s, execution_id, int(decision["resend"]))
     publisher.publish(
-        Event(type=EventType.NIP_FAILED, execution_id=execution_id, source=Source.KIBAN, data=data),
+        Event(type=EventType.NIP_FAILED, execution_id=execution_id, source=source, data=data),
         once_key=once, state_key=_key(execution_id),
         state_fields=None if decision["recoverable"] else {state.NIP_FINAL_FAILED: "1"},
     )  # fmt: skip
-    if decision["recoverable"]:
-        _schedule_resend(conn, s, execution_id, int(decision["resend"]))
     return {"execution_id": execution_id, "event": event, **decision}
+
+
+def apply_link_events(
+    conn: redis.Redis,
+    s: Settings,
+    publisher: Publisher,
+    execution_id: str,
+    status_body: dict[str, Any],
+    source: Source,
+) -> None:
+    """The NIP delivery events listed in a status object (webhook body or polled status)."""
+    link = status_body.get("link")
+    if not isinstance(link, dict):
+        return
+    for item in link.get("events") or []:
+        if isinstance(item, dict) and item.get("status") and item.get("date"):
+            apply_nip_event(
+                conn, s, publisher, execution_id, str(item["status"]), str(item["date"]),
+                item.get("errorMessage"), None, source,
+            )  # fmt: skip
 
 
 def _key(execution_id: str) -> str:
@@ -209,6 +252,7 @@ def _status(
         state_key=_key(execution_id),
         state_fields=fields or None,
     )  # fmt: skip
+    apply_link_events(conn, s, publisher, execution_id, body, Source.KIBAN)
     if status in TERMINAL_STATUSES:
         return finish(conn, s, execution_id, trigger="status")
     state.touch_open(conn, execution_id)

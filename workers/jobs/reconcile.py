@@ -6,7 +6,8 @@ idle for ``reconcile_after_seconds`` or more, polls each one, and
 
 * terminal → enqueues ``finish_execution`` (job id ``finish-<execution>``: the finish path is
   idempotent, so a duplicate of a callback-driven finish is harmless);
-* not terminal → pushes its score forward by the poll backoff (``reconcile_poll_backoff_seconds``
+* not terminal → applies the NIP delivery events the status lists (a lost NIP callback heals here), and
+  pushes its score forward by the poll backoff (``reconcile_poll_backoff_seconds``
   doubling per poll, capped at ``reconcile_poll_backoff_cap_seconds``);
 * vendor error → the same backoff; the next sweep tries again.
 """
@@ -20,10 +21,13 @@ import redis
 from rq import Queue
 
 from workers import keys, state
+from workers.events import Source
 from workers.jobs import connection, settings
-from workers.jobs.callbacks import FINISH_FUNCTION, job_options
+from workers.jobs.callbacks import FINISH_FUNCTION, apply_link_events, job_options
+from workers.jobs.outcome import as_mapping
 from workers.kiban.client import get_kiban_client
 from workers.logging import get_logger
+from workers.publisher import Publisher
 from workers.settings import Settings
 from workers.vendor_errors import VendorError
 
@@ -53,6 +57,7 @@ def sweep(conn: redis.Redis, s: Settings, now: float | None = None) -> dict[str,
     due = state.due_for_reconcile(conn, now - s.reconcile_after_seconds, s.reconcile_batch)
     kiban = get_kiban_client(s)
     queue = Queue(s.bridge_queue, connection=conn)
+    publisher = Publisher(conn, s)
     finished: list[str] = []
     waiting: list[str] = []
     for execution_id in due:
@@ -76,6 +81,8 @@ def sweep(conn: redis.Redis, s: Settings, now: float | None = None) -> dict[str,
             _defer(conn, s, execution_id, now)
             finished.append(execution_id)
         else:
+            # Lost NIP callbacks heal here too: the polled status lists every delivery event.
+            apply_link_events(conn, s, publisher, execution_id, as_mapping(status), Source.KIBAN)
             _defer(conn, s, execution_id, now)
             waiting.append(execution_id)
     if due:

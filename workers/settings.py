@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(
         default=3.0, gt=0, description="How often a worker requeues jobs abandoned by a dead worker."
     )
+    scheduler_stale_seconds: float = Field(
+        default=10.0,
+        gt=1,
+        description="A scheduler lock holder silent this long is dead; a worker takes its lock over.",
+    )
     reaper_max_requeues: int = Field(
         default=3, ge=0, description="Crash requeues of one job before it is dead-lettered (poison pill)."
     )

@@ -44,8 +44,6 @@ from workers.settings import Settings, get_settings
 log = get_logger(__name__)
 
 CRASH_REQUEUES = "crash_requeues"
-SCHEDULER_STALE_SECONDS = 10.0
-"""A scheduler whose heartbeat (every second) is older than this is dead."""
 
 
 def reap_abandoned(
@@ -148,7 +146,7 @@ class _BridgeWorkerMixin:
         RQ lets a scheduler lock (TTL 61 s) expire on its own and retries acquiring it only in the
         10-minute maintenance; scheduled jobs (backoff retries, NIP resends) would wait that long after
         the worker running the scheduler was SIGKILLed. A live scheduler refreshes its heartbeat every
-        second, so a holder silent for ``SCHEDULER_STALE_SECONDS`` is dead and its lock is released
+        second, so a holder silent for ``scheduler_stale_seconds`` (10 s) is dead and its lock is released
         (compare-and-delete on the holder's name) for this worker's scheduler to take.
         """
         scheduler: RQScheduler | None = getattr(self, "scheduler", None)
@@ -168,7 +166,7 @@ class _BridgeWorkerMixin:
             beat = self.connection.hget(SCHEDULER_KEY_TEMPLATE % holder, "last_heartbeat")
             text = beat.decode() if isinstance(beat, bytes) else beat
             age = None if text is None else (now() - utcparse(text)).total_seconds()
-            if age is None or age > SCHEDULER_STALE_SECONDS:
+            if age is None or age > self._bridge_settings.scheduler_stale_seconds:
                 release_lock(self.connection, lock_key, holder)
                 log.warning("scheduler_lock_taken_over", queue=queue.name, dead_holder=holder)
         return bool(scheduler.acquire_locks(auto_start=True))  # type: ignore[no-untyped-call]

@@ -120,7 +120,7 @@ def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
 def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
     redis_url: str, redis_client: redis.Redis, spawn: list[subprocess.Popen[bytes]]
 ) -> None:
-    env = worker_env(redis_url, "workers.worker.BridgeSimpleWorker")
+    env = {**worker_env(redis_url, "workers.worker.BridgeSimpleWorker"), "SCHEDULER_STALE_SECONDS": "3"}
     holder = start_worker(env, spawn, scheduler=True)
     lock = RQScheduler.get_locking_key(QUEUE)
     wait_for(lambda: redis_client.get(lock) is not None, 15, "the first worker to take the scheduler lock")

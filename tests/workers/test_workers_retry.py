@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from workers.retry import PermanentError, RetryPolicy, TransientError, is_retryable, reason_of
 
 
@@ -58,3 +60,84 @@ def test_reason_is_redacted() -> None:
     reason = reason_of(VendorLike("email ana@example.com already used"))
     assert "ana@example.com" not in reason
     assert "http 400" in reason and "ACCOUNT_CONFIGURATION_VIOLATION/DUPLICATE_EMAIL" in reason
+
+
+# --- the policy inside a real RQ worker (in-process burst worker, real Redis) -----------------------
+
+RUNS: list[int] = []
+
+
+def _settings_for_job() -> Any:
+    from workers.settings import load_settings
+
+    return load_settings(retry_base_seconds=0, retry_max_attempts=3)
+
+
+def always_unavailable() -> Any:
+    from rq import get_current_job
+
+    from workers.retry import guarded
+
+    job = get_current_job()
+    assert job is not None
+
+    def body() -> None:
+        RUNS.append(1)
+        raise TransientError("vendor still down", retry_after=None)
+
+    return guarded(job.connection, _settings_for_job(), "probe", "exec-r", body)
+
+
+def permanent_problem() -> Any:
+    from rq import get_current_job
+
+    from workers.retry import guarded
+
+    job = get_current_job()
+    assert job is not None
+
+    def body() -> None:
+        RUNS.append(1)
+        raise PermanentError("the form has no e-mail")
+
+    return guarded(job.connection, _settings_for_job(), "probe", "exec-p", body)
+
+
+def _run(redis_client: Any, func: str) -> Any:
+    from rq import Queue
+
+    from workers.settings import load_settings
+    from workers.worker import build_worker
+
+    RUNS.clear()
+    job = Queue("workfloo", connection=redis_client).enqueue(f"{__name__}.{func}", job_id=f"probe-{func}")
+    build_worker(redis_client, load_settings(), cls="workers.worker.BridgeSimpleWorker").work(burst=True)
+    return job
+
+
+def test_retryable_error_is_retried_then_dead_lettered_with_action_failed(redis_client: Any) -> None:
+    from workers import dlq
+    from workers.publisher import Publisher
+    from workers.settings import load_settings
+
+    job = _run(redis_client, "always_unavailable")
+    assert len(RUNS) == 3  # RETRY_MAX_ATTEMPTS runs, same job id
+    assert job.get_status(refresh=True) == "failed"
+    [letter] = dlq.list_dead_letters(redis_client, "workfloo")
+    assert letter.job_id == job.id and letter.reason.startswith("retries exhausted: TransientError")
+    [event] = Publisher(redis_client, load_settings()).timeline("exec-r")
+    assert event.type == "action.failed"
+    assert event.data["retryable"] is True and event.data["attempts"] == 3
+
+
+def test_permanent_error_is_dead_lettered_at_once(redis_client: Any) -> None:
+    from workers import dlq
+    from workers.publisher import Publisher
+    from workers.settings import load_settings
+
+    job = _run(redis_client, "permanent_problem")
+    assert len(RUNS) == 1
+    [letter] = dlq.list_dead_letters(redis_client, "workfloo")
+    assert letter.job_id == job.id and letter.reason.startswith("permanent: PermanentError")
+    [event] = Publisher(redis_client, load_settings()).timeline("exec-p")
+    assert event.data["retryable"] is False and event.data["action"] == "probe"

@@ -8,6 +8,7 @@ assumption, so it can be changed without a release.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -207,6 +208,16 @@ class Settings(BaseSettings):
     @classmethod
     def _split_workers_lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("nip_invalid_destination_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @field_validator("approval_rule")
     @classmethod

@@ -68,3 +68,14 @@ def test_field_ids_are_settings() -> None:
     }
     s = load_settings(applicant_email_fields="correo_x")
     assert normalise("e1", doc, s).applicant.email == "a@b.co"
+
+
+def test_bad_nip_pattern_is_refused_at_start_up() -> None:
+    from workers.settings import SettingsError
+
+    try:
+        load_settings(nip_invalid_destination_patterns="unknown,(unclosed")
+    except SettingsError as exc:
+        assert "NIP_INVALID_DESTINATION_PATTERNS" in str(exc)
+    else:
+        raise AssertionError("an invalid regex must be refused")

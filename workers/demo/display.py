@@ -132,8 +132,7 @@ def timeline_table(
     table = Table(title=title or f"timeline {execution_id}", title_justify="left", caption=caption)
     table.add_column("+prev", justify="right")
     table.add_column("t", justify="right")
-    table.add_column("event")
-    table.add_column("source")
+    table.add_column("event", no_wrap=True)
     table.add_column("detail", overflow="fold")
     for event in events:
         prev = event.get("since_previous_ms")
@@ -142,7 +141,6 @@ def timeline_table(
             "" if prev is None else f"{prev:.0f} ms",
             "" if start is None else f"{start:.0f} ms",
             str(event.get("type", "?")),
-            str(event.get("source", "")),
             _event_detail(event),
         )
     return table

@@ -147,3 +147,29 @@ def _children_of(pid: int) -> list[int]:
         found.extend(kids)
         frontier.extend(kids)
     return found
+
+
+def test_demo_exits_1_and_says_why_when_an_outcome_is_wrong(tmp_path: Path) -> None:
+    """A Kompliant secret the fake rejects: the hand-off dead-letters, the approved application is not."""
+    import io
+
+    from rich.console import Console
+
+    from workers.demo.runner import run_demo
+
+    out = io.StringIO()
+    code = run_demo(
+        applications=1,
+        workers=1,
+        timeout=30,
+        log_dir=tmp_path / "logs",
+        console=Console(file=out, width=200),
+        extra_env={"KOMPLIANT_SECRET_KEY": "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGhlIGRlbW8h"},
+    )
+    text = out.getvalue()
+    assert code == 1, text
+    assert "demo FAILED" in text
+    assert "0/1 as expected" in text
+    assert "expected approved" in text
+    assert "action.failed" in text
+    assert "process logs kept in" in text

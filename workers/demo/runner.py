@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -83,11 +84,15 @@ def run_demo(
     log_dir: Path | None = None,
     as_json: bool = False,
     console: Console | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Returns the process exit code: 0 all as expected, 1 not, 130 interrupted before the end."""
     console = console or Console(stderr=as_json, highlight=False)
     began = time.monotonic()
-    stack = DemoStack(StackConfig(workers=workers, redis_url=redis_url, log_dir=log_dir))
+    config = StackConfig(
+        workers=workers, redis_url=redis_url, log_dir=log_dir, extra_env=dict(extra_env or {})
+    )
+    stack = DemoStack(config)
     console.print(f"process logs: {stack.log_dir}")
     code = EXIT_INTERRUPTED
     finished = False

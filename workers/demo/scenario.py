@@ -93,6 +93,12 @@ def judge(run: AppRun) -> tuple[str | None, list[str]]:
             outcome = "approved-no-handoff"
         else:
             outcome = "rejected"
+    for event in run.events:
+        if event.get("type") == "action.failed":
+            data = event.get("data") or {}
+            problems.append(
+                f"action.failed: {data.get('action', '?')}: {data.get('reason', 'no reason given')}"
+            )
     for once in ("kompliant.workflow.created", "kompliant.workflow.started", *TERMINAL_EVENTS):
         if run.count(once) > 1:
             problems.append(f"{once} published {run.count(once)} times (expected once)")
@@ -247,7 +253,9 @@ class ScenarioRunner:
             if run.scenario != "rejected":
                 self._wait_for(
                     run,
-                    lambda t: APPROVED_EVENT in t or "kompliant.workflow.rejected" in t,
+                    lambda t: (
+                        APPROVED_EVENT in t or "kompliant.workflow.rejected" in t or "action.failed" in t
+                    ),
                     "the Kompliant hand-off",
                 )
             if run.scenario == "duplicate-storm":

@@ -132,9 +132,13 @@ class Summary:
             "events_published": self.events_published,
             "duplicates_absorbed": self.duplicates_absorbed,
             "latency_seconds": {
-                "p50": self.percentile(0.5),
-                "max": self.percentile(1.0),
+                "p50": _round(self.percentile(0.5)),
+                "max": _round(self.percentile(1.0)),
             },
             "wall_seconds": round(self.wall_seconds, 3),
             "log_dir": self.log_dir,
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

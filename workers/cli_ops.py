@@ -87,7 +87,12 @@ def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) ->
         StartedJobRegistry,
     )
 
-    queue_names = {settings.bridge_queue, *(q.name for q in Queue.all(connection=client))}
+    # The HTTP subscribers' delivery queue is their lag: deliveries waiting, retrying (scheduled), failed.
+    queue_names = {
+        settings.bridge_queue,
+        settings.bridge_http_subscribers_queue,
+        *(q.name for q in Queue.all(connection=client)),
+    }
     queues = []
     for name in sorted(queue_names):
         queue = Queue(name, connection=client)

@@ -67,20 +67,30 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up once in the parent: between fork and exec the child only makes this one C call (no imports,
+# no dlopen), which is what keeps a preexec_fn safe while the parent has other threads (rich's spinner).
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """preexec_fn: SIGTERM this child when the parent thread that started it dies (Linux only)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def child_popen_kwargs() -> dict[str, Any]:
     """``subprocess.Popen`` arguments for a supervised child: own process group, dies with the parent."""
     return {
         "start_new_session": True,
-        "preexec_fn": _die_with_parent if sys.platform.startswith("linux") else None,
+        "preexec_fn": _die_with_parent if _PRCTL is not None else None,
     }
 
 

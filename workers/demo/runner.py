@@ -145,6 +145,7 @@ def run_demo(
             console.print(f"stopped {len(pids)} processes")
             if code == 0 and log_dir is None:
                 stack.cleanup_logs()
+                console.print("process logs removed (all went well; --log-dir DIR keeps them)")
             else:
                 console.print(f"process logs kept in {stack.log_dir}")
     return code

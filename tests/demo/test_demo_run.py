@@ -71,7 +71,7 @@ def test_demo_runs_every_scenario_to_its_expected_outcome(tmp_path: Path) -> Non
 
 def test_keep_running_then_sigint_leaves_nothing_running(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        _demo("--applications", "0", "--keep-running", "--workers", "1"),
+        _demo("--applications", "0", "--keep-running", "--workers", "1", "--log-dir", str(tmp_path)),
         cwd=ROOT,
         env=_clean_env(),
         stdout=subprocess.PIPE,
@@ -111,7 +111,7 @@ def test_keep_running_then_sigint_leaves_nothing_running(tmp_path: Path) -> None
 
 def test_sigterm_during_startup_stops_what_was_started(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        _demo("--applications", "0", "--keep-running", "--workers", "1"),
+        _demo("--applications", "0", "--keep-running", "--workers", "1", "--log-dir", str(tmp_path)),
         cwd=ROOT,
         env=_clean_env(),
         stdout=subprocess.PIPE,

@@ -173,3 +173,34 @@ def test_demo_exits_1_and_says_why_when_an_outcome_is_wrong(tmp_path: Path) -> N
     assert "expected approved" in text
     assert "action.failed" in text
     assert "process logs kept in" in text
+
+
+def test_ctrl_c_while_applications_are_in_flight(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        _demo("--applications", "4", "--workers", "1", "--log-dir", str(tmp_path)),
+        cwd=ROOT,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("stack ready"):
+                break
+        children = _children_of(process.pid)
+        assert children, "".join(seen)
+        time.sleep(0.5)  # applications are being driven now
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, rest
+    assert "Ctrl-C: stopping" in rest
+    assert "applications when interrupted" in rest
+    assert _wait_gone(children) == []

@@ -26,7 +26,7 @@ application per approved execution and none for the others (``GET /_fake/workflo
 has exactly its terminal event, and approved ones ``kompliant.workflow.created``/``started``; no effect
 event twice; no dead letter, no ``action.failed``; every callback POST answered 200.
 
-    python -m bench.scale [--apps-per-worker 12] [--proof-apps 200] [--latency-ms 100]
+    python -m bench.scale [--apps-per-worker 20] [--proof-apps 200] [--latency-ms 100]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ WORKER_ENV = {
 @dataclass
 class ScaleConfig:
     worker_counts: tuple[int, ...] = (1, 2, 4)
-    apps_per_worker: int = 12
+    apps_per_worker: int = 20
     proof_apps: int = 200
     proof_workers: int = 4
     latency_ms: float = 100.0
@@ -159,6 +159,14 @@ class PhaseResult:
     seconds: float
     callbacks: int  # accepted callbacks of the phase's applications (callback.received events)
     posts: int  # callback POSTs answered by the receivers during the phase (originals + cross copies)
+    cpu_share: float  # CPU of every process of the run (and this driver) / (phase time x cores)
+    jobs: int  # RQ jobs the workers finished during the phase
+    busy_share: float  # workers' time inside jobs / (phase time x workers)
+
+    @property
+    def job_seconds_per_app(self) -> float:
+        """Worker time inside jobs per application: grows when workers wait on each other (locks, retries)."""
+        return self.busy_share * self.seconds * self.workers / self.apps
 
     @property
     def apps_per_second(self) -> float:
@@ -180,6 +188,7 @@ class ScaleReport:
     accepted_by_receiver: dict[str, int] = field(default_factory=dict)
     duplicate_by_receiver: dict[str, int] = field(default_factory=dict)
     callback_posts: int = 0
+    commands: int = 0
     cross_copies: int = 0
     cross_copies_accepted: int = 0
     cross_copies_duplicate: int = 0
@@ -425,6 +434,7 @@ class Driver:
         self._round_robin = itertools.cycle(range(2))
         self.serial = itertools.count()
         self.callbacks_by_execution: Counter[str] = Counter()
+        self.nip_commands: list[str] = []
 
     def receiver(self) -> str:
         return self.stack.receivers[next(self._round_robin)]
@@ -463,6 +473,7 @@ class Driver:
             )
             if response.status_code != 202:
                 raise RuntimeError(f"POST …/nip answered {response.status_code}: {response.text}")
+            self.nip_commands.append(response.json()["command_id"])
             self.pending_nip.discard(execution_id)
 
     def on_event(self, event: dict[str, Any], now: float) -> None:
@@ -553,6 +564,16 @@ def verify(stack: Stack, driver: Driver, reposter: Reposter, report: ScaleReport
     if set(statuses) != {"finished"}:
         fail(f"acknowledged callbacks whose job did not finish: {dict(statuses)}")
 
+    # every acknowledged command (202 from POST /v1/applications and …/nip) ran to the end too
+    commands = [app.command_id for app in apps] + driver.nip_commands
+    pipe = conn.pipeline(transaction=False)
+    for command_id in commands:
+        pipe.hget(f"rq:job:{command_id}", "status")
+    command_statuses = Counter((value or b"missing").decode() for value in pipe.execute())
+    if set(command_statuses) != {"finished"}:
+        fail(f"acknowledged commands whose job did not finish: {dict(command_statuses)}")
+    report.commands = len(commands)
+
     entries = conn.xrange(STREAM)
     report.events = len(entries)
     events = [json.loads(fields[b"event"]) for _id, fields in entries]
@@ -641,6 +662,39 @@ def _metric_sum(base_url: str, name: str) -> int:
     return int(total)
 
 
+def _total_cpu(stack: Stack) -> float:
+    own = os.times()
+    return sum(stack.cpu_seconds().values()) + own.user + own.system
+
+
+def _worker_totals(stack: Stack) -> tuple[int, float]:
+    """(jobs finished, seconds inside jobs) summed over this run's live workers (RQ's worker counters)."""
+    jobs, seconds = 0, 0.0
+    for worker in Worker.all(connection=stack.redis):
+        if worker.name in stack.workers:
+            jobs += worker.successful_job_count + worker.failed_job_count
+            seconds += worker.total_working_time
+    return jobs, seconds
+
+
+def _measure(
+    name: str,
+    workers: int,
+    batch: list[App],
+    driver: Driver,
+    posts: int,
+    cpu_seconds: float,
+    work: tuple[int, float],
+) -> PhaseResult:
+    start = min(app.submitted_at for app in batch)
+    done = sorted(app.done_at or start for app in batch)
+    seconds = done[-1] - start
+    callbacks = sum(driver.callbacks_by_execution[app.execution_id or ""] for app in batch)
+    share = cpu_seconds / (seconds * (os.cpu_count() or 1))
+    busy = work[1] / (seconds * workers)
+    return PhaseResult(name, workers, len(batch), seconds, callbacks, posts, share, work[0], busy)
+
+
 # --- orchestration -----------------------------------------------------------------------------------
 
 
@@ -686,18 +740,19 @@ def run(config: ScaleConfig) -> ScaleReport:
                 stack.add_worker()
             apps = config.apps_per_worker * count
             posts_before = reposter.seen + sum(reposter.statuses.values())
-            started = time.monotonic()
+            cpu_before, work_before = _total_cpu(stack), _worker_totals(stack)
             batch = driver.submit(f"throughput-{count}", apps)
             driver.run_until_done(batch, config.phase_timeout)
-            finished = max(app.done_at or started for app in batch)
-            seconds = finished - min(app.submitted_at for app in batch)
-            callbacks = sum(driver.callbacks_by_execution[app.execution_id or ""] for app in batch)
             posts = reposter.seen + sum(reposter.statuses.values()) - posts_before
-            result = PhaseResult(f"throughput-{count}", count, apps, seconds, callbacks, posts)
+            work_after = _worker_totals(stack)
+            work = (work_after[0] - work_before[0], work_after[1] - work_before[1])
+            cpu = _total_cpu(stack) - cpu_before
+            result = _measure(f"throughput-{count}", count, batch, driver, posts, cpu, work)
             report.phases.append(result)
             log(
-                f"  {count} worker(s): {apps} applications in {seconds:.1f} s = "
-                f"{result.apps_per_second:.2f} apps/s, {result.callbacks_per_second:.1f} callbacks/s"
+                f"  {count} worker(s): {apps} applications in {result.seconds:.1f} s = "
+                f"{result.apps_per_second:.2f} apps/s, {result.callbacks_per_second:.1f} callbacks/s, "
+                f"workers busy {result.busy_share:.0%}, CPU {result.cpu_share:.0%} of the cores"
             )
             driver.wait_quiet()
         if config.proof_apps:
@@ -716,17 +771,17 @@ def run(config: ScaleConfig) -> ScaleReport:
                     stack.kill(busy[0])
                     log(f"  SIGKILL {busy[0]} while it ran {busy[1]} ({done} of {config.proof_apps} done)")
 
-            started = time.monotonic()
+            cpu_before = _total_cpu(stack)
             batch = driver.submit("proof", config.proof_apps)
             driver.run_until_done(batch, config.phase_timeout, on_tick=maybe_kill)
-            seconds = max(app.done_at or started for app in batch) - started
-            callbacks = sum(driver.callbacks_by_execution[app.execution_id or ""] for app in batch)
-            report.phases.append(
-                PhaseResult(
-                    "proof", len(live) - (1 if report.killed_worker else 0), len(batch), seconds, callbacks, 0
-                )
+            survivors = len(live) - (1 if report.killed_worker else 0)
+            result = _measure("proof", survivors, batch, driver, 0, _total_cpu(stack) - cpu_before, (0, 0.0))
+            report.phases.append(result)
+            log(
+                f"  proof: {len(batch)} applications in {result.seconds:.1f} s "
+                f"({result.apps_per_second:.2f} apps/s, {result.callbacks_per_second:.1f} callbacks/s) "
+                f"with a worker killed"
             )
-            log(f"  proof: {len(batch)} applications in {seconds:.1f} s with a worker killed")
             if config.kill and report.killed_worker is None:
                 report.failures.append("no worker was busy when the kill was due: nothing was killed")
         driver.wait_quiet()
@@ -746,16 +801,22 @@ def print_report(report: ScaleReport, config: ScaleConfig) -> None:
         print(
             f"\nthroughput, fake vendors at {config.latency_ms:.0f} ms per request, {os.cpu_count()} cores:"
         )
-        print(f"{'workers':>8} {'apps':>5} {'seconds':>8} {'apps/s':>7} {'callbacks/s':>12} {'ratio':>6}")
+        print(
+            f"{'workers':>8} {'apps':>5} {'seconds':>8} {'apps/s':>7} {'ratio':>6} {'callbacks/s':>12} "
+            f"{'ratio':>6} {'jobs/s':>7} {'busy':>5} {'job s/app':>9} {'CPU':>5}"
+        )
         for p in throughput:
-            ratio = p.apps_per_second / base.apps_per_second
             print(
                 f"{p.workers:>8} {p.apps:>5} {p.seconds:>8.1f} {p.apps_per_second:>7.2f} "
-                f"{p.callbacks_per_second:>12.1f} {ratio:>5.2f}x"
+                f"{p.apps_per_second / base.apps_per_second:>5.2f}x "
+                f"{p.callbacks_per_second:>12.1f} "
+                f"{p.callbacks_per_second / base.callbacks_per_second:>5.2f}x {p.jobs / p.seconds:>7.1f} "
+                f"{p.busy_share:>5.0%} {p.job_seconds_per_app:>9.2f} {p.cpu_share:>5.0%}"
             )
     print(
         f"\napplications {report.applications} ({report.approved} approved), "
-        f"business applications {report.business_applications}, events {report.events}"
+        f"business applications {report.business_applications}, events {report.events}, "
+        f"commands {report.commands} (all finished: {not any('commands' in f for f in report.failures)})"
     )
     print(
         f"callback POSTs {report.callback_posts} (of which cross-receiver copies {report.cross_copies}: "

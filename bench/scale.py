@@ -17,8 +17,9 @@ Phases:
    ``--apps-per-worker`` times the workers applications at once and measures applications completed per second
    (first submit → last terminal event) and callbacks accepted per second. Ratios are against the
    1-worker phase of the same run.
-2. **Proof** with four workers: ``--proof-apps`` applications, one worker SIGKILLed while it runs a job
-   once 40 % are done.
+2. **Proof** with four workers: ``--proof-apps`` applications, the fake Kiban sending every callback
+   twice (``duplicate_callbacks`` knob) on top of the cross-receiver copies, one worker SIGKILLed while it
+   runs a job once 40 % are done.
 
 Checks over every application of every phase: each acknowledged callback (a dedupe key = a ``200
 accepted``) has a finished RQ job and a ``callback.received`` event; exactly one Kompliant business
@@ -53,7 +54,7 @@ import httpx
 import redis
 from rq import Queue, Worker
 from rq.job import Job
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from workers.fakes import kompliant as fake_kompliant
 from workers.redis_server import RedisServer, free_port
@@ -133,6 +134,7 @@ class ScaleConfig:
     proof_workers: int = 4
     latency_ms: float = 100.0
     proof_latency_ms: float = 10.0
+    proof_duplicates: int = 2  # the fake Kiban's duplicate_callbacks knob in the proof phase (same receiver)
     kill: bool = True
     phase_timeout: float = 120.0
     decision_delay: float = 0.2
@@ -162,6 +164,7 @@ class PhaseResult:
     cpu_share: float  # CPU of every process of the run (and this driver) / (phase time x cores)
     jobs: int  # RQ jobs the workers finished during the phase
     busy_share: float  # workers' time inside jobs / (phase time x workers)
+    job_durations: dict[str, tuple[int, float]] = field(default_factory=dict)  # function → (jobs, mean s)
 
     @property
     def job_seconds_per_app(self) -> float:
@@ -189,6 +192,7 @@ class ScaleReport:
     duplicate_by_receiver: dict[str, int] = field(default_factory=dict)
     callback_posts: int = 0
     commands: int = 0
+    fake_deliveries: int = 0
     cross_copies: int = 0
     cross_copies_accepted: int = 0
     cross_copies_duplicate: int = 0
@@ -599,7 +603,8 @@ def verify(stack: Stack, driver: Driver, reposter: Reposter, report: ScaleReport
     codes = reposter.original_codes
     if set(codes) - {200}:
         fail(f"fake Kiban's callbacks got answers other than 200: {dict(codes)}")
-    report.callback_posts = sum(codes.values()) + sum(reposter.statuses.values())
+    report.fake_deliveries = sum(codes.values())
+    report.callback_posts = report.fake_deliveries + sum(reposter.statuses.values())
     report.cross_copies = sum(reposter.statuses.values())
     report.cross_copies_accepted = reposter.statuses["accepted"]
     report.cross_copies_duplicate = reposter.statuses["duplicate"]
@@ -665,6 +670,19 @@ def _metric_sum(base_url: str, name: str) -> int:
 def _total_cpu(stack: Stack) -> float:
     own = os.times()
     return sum(stack.cpu_seconds().values()) + own.user + own.system
+
+
+def _job_durations(stack: Stack, seen: set[str]) -> dict[str, tuple[int, float]]:
+    """Mean run time per job function of the finished jobs not in ``seen`` (which is updated)."""
+    registry = FinishedJobRegistry(QUEUE, connection=stack.redis)
+    new = [job_id for job_id in registry.get_job_ids() if job_id not in seen]
+    seen.update(new)
+    times: dict[str, list[float]] = defaultdict(list)
+    for job in Job.fetch_many(new, connection=stack.redis):
+        if job is not None and job.started_at and job.ended_at:
+            name = (job.func_name or "?").rsplit(".", 1)[-1]
+            times[name].append((job.ended_at - job.started_at).total_seconds())
+    return {name: (len(v), sum(v) / len(v)) for name, v in sorted(times.items())}
 
 
 def _worker_totals(stack: Stack) -> tuple[int, float]:
@@ -735,6 +753,7 @@ def run(config: ScaleConfig) -> ScaleReport:
     with running_stack(config) as (stack, driver, reposter):
         log(f"stack up: redis {stack.redis_server.url}, receivers {stack.receivers}, logs in {stack.logdir}")
         stack.set_latency(config.latency_ms)
+        finished_seen: set[str] = set()
         for count in config.worker_counts:
             while len(stack.workers) < count:
                 stack.add_worker()
@@ -748,6 +767,8 @@ def run(config: ScaleConfig) -> ScaleReport:
             work = (work_after[0] - work_before[0], work_after[1] - work_before[1])
             cpu = _total_cpu(stack) - cpu_before
             result = _measure(f"throughput-{count}", count, batch, driver, posts, cpu, work)
+            driver.wait_quiet()
+            result.job_durations = _job_durations(stack, finished_seen)
             report.phases.append(result)
             log(
                 f"  {count} worker(s): {apps} applications in {result.seconds:.1f} s = "
@@ -757,6 +778,9 @@ def run(config: ScaleConfig) -> ScaleReport:
             driver.wait_quiet()
         if config.proof_apps:
             stack.set_latency(config.proof_latency_ms)
+            httpx.post(
+                f"{stack.kiban_url}/_fake/faults", json={"duplicate_callbacks": config.proof_duplicates}
+            ).raise_for_status()
             while len(stack.workers) < config.proof_workers:
                 stack.add_worker()
             live = list(stack.workers)
@@ -813,13 +837,22 @@ def print_report(report: ScaleReport, config: ScaleConfig) -> None:
                 f"{p.callbacks_per_second / base.callbacks_per_second:>5.2f}x {p.jobs / p.seconds:>7.1f} "
                 f"{p.busy_share:>5.0%} {p.job_seconds_per_app:>9.2f} {p.cpu_share:>5.0%}"
             )
+        names = sorted({name for p in throughput for name in p.job_durations})
+        print("\nmean job run time in ms (jobs) per worker count:")
+        for name in names:
+            cells = []
+            for p in throughput:
+                n, mean = p.job_durations.get(name, (0, 0.0))
+                cells.append(f"{p.workers}: {mean * 1000:6.0f} ({n:>3})")
+            print(f"  {name:<18} " + "   ".join(cells))
     print(
         f"\napplications {report.applications} ({report.approved} approved), "
         f"business applications {report.business_applications}, events {report.events}, "
         f"commands {report.commands} (all finished: {not any('commands' in f for f in report.failures)})"
     )
     print(
-        f"callback POSTs {report.callback_posts} (of which cross-receiver copies {report.cross_copies}: "
+        f"callback POSTs {report.callback_posts}: {report.fake_deliveries} from the fake Kiban (with its "
+        f"duplicate knob in the proof phase), {report.cross_copies} cross-receiver copies ("
         f"{report.cross_copies_accepted} accepted first, "
         f"{report.cross_copies_duplicate} answered duplicate); "
         f"acknowledged callbacks {report.accepted_callbacks}, all processed: "

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +55,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from workers.demo.supervisor import Child, Supervisor, child_popen_kwargs, wait_http, wait_until
 from workers.fakes import kompliant as fake_kompliant
 from workers.redis_server import RedisServer, free_port
 
@@ -219,18 +219,22 @@ class ScaleCheckFailed(AssertionError):
 
 
 class Stack:
-    """Redis, both fakes, two receivers and N workers, each its own process group (killable alone)."""
+    """Redis, both fakes, two receivers and N workers: each its own process group under the demo's
+    ``Supervisor`` (log file per process, killed with the bench even if the bench itself is killed)."""
 
     def __init__(self, config: ScaleConfig) -> None:
         self.config = config
-        self.redis_server = RedisServer(appendonly=True)
+        self.logdir = Path(tempfile.mkdtemp(prefix="workfloo-scale-"))
+        self.supervisor = Supervisor(log_dir=self.logdir, grace_seconds=10.0)
+        self.redis_server = RedisServer(appendonly=True, popen_kwargs=child_popen_kwargs())
         self.redis_server.start()
         self.redis = redis.Redis.from_url(self.redis_server.url)
-        self.logdir = Path(tempfile.mkdtemp(prefix="workfloo-scale-"))
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.kiban_url = f"http://127.0.0.1:{free_port()}"
-        self.kompliant_url = f"http://127.0.0.1:{free_port()}"
-        self.receivers = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+        self.children: dict[str, Child] = {}
+        self.kiban_port, self.kompliant_port = free_port(), free_port()
+        self.receiver_ports = [free_port(), free_port()]
+        self.kiban_url = f"http://127.0.0.1:{self.kiban_port}"
+        self.kompliant_url = f"http://127.0.0.1:{self.kompliant_port}"
+        self.receivers = [f"http://127.0.0.1:{port}" for port in self.receiver_ports]
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -250,72 +254,51 @@ class Stack:
         }
         self.workers: list[str] = []
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with open(self.logdir / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                env={**self.env, **(env or {})},
-                cwd=ROOT,
-                start_new_session=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        child = self.supervisor.start(name, argv, env={**self.env, **(env or {})}, cwd=ROOT)
+        self.children[name] = child
+        return child
 
     def start(self) -> None:
-        port = self.kompliant_url.rsplit(":", 1)[1]
-        self.spawn("kompliant", [sys.executable, "-m", "workers.fakes.kompliant", "--port", port])
+        python = sys.executable
+        self.spawn("kompliant", [python, "-m", "workers.fakes.kompliant", "--port", str(self.kompliant_port)])
         end_url = f"{self.receivers[1]}/v1/kiban/executions/{{execution_id}}/finished"
         self.spawn(
             "kiban",
             [
-                sys.executable, "-m", "workers.fakes.kiban", "--port", self.kiban_url.rsplit(":", 1)[1],
+                python, "-m", "workers.fakes.kiban", "--port", str(self.kiban_port),
                 "--api-key", KIBAN_KEY, "--end-callback-url", end_url, "--end-callback-api-key", CALLBACK_KEY,
                 "--decision-delay", str(self.config.decision_delay),
                 "--nip-event-delay", str(self.config.nip_event_delay),
             ],
         )  # fmt: skip
+        for index, port in enumerate(self.receiver_ports):
+            self.spawn(f"receiver-{'AB'[index]}", [str(BIN), "serve", "--port", str(port)])
+        wait_http(f"{self.kiban_url}/_fake/faults", timeout=20, child=self.children["kiban"])
+        wait_http(f"{self.kompliant_url}/_fake/faults", timeout=20, child=self.children["kompliant"])
         for index, url in enumerate(self.receivers):
-            self.spawn(f"receiver-{'AB'[index]}", [str(BIN), "serve", "--port", url.rsplit(":", 1)[1]])
-        for url in (f"{self.kiban_url}/_fake/faults", f"{self.kompliant_url}/_fake/faults"):
-            self._wait_http(url)
-        for url in self.receivers:
-            self._wait_http(f"{url}/readyz")
-
-    def _wait_http(self, url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            dead = [name for name, proc in self.procs.items() if proc.poll() is not None]
-            if dead:
-                raise RuntimeError(f"processes exited during start-up: {dead} (logs in {self.logdir})")
-            time.sleep(0.1)
-        raise RuntimeError(f"{url} did not answer within {timeout}s (logs in {self.logdir})")
+            wait_http(f"{url}/readyz", timeout=20, child=self.children[f"receiver-{'AB'[index]}"])
 
     def add_worker(self) -> str:
+        """One more ``workfloo-bridge worker``; worker i hands Kiban receiver i % 2 as its callback URL."""
         index = len(self.workers)
         name = f"scale-w{index}-{os.getpid()}"
-        self.spawn(
-            name,
-            [str(BIN), "worker", "--name", name],
-            env={"BRIDGE_PUBLIC_URL": self.receivers[index % 2]},
+        child = self.spawn(
+            name, [str(BIN), "worker", "--name", name], env={"BRIDGE_PUBLIC_URL": self.receivers[index % 2]}
         )
         self.workers.append(name)
-        deadline = time.monotonic() + 20
-        while not any(w.name == name for w in Worker.all(connection=self.redis)):
-            if time.monotonic() > deadline or self.procs[name].poll() is not None:
-                raise RuntimeError(f"worker {name} did not register (log in {self.logdir})")
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(w.name == name for w in Worker.all(connection=self.redis)),
+            timeout=20,
+            what=f"worker {name} to register",
+            child=child,
+        )
         return name
 
     def kill(self, name: str) -> None:
-        os.killpg(self.procs[name].pid, signal.SIGKILL)
-        self.procs[name].wait(timeout=10)
+        """SIGKILL one worker's process group: no warm shutdown, its current job is abandoned."""
+        os.killpg(self.children[name].pid, signal.SIGKILL)
+        self.children[name].process.wait(timeout=10)
 
     def set_latency(self, ms: float) -> None:
         for url in (self.kiban_url, self.kompliant_url):
@@ -325,7 +308,7 @@ class Stack:
         """User+system CPU of each live process (from /proc), to show where the cores went."""
         tick = os.sysconf("SC_CLK_TCK")
         out: dict[str, float] = {}
-        pids = {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
+        pids = {name: child.pid for name, child in self.children.items() if child.alive()}
         if self.redis_server.process is not None:
             pids["redis"] = self.redis_server.process.pid
         for name, pid in pids.items():
@@ -337,15 +320,7 @@ class Stack:
         return out
 
     def close(self, keep_logs: bool = False) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        self.supervisor.stop_all()
         self.redis.close()
         self.redis_server.close()
         if not keep_logs:

@@ -253,6 +253,7 @@ class Stack:
             **WORKER_ENV,
         }
         self.workers: list[str] = []
+        self._cpu_last: dict[str, float] = {}
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         child = self.supervisor.start(name, argv, env={**self.env, **(env or {})}, cwd=ROOT)
@@ -305,9 +306,9 @@ class Stack:
             httpx.post(f"{url}/_fake/faults", json={"latency_ms": ms}).raise_for_status()
 
     def cpu_seconds(self) -> dict[str, float]:
-        """User+system CPU of each live process (from /proc), to show where the cores went."""
+        """User+system CPU of each process (from /proc; a dead one keeps its last reading)."""
         tick = os.sysconf("SC_CLK_TCK")
-        out: dict[str, float] = {}
+        out = self._cpu_last
         pids = {name: child.pid for name, child in self.children.items() if child.alive()}
         if self.redis_server.process is not None:
             pids["redis"] = self.redis_server.process.pid
@@ -317,7 +318,7 @@ class Stack:
             except OSError:
                 continue
             out[name] = (int(fields[11]) + int(fields[12])) / tick
-        return out
+        return dict(out)
 
     def close(self, keep_logs: bool = False) -> None:
         self.supervisor.stop_all()
@@ -778,8 +779,8 @@ def run(config: ScaleConfig) -> ScaleReport:
             report.phases.append(result)
             log(
                 f"  proof: {len(batch)} applications in {result.seconds:.1f} s "
-                f"({result.apps_per_second:.2f} apps/s, {result.callbacks_per_second:.1f} callbacks/s) "
-                f"with a worker killed"
+                f"({result.apps_per_second:.2f} apps/s, {result.callbacks_per_second:.1f} callbacks/s, "
+                f"CPU {result.cpu_share:.0%} of the cores) with a worker killed"
             )
             if config.kill and report.killed_worker is None:
                 report.failures.append("no worker was busy when the kill was due: nothing was killed")

@@ -137,8 +137,10 @@ def publish_mode(url: str, settings: Settings, rate: float, seconds: float) -> l
     return received
 
 
-def e2e_mode(server: RedisServer, settings: Settings, rate: float, seconds: float) -> list[float]:
-    """Callback POST → receiver → RQ worker → stream, read with XREAD BLOCK."""
+def e2e_mode(
+    server: RedisServer, settings: Settings, rate: float, seconds: float, workers: int
+) -> list[float]:
+    """Callback POST → receiver → the project's workers → stream, read with XREAD BLOCK."""
     try:
         importlib.import_module("workers.jobs.callbacks")
         receiver_app = importlib.import_module("receiver.app")
@@ -151,16 +153,19 @@ def e2e_mode(server: RedisServer, settings: Settings, rate: float, seconds: floa
     key = "bench-callback-key"
     os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "LOG_LEVEL": "WARNING"})
     app_settings = load_settings()
-    worker_bin = Path(sys.executable).parent / "rq"
-    worker = subprocess.Popen(
-        [str(worker_bin), "worker", "--url", server.url, "--worker-class", "rq.worker.SimpleWorker",
-         "--with-scheduler", "--quiet", app_settings.bridge_queue],
-        env={**os.environ},
-    )  # fmt: skip
+    cli = Path(sys.executable).parent / "workfloo-bridge"
+    pool = [
+        subprocess.Popen([str(cli), "worker", "--name", f"bench-{n}"], env={**os.environ})
+        for n in range(workers)
+    ]
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     stop = threading.Event()
     reader_client = redis.Redis.from_url(server.url)
+    # Measure the steady state, not worker start-up: wait until every worker has registered.
+    from rq import Worker
+
+    _wait_for(lambda: len(Worker.all(connection=reader_client)), workers, 30)
 
     def reader() -> None:
         last = "$"
@@ -190,13 +195,21 @@ def e2e_mode(server: RedisServer, settings: Settings, rate: float, seconds: floa
                 )
                 response.raise_for_status()
 
+            # Warm-up (not measured): the first job in each worker imports the job modules and
+            # opens its connections; then measure the steady state.
+            warm = paced(rate, 1.0, lambda i: send(900_000 + i))
+            _wait_for(lambda: len(received), warm, 30)
+            sent.clear()
+            received.clear()
             total = paced(rate, seconds, send)
             _wait_for(lambda: len(received), total, 30)
     finally:
         stop.set()
         thread.join(timeout=2)
-        worker.terminate()
-        worker.wait(timeout=10)
+        for worker in pool:
+            worker.terminate()
+        for worker in pool:
+            worker.wait(timeout=10)
         reader_client.close()
     return [(received[e] - sent[e]) * 1000 for e in received]
 
@@ -214,6 +227,7 @@ def main() -> None:
         default=0,
         help="publish mode: matching HTTP subscribers (jobs enqueued, not run)",
     )
+    parser.add_argument("--workers", type=int, default=2, help="e2e mode: `workfloo-bridge worker` processes")
     args = parser.parse_args()
 
     with RedisServer() as server:
@@ -230,8 +244,8 @@ def main() -> None:
             )
             measured = summary(publish_mode(server.url, settings, args.rate, args.seconds))
         else:
-            label = "callback POST → receiver → RQ worker → stream (XREAD BLOCK)"
-            measured = summary(e2e_mode(server, settings, args.rate, args.seconds))
+            label = f"callback POST → receiver → {args.workers} workers → stream"
+            measured = summary(e2e_mode(server, settings, args.rate, args.seconds, args.workers))
 
     print(f"fan-out latency at {args.rate:.0f}/s for {args.seconds:.0f} s (ms)")
     print(f"{'':<62}{'n':>6}{'p50':>9}{'p99':>9}{'max':>9}")

@@ -95,7 +95,6 @@ def _abuse_with_pii(receiver_url: str) -> None:
             ).status_code
             == 200
         )
-    # fmt: skip
 
 
 def test_no_secret_or_pii_in_any_log_line(tmp_path: Path, figures: Any) -> None:

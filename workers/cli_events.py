@@ -16,6 +16,7 @@ import orjson
 import redis
 
 from workers.logging import configure_logging
+from workers.redis_connection import redis_from_settings
 from workers.settings import Settings, SettingsError, load_settings
 from workers.subscriber_config import matches
 
@@ -112,7 +113,7 @@ def tail(
     start = parse_since(since) if since else None
     settings = _load()
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=_BLOCK_MS / 1000 + 5)
+    client = redis_from_settings(settings, socket_timeout=_BLOCK_MS / 1000 + 5)
     stream = settings.events_stream
     printed = 0
 

@@ -33,6 +33,7 @@ from standardwebhooks.webhooks import Webhook
 from workers.events import Event
 from workers.keys import PREFIX
 from workers.logging import get_logger
+from workers.redis_connection import redis_from_settings
 from workers.settings import Settings, get_settings
 from workers.subscriber_config import HttpSubscriber
 
@@ -285,9 +286,7 @@ def _connection(settings: Settings) -> redis.Redis:
     if job is not None:
         connection: redis.Redis = job.connection
         return connection
-    if settings.redis_url is None:
-        raise RuntimeError("REDIS_URL is not set")
-    return redis.Redis.from_url(settings.redis_url)
+    return redis_from_settings(settings)
 
 
 def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Settings | None = None) -> str:

@@ -292,6 +292,15 @@ class Bridge:
         wait_for(all_started, timeout, f"{len(commands)} applications to start ({len(found)} did)", 0.1)
         return list(found.values())
 
+    def wait_nip_phase(self, execution_ids: list[str], timeout: float = 60) -> None:
+        fake = self.kiban.server.config.app.state.fake
+        wait_for(
+            lambda: all(fake.execution(e).phase in {"VALIDATE", "VALIDATE_2"} for e in execution_ids),
+            timeout,
+            "the NIP phase",
+            0.1,
+        )
+
     def validate_all(self, execution_ids: list[str], timeout: float = 60) -> None:
         """Validate each NIP as soon as the fake Kiban shows its execution waiting for it."""
         from workers import commands_api

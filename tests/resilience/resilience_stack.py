@@ -317,6 +317,24 @@ class Bridge:
 
         wait_for(step, timeout, f"NIP phase of {len(pending)} executions", 0.1)
 
+    def wait_callbacks_processed(self, timeout: float = 60) -> int:
+        """Wait until every acknowledged callback (a dedupe key) has been processed by a worker (its
+        ``callback.received`` once-key exists); returns how many there are."""
+        from workers import keys
+
+        acked = [k.decode().split(":", 2)[2] for k in self.redis.scan_iter(keys.dedupe("*"), count=1000)]
+        left = list(acked)
+
+        def processed() -> bool:
+            left[:] = [e for e in left if not self.redis.exists(keys.event_once(e))]
+            return not left
+
+        try:
+            wait_for(processed, timeout, "acknowledged callbacks to be processed", 0.1)
+        except AssertionError:
+            raise AssertionError(f"{len(left)} acknowledged callbacks never processed: {left[:5]}") from None
+        return len(acked)
+
     def wait_done(self, execution_ids: list[str], timeout: float, what: str) -> None:
         left = list(execution_ids)
 

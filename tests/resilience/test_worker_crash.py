@@ -17,8 +17,6 @@ from resilience_stack import ONCE_PER_EXECUTION, Bridge, Proc, bridge_stack, wai
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers import keys
-
 SCENARIOS = ["approved"] * 7 + ["rejected"] * 2 + ["abandoned"]
 
 
@@ -105,13 +103,7 @@ def _crash_run(tmp_path: Path, figures: Any, *, applications: int, kills: int, k
         bridge.wait_done(executions, 240, "every application to finish after the kills")
 
         # Every acknowledged callback (a dedupe key) was processed (its callback.received was published).
-        acked = [k.decode().split(":", 2)[2] for k in bridge.redis.scan_iter(keys.dedupe("*"), count=1000)]
-        unprocessed = [e for e in acked if not bridge.redis.exists(keys.event_once(e))]
-        wait_for(
-            lambda: not [e for e in unprocessed if not bridge.redis.exists(keys.event_once(e))],
-            60,
-            "acknowledged callbacks to be processed",
-        )
+        acked = bridge.wait_callbacks_processed(60)
         failed = FailedJobRegistry(bridge.settings.bridge_queue, connection=bridge.redis).get_job_ids()
         assert not failed, f"dead letters after the kills: {failed}"
 
@@ -129,7 +121,7 @@ def _crash_run(tmp_path: Path, figures: Any, *, applications: int, kills: int, k
     recoveries = killer.recoveries
     figures.add("applications", applications, section)
     figures.add("approved (one business application each)", scenarios.count("approved"), section)
-    figures.add("acknowledged callbacks processed", len(acked), section)
+    figures.add("acknowledged callbacks processed", acked, section)
     figures.add("SIGKILLs survived", kills, section)
     figures.add("kills mid-job / idle worker", f"{len(recoveries)} / {killer.idle_kills}", section)
     figures.add("schedulers killed too", kill_schedulers, section)

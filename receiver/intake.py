@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from receiver.rqjob import JOB_KEY_PREFIX, JobRecorder, JobScript
 from workers import keys
+from workers.redis_connection import async_redis_from_url, connection_kwargs, is_sentinel_url
 from workers.settings import Settings
 
 
@@ -255,15 +256,19 @@ def intake_client(settings: Settings) -> aioredis.Redis:
     from redis.backoff import NoBackoff
 
     timeout = min(settings.redis_timeout_seconds, settings.bridge_intake_timeout_seconds)
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "protocol": 2,  # plain replies only: no RESP3 push messages on the raw intake reads
+    }
+    if is_sentinel_url(url):
+        # Sentinel resolves the master on connect (and again after a failover).
+        return async_redis_from_url(url, settings=settings, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url or "redis://127.0.0.1:6379/0",
-        max_connections=64,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        protocol=2,  # plain replies only: no RESP3 push messages on the raw intake reads
+        url, max_connections=64, timeout=timeout, **connection_kwargs(url, settings, **options)
     )
     return aioredis.Redis(connection_pool=pool)
 

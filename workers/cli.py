@@ -90,3 +90,10 @@ if __name__ == "__main__":  # pragma: no cover
 from workers.cli_events import events  # noqa: E402
 
 main.add_command(events)
+
+# --- worker-side commands (workers/cli_worker.py) ---
+from workers.cli_worker import dlq, scheduler, worker  # noqa: E402
+
+main.add_command(worker)
+main.add_command(scheduler)
+main.add_command(dlq)

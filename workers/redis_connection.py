@@ -185,6 +185,12 @@ def _plain_kwargs(url: str, settings: Settings | None, kw: dict[str, Any]) -> di
     return {**_tls_from_settings(settings), **kw}
 
 
+def connection_kwargs(url: str, settings: Settings | None = None, **kw: Any) -> dict[str, Any]:
+    """Keyword arguments (TLS options from settings included) for ``*.from_url(url)`` of a plain URL,
+    for callers that build their own connection pool (the receiver's intake)."""
+    return _plain_kwargs(url, settings, kw)
+
+
 def _sentinel_parts(
     target: SentinelTarget, settings: Settings | None, kw: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:

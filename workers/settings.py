@@ -8,6 +8,7 @@ assumption, so it can be changed without a release.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -100,6 +101,130 @@ class Settings(BaseSettings):
     # --- Logging -----------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field(default="json", description="json (production) or console (people).")
+
+    # --- Workers -----------------------------------------------------------------------------
+    worker_class: str = Field(
+        default="workers.worker.BridgeSimpleWorker",
+        description="RQ worker class: workers.worker.BridgeSimpleWorker (in-process, default) or "
+        "workers.worker.BridgeWorker (fork per job). See docs/workers.md for the measurement.",
+    )
+    worker_ttl_seconds: int = Field(
+        default=20, ge=16, description="RQ worker key TTL; an idle worker blocks at most TTL-15 s per poll."
+    )
+    worker_heartbeat_seconds: int = Field(
+        default=3, ge=1, description="How often a busy worker refreshes its job's StartedJobRegistry entry."
+    )
+    worker_heartbeat_grace_seconds: int = Field(
+        default=7, ge=1, description="A job whose heartbeat is this much overdue counts as abandoned."
+    )
+    worker_maintenance_seconds: int = Field(
+        default=60, ge=1, description="How often RQ's own registry maintenance runs in a worker."
+    )
+    reaper_interval_seconds: float = Field(
+        default=3.0, gt=0, description="How often a worker requeues jobs abandoned by a dead worker."
+    )
+    scheduler_stale_seconds: float = Field(
+        default=10.0,
+        gt=1,
+        description="A scheduler lock holder silent this long is dead; a worker takes its lock over.",
+    )
+    reaper_max_requeues: int = Field(
+        default=3, ge=0, description="Crash requeues of one job before it is dead-lettered (poison pill)."
+    )
+    job_timeout_seconds: int = Field(default=60, ge=1, description="RQ job timeout for worker jobs.")
+    job_result_ttl_seconds: int = Field(default=3600, ge=0, description="How long finished jobs are kept.")
+    job_failure_ttl_seconds: int = Field(
+        default=30 * 24 * 3600, ge=60, description="How long dead letters stay in the failed-job registry."
+    )
+    retry_base_seconds: float = Field(default=1.0, ge=0, description="Backoff base (full jitter).")
+    retry_cap_seconds: float = Field(default=60.0, ge=0, description="Largest backoff between attempts.")
+    retry_max_attempts: int = Field(
+        default=6, ge=1, description="Attempts (first run included) before a retryable error dead-letters."
+    )
+    retry_after_max_seconds: float = Field(
+        default=900.0, ge=0, description="Largest vendor Retry-After honoured; longer values are clipped."
+    )
+    nip_max_resends: int = Field(default=1, ge=0, description="NIP resends after an ERROR delivery event.")
+    nip_resend_delay_seconds: float = Field(
+        default=30.0, ge=0, description="Delay before resending a NIP after an ERROR delivery event."
+    )
+    nip_invalid_destination_patterns: CommaList = Field(
+        default_factory=lambda: [
+            r"unknown",
+            r"invalid",
+            r"no longer exist",
+            r"does not exist",
+            r"not enabled",
+        ],
+        description="Regexes (case-insensitive, comma-separated) over a NIP errorMessage that mean the "
+        "destination is invalid: no resend, final nip.failed.",
+    )
+    approval_rule: str = Field(
+        default="ruleset_or_tree",
+        description="How a SUCCESS execution is judged approved: ruleset_or_tree (ruleset exit if any, "
+        "else every decisionTree result true), ruleset, tree, or status (SUCCESS alone approves).",
+    )
+    approval_exit_values: CommaList = Field(
+        default_factory=lambda: ["approved", "approve", "aprobado", "accepted", "accept"],
+        description="ruleset.exit values (case-insensitive) that mean approved; any other exit rejects.",
+    )
+    applicant_first_name_fields: CommaList = Field(
+        default_factory=lambda: ["firstName", "first_name", "nombre", "name"],
+        description="FORM field ids holding the applicant's first name (first match wins).",
+    )
+    applicant_last_name_fields: CommaList = Field(
+        default_factory=lambda: ["lastName", "last_name", "lastName1", "last_name_1", "apellidoPaterno"],
+        description="FORM field ids holding the applicant's last name (first match wins).",
+    )
+    applicant_email_fields: CommaList = Field(
+        default_factory=lambda: ["email", "correo", "emailAddress", "mail"],
+        description="FORM field ids holding the applicant's e-mail (sent to Kompliant, never in events).",
+    )
+    handoff_lock_ttl_seconds: float = Field(
+        default=10.0, gt=0, description="Lock serialising concurrent Kompliant hand-offs of one execution."
+    )
+    reconcile_after_seconds: float = Field(
+        default=600.0, gt=0, description="An execution with no terminal event this long is polled."
+    )
+    reconcile_interval_seconds: int = Field(
+        default=60, ge=1, description="How often RQ's cron scheduler enqueues the reconciler sweep."
+    )
+    reconcile_poll_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="First wait after a non-terminal poll; doubles per poll."
+    )
+    reconcile_poll_backoff_cap_seconds: float = Field(
+        default=3600.0, gt=0, description="Largest wait between polls of one execution."
+    )
+    reconcile_batch: int = Field(default=200, ge=1, description="Executions polled per sweep.")
+
+    @field_validator(
+        "nip_invalid_destination_patterns",
+        "approval_exit_values",
+        "applicant_first_name_fields",
+        "applicant_last_name_fields",
+        "applicant_email_fields",
+        mode="before",
+    )
+    @classmethod
+    def _split_workers_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("nip_invalid_destination_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("approval_rule")
+    @classmethod
+    def _check_approval_rule(cls, value: str) -> str:
+        if value not in {"ruleset_or_tree", "ruleset", "tree", "status"}:
+            raise ValueError("must be ruleset_or_tree, ruleset, tree or status")
+        return value
 
     # --- Fan-out -----------------------------------------------------------------------------
     events_timeline_ttl_seconds: int = Field(

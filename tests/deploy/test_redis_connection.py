@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio
@@ -327,3 +329,24 @@ async def test_async_sentinel_round_trip(sentinel: SentinelSetup) -> None:
     await client.set("deploy:async", "ok")
     assert await client.get("deploy:async") == b"ok"
     await client.aclose()
+
+
+def test_receiver_intake_through_sentinel(sentinel: SentinelSetup, serve: Any) -> None:
+    """The receiver's own pool (raw pipelined intake) works behind a Sentinel URL, not just plain clients."""
+    from receiver.app import create_app
+
+    settings = Settings(redis_url=sentinel.url, bridge_callback_keys=["sentinel-key"])  # type: ignore[arg-type]
+    server = serve(create_app(settings))
+    body = {"event": "SENT", "date": "2026-11-22T23:00:00Z", "linkId": "676b188a6ef8abaf775fef10"}
+    response = httpx.post(
+        f"{server.url}/v1/kiban/executions/657118e1d511b6e54fe2a969/nip-events",
+        json=body,
+        headers={"x-api-key": "sentinel-key"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    event_id = response.json()["event_id"]
+    direct = redis.Redis(port=sentinel.master_port, password=sentinel.master_password, db=1)
+    assert direct.exists(f"workfloo:dedupe:{event_id}") == 1
+    assert direct.llen("rq:queue:workfloo") == 1
+    direct.close()

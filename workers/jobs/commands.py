@@ -1,0 +1,188 @@
+"""Command jobs for internal services: start an application, validate a NIP, resend a NIP.
+
+``start_application`` checkpoints each step in the RQ job's ``meta`` (execution id, form submitted,
+NIP sent), so a retried or crash-requeued job resumes where it stopped instead of executing a second
+workfloo. The one window left is a crash between Kiban answering ``execute`` and ``save_meta``: Kiban
+has no idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons
+it (documented in docs/workers.md).
+
+The NIP of ``validate_nip`` never sits in a job payload: the API stores it under a short-TTL key and
+the job gets a reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import get_current_job
+
+from workers import keys, state
+from workers.events import Event, EventType, Source
+from workers.jobs import connection, settings
+from workers.kiban.client import get_kiban_client
+from workers.kiban.errors import KibanNipAlreadySent, KibanValidationError
+from workers.logging import get_logger
+from workers.publisher import Publisher
+from workers.retry import PermanentError, guarded, publish_action_failed, reason_of
+from workers.settings import Settings
+
+log = get_logger(__name__)
+
+
+def status_callback_url(s: Settings) -> str:
+    return f"{s.bridge_public_url}/v1/kiban/status"
+
+
+def nip_callback_url(s: Settings, execution_id: str) -> str:
+    return f"{s.bridge_public_url}/v1/kiban/executions/{execution_id}/nip-events"
+
+
+def callback_key(s: Settings) -> str | None:
+    """The key Kiban presents back to us: the first configured callback key (list old+new to rotate)."""
+    return s.bridge_callback_keys[0].get_secret_value() if s.bridge_callback_keys else None
+
+
+def _checkpoint(name: str, value: Any) -> None:
+    job = get_current_job()
+    if job is not None:
+        job.meta[name] = value
+        job.save_meta()  # type: ignore[no-untyped-call]
+
+
+def _checkpoints() -> dict[str, Any]:
+    job = get_current_job()
+    return dict(job.meta) if job is not None else {}
+
+
+# --- start an application -----------------------------------------------------------------------
+
+
+def start_application(command: dict[str, Any]) -> Any:
+    conn, s = connection(), settings()
+    return guarded(conn, s, "start_application", None, lambda: _start(conn, s, command))
+
+
+def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str, Any]:
+    if not s.kiban_workfloo_definition_id:
+        raise PermanentError("KIBAN_WORKFLOO_DEFINITION_ID is not set")
+    kiban = get_kiban_client(s)
+    publisher = Publisher(conn, s)
+    done = _checkpoints()
+    command_id = command.get("command_id")
+    scenario = command.get("scenario_id") or None
+    form: dict[str, Any] = dict(command.get("form") or {})
+
+    execution_id = done.get("execution_id")
+    if not execution_id:
+        execution_id = kiban.execute(
+            s.kiban_workfloo_definition_id,
+            scenario_id=scenario,
+            callback_url=status_callback_url(s),
+            callback_api_key=callback_key(s),
+        )
+        _checkpoint("execution_id", execution_id)
+    state.set_fields(
+        conn,
+        execution_id,
+        {state.COMMAND_ID: str(command_id or ""), state.CREATED_AT: datetime.now(UTC).isoformat()},
+    )
+    state.touch_open(conn, execution_id, refresh=False)
+    publisher.publish(
+        Event(
+            type=EventType.APPLICATION_STARTED,
+            execution_id=execution_id,
+            data={"command_id": command_id, "scenario_id": scenario},
+        ),
+        once_key=f"started:{execution_id}",
+    )
+    if not done.get("form_submitted"):
+        if form:
+            kiban.submit_form(execution_id, form)
+        _checkpoint("form_submitted", True)
+    if not done.get("nip_sent"):
+        with contextlib.suppress(KibanNipAlreadySent):  # sent by an earlier run of this job
+            kiban.send_nip(
+                execution_id,
+                url_callback=nip_callback_url(s, execution_id),
+                api_key_callback=callback_key(s),
+            )
+        _checkpoint("nip_sent", True)
+    log.info("application_started", execution_id=execution_id, command_id=command_id)
+    return {"execution_id": execution_id}
+
+
+# --- validate a NIP -----------------------------------------------------------------------------
+
+
+def validate_nip(command: dict[str, Any]) -> Any:
+    conn, s = connection(), settings()
+    execution_id = str(command["execution_id"])
+    return guarded(conn, s, "validate_nip", execution_id, lambda: _validate(conn, s, command, execution_id))
+
+
+def _validate(conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str) -> dict[str, Any]:
+    ref = str(command["nip_ref"])
+    nip = state.take_nip(conn, ref)
+    if nip is None:
+        raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
+    try:
+        phase = get_kiban_client(s).validate_nip_twice(execution_id, nip)
+    except KibanValidationError as exc:
+        # A wrong NIP is the applicant's answer, not a dead letter: report it and finish the job.
+        state.drop_nip(conn, ref)
+        publish_action_failed(
+            conn, s, action="validate_nip", execution_id=execution_id, reason=reason_of(exc),
+            retryable=False, attempts=1,
+        )  # fmt: skip
+        return {"execution_id": execution_id, "valid": False}
+    state.drop_nip(conn, ref)
+    Publisher(conn, s).publish(
+        Event(
+            type=EventType.NIP_VALIDATED,
+            execution_id=execution_id,
+            data={"phase": phase, "command_id": command.get("command_id")},
+        ),
+        once_key=f"nip-validated:{execution_id}:{command.get('command_id')}",
+        state_key=keys.execution(execution_id),
+        state_fields={state.NIP_PHASE: phase} if phase else None,
+    )
+    return {"execution_id": execution_id, "valid": True, "phase": phase}
+
+
+# --- resend a NIP -------------------------------------------------------------------------------
+
+
+def resend_nip(command: dict[str, Any]) -> Any:
+    conn, s = connection(), settings()
+    execution_id = str(command["execution_id"])
+    return guarded(conn, s, "resend_nip", execution_id, lambda: _resend(conn, s, command, execution_id))
+
+
+def _resend(conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str) -> dict[str, Any]:
+    number = command.get("resend")
+    marker = f"nip_resent:{number}" if number else None
+    known = state.load(conn, execution_id)
+    if marker and known.get(marker) == "1":
+        return {"execution_id": execution_id, "resent": False, "why": "already_resent"}
+    if known.get(state.TERMINAL) == "1" or known.get("nip_delivered") == "1":
+        return {"execution_id": execution_id, "resent": False, "why": "no_longer_needed"}
+    get_kiban_client(s).resend_nip(
+        execution_id, url_callback=nip_callback_url(s, execution_id), api_key_callback=callback_key(s)
+    )
+    once = f"nip-resent:{execution_id}:{number or command.get('command_id')}"
+    Publisher(conn, s).publish(
+        Event(
+            type=EventType.NIP_RESENT,
+            execution_id=execution_id,
+            source=Source.BRIDGE,
+            data={"resend": number, "command_id": command.get("command_id")},
+        ),
+        once_key=once,
+        state_key=keys.execution(execution_id),
+        state_fields={marker: "1"} if marker else None,
+    )
+    state.touch_open(conn, execution_id)
+    return {"execution_id": execution_id, "resent": True, "resend": number}

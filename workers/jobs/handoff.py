@@ -1,0 +1,204 @@
+"""Hand an approved execution to Kompliant: exactly one BUSINESS_APPLICATION per execution.
+
+Duplicated callbacks, reordering, retries and a worker SIGKILLed at any instruction must not create a
+second business application. The guarantee rests on anchors, each persisted *before* the next call:
+
+1. ``subjectRecord.create`` and ``HSETNX kompliant_subject_record_id`` in the execution hash. A crash
+   before the ``HSETNX`` leaves an orphan subject record with no workflow: harmless (it is never used).
+   Two concurrent hand-offs each create one; ``HSETNX`` picks one winner and both continue with it.
+2. ``workflow.create(BUSINESS_APPLICATION, state=CREATED, subject_record_id, referrer_value=execution)``,
+   then ``HSET kompliant_workflow_id``. Kompliant allows one BUSINESS_APPLICATION per subject record, so
+   a second create under the same record fails with ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT``.
+3. Whenever the hash has a subject record but no workflow id (a retry after a crash or a lost response)
+   we first ``workflow.list(subject_record_id)`` and adopt the existing BUSINESS_APPLICATION; the
+   ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` rule violation leads to the same adoption.
+4. ``workflow.start``; ``WORKFLOW_STARTED`` / ``WORKFLOW_ENDED`` mean someone already did: success.
+
+A short Redis lock (``SET NX PX`` + token, released by Lua) serialises concurrent hand-offs of the same
+execution. It only saves vendor calls and orphan subject records; correctness does not depend on it (a
+lock can expire under a stalled holder), the anchors above carry it.
+
+``DUPLICATE_EMAIL`` and any other rule/configuration violation are a business outcome: publish
+``kompliant.workflow.rejected``, remember it, do not retry, and let the job succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from workers import state
+from workers.events import Event, EventType, Source
+from workers.jobs.outcome import Applicant
+from workers.kompliant.client import KompliantClient
+from workers.kompliant.errors import KompliantError
+from workers.logging import get_logger
+from workers.publisher import Publisher
+from workers.retry import PermanentError, TransientError
+from workers.settings import Settings
+
+log = get_logger(__name__)
+
+BUSINESS_APPLICATION = "BUSINESS_APPLICATION"
+REJECTION_CODES = frozenset({"SYSTEM_RULE_VIOLATION", "ACCOUNT_CONFIGURATION_VIOLATION"})
+TYPE_LIMIT = "SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT"
+ALREADY_STARTED = ("WORKFLOW_STARTED", "WORKFLOW_ENDED")
+
+
+@dataclass(frozen=True)
+class HandoffResult:
+    outcome: str  # "started" | "rejected"
+    workflow_id: str | None = None
+    subject_record_id: str | None = None
+    adopted: bool = False
+    reason: str | None = None
+
+
+def _sub_code_is(exc: KompliantError, sub_code: str) -> bool:
+    return bool(exc.has_sub_code(sub_code))
+
+
+def _is_rejection(exc: KompliantError) -> bool:
+    return (exc.code or "").upper() in REJECTION_CODES and not exc.retryable
+
+
+class Handoff:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        settings: Settings,
+        kompliant: KompliantClient,
+        publisher: Publisher,
+    ) -> None:
+        self.redis = connection
+        self.settings = settings
+        self.kompliant = kompliant
+        self.publisher = publisher
+
+    # --- events ----------------------------------------------------------------------------
+    def _publish(self, execution_id: str, type_: EventType, once: str, data: dict[str, object]) -> None:
+        self.publisher.publish(
+            Event(type=type_, execution_id=execution_id, source=Source.KOMPLIANT, data=dict(data)),
+            once_key=f"{once}:{execution_id}",
+        )
+
+    def _rejected(self, execution_id: str, exc: KompliantError) -> HandoffResult:
+        reason = (exc.sub_code or exc.code or "REJECTED").upper()
+        state.set_fields(self.redis, execution_id, {state.KOMPLIANT_REJECTED: reason})
+        self._publish(
+            execution_id,
+            EventType.KOMPLIANT_WORKFLOW_REJECTED,
+            "kompliant-rejected",
+            {
+                "code": exc.code,
+                "sub_code": exc.sub_code,
+                "entity_type": exc.entity_type,
+                "trace_id": exc.trace_id,
+            },
+        )
+        log.info("kompliant_rejected", execution_id=execution_id, code=exc.code, sub_code=exc.sub_code)
+        return HandoffResult(outcome="rejected", reason=reason)
+
+    # --- steps -----------------------------------------------------------------------------
+    def _subject_record(self, execution_id: str, known: dict[str, str]) -> tuple[str, bool]:
+        existing = known.get(state.KOMPLIANT_SUBJECT_RECORD)
+        if existing:
+            return existing, False
+        created = self.kompliant.create_subject_record("BUSINESS")
+        winner = state.set_once(self.redis, execution_id, state.KOMPLIANT_SUBJECT_RECORD, created)
+        return winner, winner == created
+
+    def _adopt(self, subject_record_id: str) -> str | None:
+        for workflow in self.kompliant.list_workflows(subject_record_id):
+            if (workflow.type or "").upper() == BUSINESS_APPLICATION:
+                return str(workflow.workflow_id)
+        return None
+
+    def _workflow(
+        self, execution_id: str, subject_record_id: str, fresh_record: bool, applicant: Applicant
+    ) -> tuple[str | None, bool, HandoffResult | None]:
+        """(workflow id, adopted, rejection)."""
+        if not fresh_record:
+            adopted = self._adopt(subject_record_id)
+            if adopted:
+                return adopted, True, None
+        if not applicant.email:
+            raise PermanentError(
+                "no applicant e-mail in the execution's FORM nodes (check APPLICANT_EMAIL_FIELDS)"
+            )
+        try:
+            created = self.kompliant.create_business_application(
+                email=applicant.email,
+                first_name=applicant.first_name,
+                last_name=applicant.last_name,
+                referrer_value=execution_id[:100],
+                subject_record_id=subject_record_id,
+                state="CREATED",
+            )
+        except KompliantError as exc:
+            if _sub_code_is(exc, TYPE_LIMIT):
+                adopted = self._adopt(subject_record_id)
+                if adopted:
+                    return adopted, True, None
+                raise TransientError("workflow limit reported but workflow.list shows none yet") from exc
+            if _is_rejection(exc):
+                return None, False, self._rejected(execution_id, exc)
+            raise
+        return created.workflow_id, False, None
+
+    def _start(self, workflow_id: str) -> None:
+        try:
+            self.kompliant.start_workflow(workflow_id)
+        except KompliantError as exc:
+            if any(_sub_code_is(exc, code) for code in ALREADY_STARTED):
+                return
+            raise
+
+    def run(self, execution_id: str, applicant: Applicant) -> HandoffResult:
+        lock = state.Lock(
+            self.redis, state.handoff_lock_key(execution_id), self.settings.handoff_lock_ttl_seconds
+        )
+        if not lock.acquire(wait_seconds=self.settings.handoff_lock_ttl_seconds):
+            raise TransientError("another hand-off of this execution is in progress")
+        try:
+            return self._run_locked(execution_id, applicant)
+        finally:
+            lock.release()
+
+    def _run_locked(self, execution_id: str, applicant: Applicant) -> HandoffResult:
+        known = state.load(self.redis, execution_id)
+        rejected = known.get(state.KOMPLIANT_REJECTED)
+        if rejected:
+            return HandoffResult(outcome="rejected", reason=rejected)
+
+        subject_record_id, fresh = self._subject_record(execution_id, known)
+        workflow_id = known.get(state.KOMPLIANT_WORKFLOW)
+        adopted = False
+        if not workflow_id:
+            workflow_id, adopted, rejection = self._workflow(
+                execution_id, subject_record_id, fresh, applicant
+            )
+            if rejection is not None:
+                return rejection
+            assert workflow_id is not None
+            state.set_fields(self.redis, execution_id, {state.KOMPLIANT_WORKFLOW: workflow_id})
+        self._publish(
+            execution_id,
+            EventType.KOMPLIANT_WORKFLOW_CREATED,
+            "kompliant-created",
+            {"workflow_id": workflow_id, "subject_record_id": subject_record_id, "adopted": adopted},
+        )
+        if known.get(state.KOMPLIANT_STARTED) != "1":
+            self._start(workflow_id)
+            state.set_fields(self.redis, execution_id, {state.KOMPLIANT_STARTED: "1"})
+        self._publish(
+            execution_id,
+            EventType.KOMPLIANT_WORKFLOW_STARTED,
+            "kompliant-started",
+            {"workflow_id": workflow_id, "subject_record_id": subject_record_id},
+        )
+        log.info("kompliant_handoff_done", execution_id=execution_id, adopted=adopted)
+        return HandoffResult(
+            outcome="started", workflow_id=workflow_id, subject_record_id=subject_record_id, adopted=adopted
+        )

@@ -289,7 +289,10 @@ class Bridge:
                     self.scenario_of[found[command]] = scenario
             return len(found) == len(commands)
 
-        wait_for(all_started, timeout, f"{len(commands)} applications to start ({len(found)} did)", 0.1)
+        try:
+            wait_for(all_started, timeout, f"{len(commands)} applications to start", 0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} ({len(found)} did)") from None
         return list(found.values())
 
     def wait_nip_phase(self, execution_ids: list[str], timeout: float = 60) -> None:

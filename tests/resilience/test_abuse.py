@@ -49,7 +49,7 @@ MAX_HEADERS = 32768
 # Bound for anything the server must close: far above the 1 s deadlines, far below "never".
 CLOSE_WITHIN = 10.0
 # Examples per fuzz run (two runs: with and without the key). Keeps the fuzz well under 30 s on 2 cores.
-FUZZ_EXAMPLES = 250
+FUZZ_EXAMPLES = 400
 
 
 @dataclass

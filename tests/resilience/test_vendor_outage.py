@@ -38,11 +38,9 @@ def _retries(bridge: Bridge) -> list[dict[str, Any]]:
     starts: dict[str, list[float]] = {}
     for proc in bridge.procs:
         current = None
-        previous = None
         for line in proc.log.read_text(errors="replace").splitlines():
-            if line == previous or not line.startswith("{"):
-                continue  # a line written twice (two handlers) is one record
-            previous = line
+            if not line.startswith("{"):
+                continue
             record = json.loads(line)
             if record.get("logger") == "rq.worker" and (match := _JOB_START.match(str(record["event"]))):
                 current = match.group(1)

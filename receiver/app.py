@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from receiver import commands
+from receiver import commands, timeline
 from receiver.callbacks import CallbackEndpoints
 from receiver.http import JSONBytes
 from receiver.intake import Intake, IntakeUnavailable, intake_client
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     callbacks = CallbackEndpoints(settings, metrics)
     document = openapi_document(settings)
     document["paths"].update(commands.openapi_paths(settings))
+    document["paths"].update(timeline.openapi_paths())
     openapi_bytes = orjson.dumps(document)
 
     @asynccontextmanager
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *commands.routes(settings),
+        *timeline.routes(settings),
     ]
     app = Starlette(
         routes=routes,

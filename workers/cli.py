@@ -6,7 +6,6 @@ The receiver is started by import string (``receiver.app:create_app``) so that `
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -61,31 +60,14 @@ def serve(host: str, port: int, processes: int) -> None:
     )
 
 
-@main.command()
-@click.option("--port", default=8000, show_default=True, type=int, help="Receiver port.")
-def demo(port: int) -> None:
-    """Start the bridge on an embedded Redis with no configuration."""
-    import uvicorn
+def _register_ops() -> None:
+    from workers.cli_ops import register
 
-    from workers.redis_server import RedisServer
-
-    settings = _settings()
-    server = None
-    if settings.redis_url is None:
-        server = RedisServer()
-        server.start()
-        os.environ["REDIS_URL"] = server.url
-        click.echo(f"embedded redis-server on {server.url}", err=True)
-    try:
-        click.echo(f"receiver on http://127.0.0.1:{port} (GET /healthz)", err=True)
-        uvicorn.run(RECEIVER_FACTORY, factory=True, host="127.0.0.1", port=port, log_config=None)
-    finally:
-        if server is not None:
-            server.close()
+    register(main)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+_register_ops()
+
 
 from workers.cli_events import events  # noqa: E402
 
@@ -97,3 +79,8 @@ from workers.cli_worker import dlq, scheduler, worker  # noqa: E402
 main.add_command(worker)
 main.add_command(scheduler)
 main.add_command(dlq)
+
+
+# Keep this last: `python -m workers.cli` (used by the demo's child processes) must see every command.
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

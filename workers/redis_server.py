@@ -12,8 +12,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def find_redis_server() -> str:
@@ -49,8 +51,17 @@ class RedisServer:
     data survives a restart.
     """
 
-    def __init__(self, port: int | None = None, appendonly: bool = False, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        appendonly: bool = False,
+        binary: str | None = None,
+        popen_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.binary = binary or find_redis_server()
+        # Extra subprocess.Popen arguments, e.g. the demo's own process group, so a terminal's Ctrl-C
+        # reaches only the demo, which stops Redis last (after the workers that need it).
+        self.popen_kwargs = dict(popen_kwargs or {})
         self.port = port or free_port()
         self.appendonly = appendonly
         self._tmp = tempfile.TemporaryDirectory(prefix="workfloo-redis-")
@@ -77,7 +88,9 @@ class RedisServer:
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self.popen_kwargs
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from workers.settings import Settings
+from workers.settings_doc import render
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def test_configuration_reference_is_current() -> None:
+    assert DOC.read_text() == render(), "run: python -m workers.settings_doc > docs/configuration.md"
+
+
+def test_every_setting_is_in_the_reference() -> None:
+    text = render()
+    for name in Settings.model_fields:
+        assert f"`{name.upper()}`" in text

@@ -1,0 +1,1 @@
+"""``workfloo-bridge demo``: the whole bridge on an embedded stack, with progress and a summary."""

@@ -8,14 +8,16 @@ redis-server's own log."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-from resilience_stack import CALLBACK_KEY, INTERNAL_KEY, KIBAN_KEY, ProcessStack, process_stack, wait_for
+from resilience_stack import BIN, CALLBACK_KEY, INTERNAL_KEY, KIBAN_KEY, ProcessStack, process_stack, wait_for
 
 from workers import commands_api
 from workers.fakes import kompliant as fake_kompliant
@@ -215,3 +217,35 @@ def test_the_leak_check_finds_every_kind_of_input() -> None:
     assert not _leaks(
         [("receiver", '{"event": "receiver.redis_unavailable", "at": "2026-11-22T23:00:00.1234567Z"}')]
     )
+
+
+_ANY_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_ANY_RFC = re.compile(r"\b[A-ZÑ&]{3,4}\d{6}[A-Z0-9]{3}\b")
+
+
+def test_the_demo_writes_no_email_or_nip_to_any_log(tmp_path: Path, figures: Any) -> None:
+    """``workfloo-bridge demo`` (every process of the bridge, generated keys and applicants) with its
+    process logs kept: no e-mail address, RFC or the sandbox NIP in any of them or in its own output."""
+    logs = tmp_path / "demo-logs"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KIBAN_", "KOMPLIANT_", "REDIS_"))
+    }
+    done = subprocess.run(
+        [str(BIN), "demo", "--applications", "4", "--log-dir", str(logs)],
+        env=env, capture_output=True, timeout=180, check=False,
+    )  # fmt: skip
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    lines = [("demo", line) for line in output.splitlines()]
+    for path in sorted(logs.rglob("*")):
+        if path.is_file():
+            lines.extend((path.name, line) for line in path.read_text(errors="replace").splitlines())
+    found = [
+        f"{name}: {line[:200]!r}"
+        for name, line in lines
+        if _ANY_EMAIL.search(line) or _ANY_RFC.search(line) or re.search(rf"(?<!\d){NIP}(?!\d)", line)
+    ]
+    figures.add("demo log lines checked", len(lines), section="no PII in logs")
+    figures.add("demo leaks", len(found), section="no PII in logs")
+    assert len(lines) > 50, "the demo wrote almost nothing: nothing was checked"
+    assert not found, "\n".join(found[:20])

@@ -45,6 +45,15 @@ log = get_logger(__name__)
 
 CRASH_REQUEUES = "crash_requeues"
 
+RQ_CLEANUP_MARGIN_SECONDS = 60
+"""Added to every started-registry entry's TTL, and added back by the reaper when it looks for dead ones.
+
+RQ's own ``StartedJobRegistry.cleanup`` runs on any ``count`` / ``get_job_ids`` of the registry (a
+dashboard, ``rq info``-style tooling, a test) and in every worker's maintenance, and it *fails* an expired
+entry's job (a dead letter) instead of requeuing it. With entries expiring at heartbeat + grace, that
+cleanup raced the reaper after each crash and sometimes won. With the margin, the reaper (every few
+seconds) sees the entry dead at heartbeat + grace as before, and RQ's cleanup only 60 s later."""
+
 
 def reap_abandoned(
     connection: redis.Redis,
@@ -56,7 +65,8 @@ def reap_abandoned(
 ) -> list[str]:
     """Requeue jobs whose worker stopped heart-beating; return their ids."""
     requeued: list[str] = []
-    cutoff = time.time() if now is None else now
+    # Entries carry RQ_CLEANUP_MARGIN_SECONDS on top of heartbeat + grace: dead = within the margin.
+    cutoff = (time.time() if now is None else now) + RQ_CLEANUP_MARGIN_SECONDS
     for name in queue_names:
         queue = Queue(name, connection=connection)
         registry_key = queue.started_job_registry.key
@@ -142,7 +152,7 @@ class _BridgeWorkerMixin:
         interval = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = int(max(1, min(job.timeout - working_time, interval)))
-        return interval + self._grace
+        return interval + self._grace + RQ_CLEANUP_MARGIN_SECONDS
 
     def _reap_due(self) -> bool:
         period = self._bridge_settings.reaper_interval_seconds

@@ -218,6 +218,18 @@ def test_duplicate_callbacks_repeat_the_same_event_id(kiban: KibanRig) -> None:
     assert len(hooks) == 3 and len({h.headers["x-kiban-event-id"] for h in hooks}) == 1
 
 
+def test_deliveries_since_returns_only_newer_records(kiban: KibanRig) -> None:
+    kiban.make_client().execute(
+        "def-1", scenario_id="approved", callback_url=kiban.sink.url + "/v1/kiban/status"
+    )
+    assert kiban.state.wait_idle()
+    every = httpx.get(kiban.url + "/_fake/deliveries").json()
+    assert len(every) == 1
+    assert httpx.get(kiban.url + "/_fake/deliveries", params={"since": 0}).json() == every
+    assert httpx.get(kiban.url + "/_fake/deliveries", params={"since": len(every)}).json() == []
+    assert httpx.get(kiban.url + "/_fake/deliveries", params={"since": "x"}).status_code == 400
+
+
 def test_drop_probability_one_drops_everything(kiban: KibanRig) -> None:
     kiban.state.faults.update({"drop_callbacks_probability": 1.0})
     _start(kiban, "approved")

@@ -16,11 +16,12 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 
 from workers import dlq
 from workers.settings import load_settings
-from workers.worker import CRASH_REQUEUES, reap_abandoned
+from workers.worker import CRASH_REQUEUES, RQ_CLEANUP_MARGIN_SECONDS, build_worker, reap_abandoned
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 QUEUE = "workfloo"
@@ -132,8 +133,31 @@ def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
     queue = Queue(QUEUE, connection=redis_client)
     job = queue.enqueue("time.sleep", 1, job_id="alive")
     job.set_status(JobStatus.STARTED)
-    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() + 30})
+    beat_expires = time.time() + 30  # the last heartbeat is still valid for 30 s
+    redis_client.zadd(
+        queue.started_job_registry.key, {f"{job.id}:exec1": beat_expires + RQ_CLEANUP_MARGIN_SECONDS}
+    )
     assert reap_abandoned(redis_client, [QUEUE], max_requeues=3) == []
+
+
+def test_rq_registry_cleanup_leaves_a_dead_workers_job_to_the_reaper(redis_client: redis.Redis) -> None:
+    """RQ's ``StartedJobRegistry.cleanup`` (run by any ``count``, and by RQ's maintenance in every worker)
+    fails an expired entry's job; a dead bridge worker's job must be requeued by the reaper instead."""
+    settings = load_settings()
+    worker = build_worker(redis_client, settings)
+    queue = Queue(QUEUE, connection=redis_client)
+    job = queue.enqueue("time.sleep", 1, job_id="orphan")
+    job.set_status(JobStatus.STARTED)
+    redis_client.lrem(queue.key, 0, job.id)
+    # The worker's last heartbeat, written long enough ago that the worker counts as dead (by 5 s).
+    last_beat = time.time() - settings.worker_heartbeat_seconds - settings.worker_heartbeat_grace_seconds - 5
+    ttl = worker.get_heartbeat_ttl(job)
+    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": last_beat + ttl})
+    assert queue.started_job_registry.count == 1  # runs RQ's cleanup: the entry must survive it
+    assert job.get_status(refresh=True) == JobStatus.STARTED
+    assert FailedJobRegistry(QUEUE, connection=redis_client).count == 0
+    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings) == ["orphan"]
+    assert redis_client.lrange(queue.key, 0, -1) == [b"orphan"]
 
 
 def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(

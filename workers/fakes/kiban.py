@@ -914,7 +914,12 @@ def create_app(
             return _json(state.summary(ex))
 
     async def fake_deliveries(request: Request) -> Response:
-        return _json([d.public() for d in state.sender.snapshot()])
+        # ``?since=N`` skips the first N records, so a poller reads only new deliveries (O(new), not O(all)).
+        try:
+            since = max(0, int(request.query_params.get("since", "0")))
+        except ValueError:
+            return _json({"error": "bad_request", "detail": "since must be an integer"}, 400)
+        return _json([d.public() for d in state.sender.snapshot()[since:]])
 
     async def fake_reset(request: Request) -> Response:
         state.reset()

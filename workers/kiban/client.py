@@ -7,8 +7,6 @@ decides whether to try again (``VendorError.retryable`` / ``retry_after``).
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,6 +33,7 @@ from workers.kiban.models import (
     WorkflooStatus,
 )
 from workers.logging import get_logger
+from workers.process_local import ProcessLocal
 from workers.settings import Settings
 from workers.vendor_errors import parse_retry_after
 
@@ -379,15 +378,13 @@ def _describe(body: ErrorBody) -> str:
     return "; ".join(parts)
 
 
-_clients: dict[tuple[Any, ...], KibanClient] = {}
-_clients_lock = threading.Lock()
+_clients: ProcessLocal[KibanClient] = ProcessLocal()
 
 
 def get_kiban_client(settings: Settings) -> KibanClient:
     """The process's shared client for these settings (one connection pool per process, fork-safe)."""
     key_value = settings.kiban_api_key.get_secret_value() if settings.kiban_api_key else ""
     cache_key = (
-        os.getpid(),
         settings.kiban_base_url,
         key_value,
         settings.kiban_sandbox,
@@ -396,12 +393,4 @@ def get_kiban_client(settings: Settings) -> KibanClient:
         settings.vendor_connect_timeout_seconds,
         settings.vendor_read_timeout_seconds,
     )
-    with _clients_lock:
-        client = _clients.get(cache_key)
-        if client is None:
-            # A forked RQ work-horse must not share the parent's sockets: drop clients of other pids.
-            for stale in [k for k in _clients if k[0] != os.getpid()]:
-                del _clients[stale]
-            client = KibanClient.from_settings(settings)
-            _clients[cache_key] = client
-        return client
+    return _clients.get(cache_key, lambda: KibanClient.from_settings(settings))

@@ -5,8 +5,6 @@ envelope. No retries here: failures are classified and raised (``VendorError.ret
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +20,7 @@ from workers.kompliant.errors import (
 from workers.kompliant.models import CreatedWorkflow, Workflow, WorkflowType
 from workers.kompliant.signing import KSig1Signer
 from workers.logging import get_logger
+from workers.process_local import ProcessLocal
 from workers.settings import Settings
 from workers.vendor_errors import parse_retry_after
 
@@ -299,8 +298,7 @@ def _classify(
     return KompliantError(message, **common)
 
 
-_clients: dict[tuple[Any, ...], KompliantClient] = {}
-_clients_lock = threading.Lock()
+_clients: ProcessLocal[KompliantClient] = ProcessLocal()
 
 
 def get_kompliant_client(settings: Settings) -> KompliantClient:
@@ -310,7 +308,6 @@ def get_kompliant_client(settings: Settings) -> KompliantClient:
         for s in (settings.kompliant_api_key, settings.kompliant_secret_key, settings.kompliant_auth_token)
     )
     cache_key = (
-        os.getpid(),
         settings.kompliant_base_url,
         settings.kompliant_account_id,
         settings.kompliant_signed_elements,
@@ -320,11 +317,4 @@ def get_kompliant_client(settings: Settings) -> KompliantClient:
         settings.vendor_read_timeout_seconds,
         *secrets,
     )
-    with _clients_lock:
-        client = _clients.get(cache_key)
-        if client is None:
-            for stale in [k for k in _clients if k[0] != os.getpid()]:
-                del _clients[stale]
-            client = KompliantClient.from_settings(settings)
-            _clients[cache_key] = client
-        return client
+    return _clients.get(cache_key, lambda: KompliantClient.from_settings(settings))

@@ -50,6 +50,7 @@ class CallbackEndpoints:
     def __init__(self, settings: Settings, metrics: ReceiverMetrics) -> None:
         self.keys = KeyChecker(settings.bridge_callback_keys, settings.bridge_callback_key_headers)
         self.limit = settings.bridge_max_body_bytes
+        self.body_timeout = settings.bridge_body_read_timeout_seconds
         self.metrics = metrics
         self.unavailable = HTTPError(
             503,
@@ -88,10 +89,10 @@ class CallbackEndpoints:
         if not is_json_content_type(content_type):
             if not (empty_ok and content_type is None):
                 raise HTTPError(415, "unsupported_media_type", "send application/json")
-            if await read_body(request, self.limit):
+            if await read_body(request, self.limit, self.body_timeout):
                 raise HTTPError(415, "unsupported_media_type", "send application/json")
             return {}
-        raw = await read_body(request, self.limit)
+        raw = await read_body(request, self.limit, self.body_timeout)
         if empty_ok and not raw:
             return {}
         return parse_json_object(raw)

@@ -3,6 +3,7 @@ reader that counts bytes while streaming."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -73,6 +74,8 @@ class KeyChecker:
         return ok
 
 
+CONNECTION_CLOSE = {"Connection": "close"}
+
 UNAUTHORIZED = HTTPError(401, "unauthorized", "missing or invalid API key")
 
 
@@ -92,8 +95,22 @@ def is_json_content_type(value: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes whatever Content-Length claims."""
+async def read_body(request: Request, limit: int, deadline: float | None = None) -> bytes:
+    """The request body, refusing more than ``limit`` bytes whatever Content-Length claims.
+
+    The whole body must arrive within ``deadline`` seconds: uvicorn has no body-read timeout, so without
+    this a client trickling a byte at a time (slow loris) would hold a connection and a task forever.
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise HTTPError(
+            408, "request_timeout", f"body not received within {deadline:g} s", headers=CONNECTION_CLOSE
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = header(request.scope, b"content-length")
     if declared is not None:
         try:
@@ -101,18 +118,23 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise HTTPError(400, "bad_request", "invalid Content-Length") from None
         if size > limit:
-            raise HTTPError(413, "payload_too_large", f"body larger than {limit} bytes")
+            raise _too_large(limit)
     chunks: list[bytes] = []
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise HTTPError(413, "payload_too_large", f"body larger than {limit} bytes")
+                raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
         raise HTTPError(400, "bad_request", "client disconnected before the body ended") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> HTTPError:
+    # Close the connection: otherwise uvicorn would go on reading (and discarding) the rest of the body.
+    return HTTPError(413, "payload_too_large", f"body larger than {limit} bytes", headers=CONNECTION_CLOSE)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

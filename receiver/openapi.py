@@ -29,6 +29,10 @@ def _callback_responses() -> dict[str, Any]:
         },
         "400": _error("Body is not valid UTF-8 JSON, or Content-Length is not a number."),
         "401": _error("No configured key in any configured key header (also: no key configured at all)."),
+        "408": _error(
+            "The body did not arrive within BRIDGE_BODY_READ_TIMEOUT_SECONDS; the connection is closed.",
+            {"Connection": {"schema": {"type": "string", "enum": ["close"]}}},
+        ),
         "413": _error("Body larger than BRIDGE_MAX_BODY_BYTES (declared or counted while streaming)."),
         "415": _error("Content type is not application/json or application/*+json."),
         "422": _error("Schema violation; detail names each failing field."),

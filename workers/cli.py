@@ -54,6 +54,8 @@ def serve(host: str, port: int, processes: int) -> None:
         workers=processes,
         log_config=None,
         access_log=False,
+        # Header deadline and size cap uvicorn lacks (slow headers, header floods): receiver/protocol.py.
+        http="receiver.protocol:GuardedHttpToolsProtocol",
         timeout_graceful_shutdown=settings.bridge_graceful_shutdown_seconds,
     )
 

@@ -167,12 +167,13 @@ def guarded(
         retryable = is_retryable(exc)
         reason = reason_of(exc)
         if retryable and policy.can_retry(attempt):
-            delay = policy.delay(attempt, getattr(exc, "retry_after", None))
+            retry_after = getattr(exc, "retry_after", None)
+            delay = policy.delay(attempt, retry_after)
             log.warning(
                 "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
                 delay=round(delay, 3), reason=reason,
             )  # fmt: skip
-            return Retry(max=policy.max_attempts, interval=[_interval(delay)])
+            return Retry(max=policy.max_attempts, interval=[_interval(delay, honour_floor=bool(retry_after))])
         log.error(
             "job_failed", action=action, execution_id=execution_id, attempts=attempt + 1,
             retryable=retryable, reason=reason,
@@ -185,6 +186,13 @@ def guarded(
         raise JobFailed(prefix + reason) from exc
 
 
-def _interval(delay: float) -> Any:
-    """RQ schedules on whole seconds; 0 means "requeue now" (no scheduler round trip)."""
+def _interval(delay: float, honour_floor: bool = False) -> Any:
+    """RQ schedules on whole seconds; 0 means "requeue now" (no scheduler round trip).
+
+    ``ScheduledJobRegistry.schedule`` drops the sub-second part of the due time and the scheduler
+    compares whole seconds, so a job can start up to 1 s *before* the interval asked for. That is fine
+    for backoff, not for a vendor's Retry-After (a floor): then one second is added so the floor holds.
+    """
+    if honour_floor and delay > 0:
+        delay += 1.0
     return round(delay, 3) if delay >= 0.001 else 0

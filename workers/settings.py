@@ -356,6 +356,25 @@ class Settings(BaseSettings):
         "kept for the benchmark comparison).",
     )
 
+    # --- Resilience ---
+    bridge_body_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time to receive a whole callback body once the headers are in; past it the "
+        "receiver answers 408 and closes the connection (slow-loris bodies).",
+    )
+    bridge_header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time from connection (or from the first byte of a keep-alive request) to the "
+        "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
+    )
+    bridge_max_header_bytes: int = Field(
+        default=32 * 1024,
+        gt=0,
+        description="Largest request line plus headers; more gets 431 and a closed connection.",
+    )
+
     @field_validator(
         "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
     )

@@ -79,8 +79,16 @@ def reap_abandoned(
                 job = Job.fetch(job_id, connection=connection)
             except NoSuchJobError:
                 continue
-            if job.get_status(refresh=True) != JobStatus.STARTED:
+            status = job.get_status(refresh=True)
+            if status == JobStatus.QUEUED:
+                # Killed between RQ's prepare_execution (this registry entry) and prepare_job_execution
+                # (status STARTED): the job is left in the intermediate list and in no queue, and RQ's
+                # own clean-up would *fail* it minutes later. Requeue it like any abandoned job.
+                if connection.lpos(queue.key, job_id) is not None:
+                    continue
+            elif status != JobStatus.STARTED:
                 continue
+            connection.lrem(queue.intermediate_queue_key, 1, job_id)
             crashes = int(job.meta.get(CRASH_REQUEUES, 0)) + 1
             if crashes > max_requeues:
                 reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"

@@ -454,7 +454,7 @@ def test_openapi_lists_every_route_and_status(receiver: httpx.Client, redis_url:
     assert len(callbacks) == 5
     for path in callbacks:
         responses = document["paths"][path]["post"]["responses"]
-        assert set(responses) == {"200", "400", "401", "413", "415", "422", "503"}
+        assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "503"}
     assert set(document["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
 
 

@@ -141,3 +141,27 @@ def test_permanent_error_is_dead_lettered_at_once(redis_client: Any) -> None:
     assert letter.job_id == job.id and letter.reason.startswith("permanent: PermanentError")
     [event] = Publisher(redis_client, load_settings()).timeline("exec-p")
     assert event.data["retryable"] is False and event.data["action"] == "probe"
+
+
+def test_retry_after_survives_rqs_whole_second_scheduling(redis_client: Any) -> None:
+    """RQ drops the sub-second part of a scheduled job's due time, so a job may start up to 1 s early:
+    with a vendor Retry-After the interval gets that second back, plain backoff does not."""
+    from datetime import UTC, datetime, timedelta
+
+    from rq import Queue
+    from rq.registry import ScheduledJobRegistry
+
+    from workers.retry import _interval
+
+    assert _interval(2.0, honour_floor=True) == 3.0
+    assert _interval(0.3) == 0.3
+    assert _interval(0.0, honour_floor=True) == 0
+    # The truncation itself, so this test fails if RQ ever keeps sub-second due times.
+    queue = Queue("probe", connection=redis_client)
+    job = queue.enqueue("workers.jobs.noop", job_id="probe-due")
+    registry = ScheduledJobRegistry(queue=queue)
+    due = datetime(2026, 11, 22, 23, 0, 0, 900_000, tzinfo=UTC)
+    registry.schedule(job, due)
+    assert redis_client.zscore(registry.key, job.id) == int(
+        (due - timedelta(microseconds=900_000)).timestamp()
+    )

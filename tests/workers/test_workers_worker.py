@@ -110,6 +110,25 @@ def test_poison_job_is_dead_lettered_after_max_requeues(redis_client: redis.Redi
     assert "abandoned 2 times" in letters[0].reason
 
 
+def test_job_killed_before_it_was_marked_started_is_requeued(redis_client: redis.Redis) -> None:
+    """SIGKILL between RQ's prepare_execution (started-registry entry) and prepare_job_execution (status
+    STARTED): the job is QUEUED, in the intermediate list and in no queue. It must be requeued, not left
+    for RQ's intermediate-queue clean-up to fail (found by tests/resilience/test_worker_crash.py)."""
+    queue = Queue(QUEUE, connection=redis_client)
+    job = queue.enqueue("time.sleep", 1, job_id="half-started")
+    redis_client.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")
+    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() - 5})
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=load_settings()) == ["half-started"]
+    assert redis_client.lrange(queue.key, 0, -1) == [b"half-started"]
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
+    # A QUEUED job that is still in its queue is not touched (nothing to recover).
+    other = queue.enqueue("time.sleep", 1, job_id="waiting")
+    redis_client.zadd(queue.started_job_registry.key, {f"{other.id}:exec1": time.time() - 5})
+    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=load_settings()) == []
+    assert redis_client.lrange(queue.key, 0, -1).count(b"waiting") == 1
+
+
 def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
     queue = Queue(QUEUE, connection=redis_client)
     job = queue.enqueue("time.sleep", 1, job_id="alive")

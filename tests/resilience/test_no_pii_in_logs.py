@@ -1,0 +1,251 @@
+"""Secrets and PII: run an application through the bridge's processes with DEBUG logging and check that
+no NIP, API key, RFC, phone number or e-mail from the inputs appears in any process's log.
+
+Processes whose output is captured: the receiver (``workfloo-bridge serve``), two workers
+(``workfloo-bridge worker``), the fake Kiban and the fake Kompliant (``python -m workers.fakes.*``) and
+redis-server's own log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+from resilience_stack import BIN, CALLBACK_KEY, INTERNAL_KEY, KIBAN_KEY, ProcessStack, process_stack, wait_for
+
+from workers import commands_api
+from workers.fakes import kompliant as fake_kompliant
+from workers.settings import load_settings
+
+NIP = "123456"  # the sandbox NIP
+WRONG_NIP = "918273"
+EMAIL = "maria.lopez.pii@example.com"
+EMAIL_2 = "jose.perez.pii@example.org"
+EMAIL_3 = "ana.ruiz.pii@example.net"
+EMAIL_4 = "luis.diaz.pii@example.com"
+PHONE = "5512345678"
+RFC = "LOPM800101AB1"
+CURP = "LOPM800101MDFPRR09"
+SECRETS = {
+    "callback key": CALLBACK_KEY,
+    "internal key": INTERNAL_KEY,
+    "Kiban key": KIBAN_KEY,
+    "Kompliant key": fake_kompliant.DEFAULT_API_KEY,
+    "Kompliant secret": fake_kompliant.DEFAULT_SECRET_KEY,
+    "Kompliant auth token": fake_kompliant.DEFAULT_AUTH_TOKEN,
+}
+PII = {"e-mail": EMAIL, "e-mail 2": EMAIL_2, "e-mail 3": EMAIL_3, "e-mail 4": EMAIL_4, "phone": PHONE,
+       "RFC": RFC, "CURP": CURP, "wrong NIP": WRONG_NIP}  # fmt: skip
+
+
+def _leaks(lines: list[tuple[str, str]]) -> list[str]:
+    patterns = {
+        name: re.compile(re.escape(value), re.IGNORECASE) for name, value in {**SECRETS, **PII}.items()
+    }
+    patterns["NIP"] = re.compile(rf"(?<!\d){NIP}(?!\d)")
+    patterns["phone (spaced)"] = re.compile(r"55[\s.-]?1234[\s.-]?5678")
+    found = []
+    for process, line in lines:
+        for name, pattern in patterns.items():
+            if pattern.search(line):
+                found.append(f"{process}: {name} in {line[:300]!r}")
+    return found
+
+
+def _abuse_with_pii(receiver_url: str) -> None:
+    """Requests the receiver refuses, each carrying personal data or a key where it does not belong."""
+    nip_url = f"{receiver_url}/v1/kiban/executions/657118e1d511b6e54fe2a969/nip-events"
+    with httpx.Client(timeout=10) as client:
+        # A key of another system presented as the callback key.
+        assert (
+            client.post(
+                nip_url, json={"event": "SENT", "date": "x"}, headers={"x-api-key": KIBAN_KEY}
+            ).status_code
+            == 401
+        )
+        auth = {"x-api-key": CALLBACK_KEY}
+        # Schema errors whose values are personal data.
+        bad = {"event": EMAIL, "date": PHONE * 10, "linkId": RFC + "!", "errorMessage": NIP}
+        assert client.post(nip_url, json=bad, headers=auth).status_code == 422
+        assert (
+            client.post(
+                f"{receiver_url}/v1/kiban/status", json={"id": f"{RFC}/{NIP}", "status": EMAIL}, headers=auth
+            ).status_code
+            == 422
+        )
+        # Invalid JSON around personal data.
+        raw = f'{{"event": "SENT", "date": "{EMAIL}", "nip": {NIP}, "rfc": "{RFC}"'.encode()
+        response = client.post(nip_url, content=raw, headers=auth | {"content-type": "application/json"})
+        assert response.status_code == 400
+        # Personal data in the query and the path. (An id-shaped value such as a phone number would be
+        # accepted as an execution id and logged as one: ids are not personal data by contract.)
+        assert (
+            client.post(f"{receiver_url}/v1/kiban/finished?execution_id={EMAIL}", headers=auth).status_code
+            == 422
+        )
+        assert (
+            client.post(f"{receiver_url}/v1/kiban/executions/{EMAIL}/finished", headers=auth).status_code
+            == 422
+        )
+        # Accepted callbacks carrying personal data in the body (passed to the worker, never logged).
+        status = {
+            "id": "657118e1d511b6e54fe2a969",
+            "status": "IN_PROGRESS",
+            "form": {"email": EMAIL, "rfc_pf": RFC, "curp": CURP, "phone_number": PHONE},
+        }
+        assert (
+            client.post(
+                f"{receiver_url}/v1/kiban/status", json=status, headers=auth | {"x-kiban-event-id": "evt_pii"}
+            ).status_code
+            == 200
+        )
+
+
+def _run_applications(stack: ProcessStack) -> list[str]:
+    """Applications through the bridge's own command API (HTTP on the receiver, and the Python API),
+    including a DUPLICATE_EMAIL rejection at Kompliant, a NIP delivery error with a resend and a wrong
+    NIP, until each has its outcome."""
+    internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
+    person = {"first_name": "María", "last_name_1": "López", "phone_number": PHONE, "country_code": "52",
+              "rfc_pf": RFC}  # fmt: skip
+    plans = [
+        ("approved", EMAIL, [NIP]),
+        ("approved", EMAIL.upper(), [NIP]),  # same e-mail: Kompliant answers DUPLICATE_EMAIL
+        ("nip-error", EMAIL_2, [NIP]),  # first delivery fails, the bridge resends to the phone
+        ("approved", EMAIL_3, [WRONG_NIP, NIP]),
+    ]
+    commands = []
+    for scenario, email, nips in plans:
+        answer = internal.post(
+            "/v1/applications", json={"form": {**person, "email": email}, "scenarioId": scenario}
+        )
+        assert answer.status_code == 202, answer.text
+        commands.append((answer.json()["command_id"], nips))
+    # The Python API too (its RQ job description is built by RQ from the arguments).
+    python_command = commands_api.start_application(
+        stack.redis,
+        {**person, "email": EMAIL_4},
+        "approved",
+        settings=load_settings(redis_url=stack.redis_server.url),
+    )
+    commands.append((python_command, [NIP]))
+
+    def execution_of(command: str) -> str | None:
+        result = commands_api.command_result(stack.redis, command)
+        return (
+            str(result["result"]["execution_id"]) if result and isinstance(result["result"], dict) else None
+        )
+
+    executions = [wait_for(lambda c=c: execution_of(c), 30, "an application to start") for c, _ in commands]
+    for execution_id, (_, nips) in zip(executions, commands, strict=True):
+
+        def ready(e: str = execution_id) -> bool:
+            fake = httpx.get(f"{stack.kiban_url}/_fake/executions/{e}", timeout=10).json()
+            return fake["phase"] in ("VALIDATE", "VALIDATE_2") and fake["link_events"][-1:] == ["SUCCESS"]
+
+        wait_for(ready, 30, "the NIP to be delivered")
+        for nip in nips:
+            answer = internal.post(f"/v1/applications/{execution_id}/nip", json={"nip": nip})
+            assert answer.status_code == 202, answer.text
+            time.sleep(0.5)
+
+    def outcome(e: str) -> bool:
+        types = {json.loads(x)["type"] for x in stack.redis.lrange(f"workfloo:timeline:{e}", 0, -1)}
+        return bool(types & {"kompliant.workflow.started", "kompliant.workflow.rejected"})
+
+    for execution_id in executions:
+        wait_for(lambda e=execution_id: outcome(e), 60, f"the outcome of {execution_id}")
+    internal.close()
+    return executions
+
+
+def test_no_secret_or_pii_in_any_log_line(tmp_path: Path, figures: Any) -> None:
+    with process_stack(tmp_path, {"NIP_RESEND_DELAY_SECONDS": "0.2", "RETRY_BASE_SECONDS": "0.05"}) as stack:
+        stack.start_worker()
+        stack.start_worker()
+        executions = _run_applications(stack)
+        types = [
+            json.loads(x)["type"]
+            for e in executions
+            for x in stack.redis.lrange(f"workfloo:timeline:{e}", 0, -1)
+        ]
+        _abuse_with_pii(stack.receiver_url)
+        # The receiver and the workers must also keep a Redis outage free of personal data.
+        stack.redis_server.stop()
+        response = httpx.post(
+            f"{stack.receiver_url}/v1/kiban/status",
+            json={"id": executions[0], "status": "SUCCESS", "form": {"email": EMAIL}},
+            headers={"x-api-key": CALLBACK_KEY},
+            timeout=10,
+        )
+        assert response.status_code == 503
+        time.sleep(1.0)
+        stack.redis_server.start()
+        time.sleep(1.0)
+        lines = stack.log_lines()
+
+    per_process = Counter(p for p, _ in lines)
+    section = "no PII in logs"
+    figures.add("applications (with rejection, resend, wrong NIP)", len(executions), section)
+    figures.add(
+        "events",
+        " ".join(f"{k}:{v}" for k, v in sorted(Counter(types).items()) if "kompliant" in k or "nip." in k),
+        section,
+    )
+    figures.add("log lines checked", len(lines), section)
+    figures.add("lines per process", " ".join(f"{k}:{v}" for k, v in sorted(per_process.items())), section)
+    leaks = _leaks(lines)
+    figures.add("leaks", len(leaks), section)
+    assert "kompliant.workflow.rejected" in types and "nip.resent" in types, "the flow missed a branch"
+    assert per_process["worker"] > 0 and per_process["receiver"] > 0, (
+        "a process wrote nothing: nothing checked"
+    )
+    assert not leaks, "\n".join(leaks[:20])
+
+
+def test_the_leak_check_finds_every_kind_of_input() -> None:
+    """Guard: the check above would see each value if it were logged (so its pass means something)."""
+    values = [*SECRETS.values(), *PII.values(), f"nip={NIP}", "tel 55 1234 5678", EMAIL.upper()]
+    for value in values:
+        assert _leaks([("receiver", f'{{"event": "x", "detail": "{value}"}}')]), value
+    assert not _leaks(
+        [("receiver", '{"event": "receiver.redis_unavailable", "at": "2026-11-22T23:00:00.1234567Z"}')]
+    )
+
+
+_ANY_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_ANY_RFC = re.compile(r"\b[A-ZÑ&]{3,4}\d{6}[A-Z0-9]{3}\b")
+
+
+def test_the_demo_writes_no_email_or_nip_to_any_log(tmp_path: Path, figures: Any) -> None:
+    """``workfloo-bridge demo`` (every process of the bridge, generated keys and applicants) with its
+    process logs kept: no e-mail address, RFC or the sandbox NIP in any of them or in its own output."""
+    logs = tmp_path / "demo-logs"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KIBAN_", "KOMPLIANT_", "REDIS_"))
+    }
+    done = subprocess.run(
+        [str(BIN), "demo", "--applications", "4", "--log-dir", str(logs)],
+        env=env, capture_output=True, timeout=180, check=False,
+    )  # fmt: skip
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    lines = [("demo", line) for line in output.splitlines()]
+    for path in sorted(logs.rglob("*")):
+        if path.is_file():
+            lines.extend((path.name, line) for line in path.read_text(errors="replace").splitlines())
+    found = [
+        f"{name}: {line[:200]!r}"
+        for name, line in lines
+        if _ANY_EMAIL.search(line) or _ANY_RFC.search(line) or re.search(rf"(?<!\d){NIP}(?!\d)", line)
+    ]
+    figures.add("demo log lines checked", len(lines), section="no PII in logs")
+    figures.add("demo leaks", len(found), section="no PII in logs")
+    assert len(lines) > 50, "the demo wrote almost nothing: nothing was checked"
+    assert not found, "\n".join(found[:20])

@@ -22,6 +22,7 @@ worker's poll (5 s) ≈ 18 s, inside the 30 s target. Jobs are idempotent, so th
 from __future__ import annotations
 
 import importlib
+import signal
 import threading
 import time
 from typing import Any
@@ -147,6 +148,26 @@ class _BridgeWorkerMixin:
         self._grace = s.worker_heartbeat_grace_seconds
         self._reaped_at: float | None = None
         return kwargs
+
+    _early_stop = False
+    _stop_requested: bool
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ installs its SIGTERM/SIGINT handlers only after registering and starting the scheduler;
+        a signal in that window killed the process outright. Remember it instead, and stop cleanly
+        (warm shutdown, nothing taken) as soon as RQ's handlers are in place."""
+
+        def remember(signum: int, frame: Any) -> None:
+            self._early_stop = True
+
+        signal.signal(signal.SIGTERM, remember)
+        signal.signal(signal.SIGINT, remember)
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()  # type: ignore[misc]
+        if self._early_stop:
+            self._stop_requested = True  # the work loop checks this before taking a job
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval

@@ -176,3 +176,22 @@ def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
     # RQ alone: the dead holder's lock lives 61 s and is retried at the next maintenance.
     wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the scheduled job to run")
     assert time.monotonic() - killed_at < 30
+
+
+def test_sigterm_right_after_registration_is_a_clean_stop(
+    redis_client: redis.Redis, redis_url: str, spawn: list[subprocess.Popen[bytes]]
+) -> None:
+    """RQ registers the worker and starts its scheduler before it installs its signal handlers; a
+    SIGTERM in that window (an orchestrator stopping a pod that just started) used to kill the process
+    (exit -15). It must be a warm shutdown: exit 0, worker deregistered."""
+    from rq import Worker
+
+    env = worker_env(redis_url, "workers.worker.BridgeSimpleWorker")
+    for _ in range(3):
+        proc = start_worker(env, spawn, scheduler=True)
+        deadline = time.monotonic() + 30
+        while not Worker.all(connection=redis_client) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert Worker.all(connection=redis_client) == []

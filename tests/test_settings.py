@@ -59,3 +59,9 @@ def test_cli_exits_non_zero_with_one_clear_line() -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1
     assert "REDIS_URL" in lines[0]
+
+
+def test_http_subscriber_secrets_reach_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "whsec_c3Vic2NyaWJlci1zZWNyZXQtdmFsdWUtMTIzNDU2"
+    monkeypatch.setenv("BRIDGE_HTTP_SUBSCRIBERS", f'[{{"url": "https://x.example/h", "secret": "{secret}"}}]')
+    assert secret in load_settings().secret_values()

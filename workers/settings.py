@@ -420,6 +420,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             items = value if isinstance(value, list) else [value]
             found.extend(item.get_secret_value() for item in items if isinstance(item, SecretStr))
+        found.extend(sub.secret.get_secret_value() for sub in self.bridge_http_subscribers)
         return [s for s in found if s]
 
 

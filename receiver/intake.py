@@ -206,8 +206,8 @@ class GroupCommitter:
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> Any:
-    """One reply of the simple kinds the intake's commands get: integer, status, error, bulk string and
-    null (RESP2, and the RESP3 forms redis-py may negotiate)."""
+    """One reply: integer, status, error, bulk string, null and arrays of them (RESP2, and the RESP3
+    forms redis-py may negotiate), so ``Intake.call`` takes any ordinary command."""
     line = await reader.readline()
     if not line.endswith(b"\r\n"):
         raise ConnectionError("Redis closed the connection")
@@ -221,6 +221,9 @@ async def _read_reply(reader: asyncio.StreamReader) -> Any:
         return None if size < 0 else (await reader.readexactly(size + 2))[:-2]
     if kind == b"_":
         return None
+    if kind in (b"*", b"~"):
+        count = int(body)
+        return None if count < 0 else [await _read_reply(reader) for _ in range(count)]
     if kind == b"#":
         return body == b"t"
     if kind in (b"-", b"!"):

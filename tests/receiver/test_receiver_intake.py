@@ -193,6 +193,25 @@ async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisSer
         await client.aclose()
 
 
+async def test_call_reads_array_replies_and_keeps_the_connection_in_step(redis_url: str) -> None:
+    """Arrays (LRANGE, nested ones too) are read whole, so the next command on the same pipelined
+    connection gets its own reply, not the rest of the array."""
+    settings = load_settings(redis_url=redis_url)
+    client = intake_client(settings)
+    intake = Intake(settings, client)
+    await intake.start()
+    try:
+        await intake.call("RPUSH", "list", "a", "b", "c")
+        assert await intake.call("LRANGE", "list", 0, -1) == [b"a", b"b", b"c"]
+        assert await intake.call("LRANGE", "missing", 0, -1) == []
+        nested = await intake.call("EVAL", "return {1, {'x', 2}}", 0)
+        assert nested == [1, [b"x", 2]]
+        assert await intake.call("PING") == b"PONG"
+    finally:
+        await intake.stop()
+        await client.aclose()
+
+
 def test_recorder_never_touches_the_network() -> None:
     recorder = JobRecorder("workfloo")
     commands = recorder.record("builtins.len", {"a": 1}, "abc", "description")

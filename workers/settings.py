@@ -313,10 +313,6 @@ class Settings(BaseSettings):
         default=True,
         description="Treat a 400 with an empty body from nip/send (no phone sent) as 'NIP previously sent'.",
     )
-    kiban_approved_exits: CommaList = Field(
-        default_factory=lambda: ["APPROVED"],
-        description="Ruleset exit values that mean the applicant was approved (WorkflooDetail.is_approved).",
-    )
     kompliant_signed_elements: str = Field(
         default="API-Key",
         description="KSig1 data elements to sign, ';'-separated (assumption P1). Only API-Key is confirmed; "
@@ -330,7 +326,7 @@ class Settings(BaseSettings):
         description="Header carrying the API version (assumption P2); empty to send none. Never signed.",
     )
 
-    @field_validator("kiban_nip_sent_markers", "kiban_approved_exits", mode="before")
+    @field_validator("kiban_nip_sent_markers", mode="before")
     @classmethod
     def _split_vendor_lists(cls, value: Any) -> Any:
         return _split_commas(value)

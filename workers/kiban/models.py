@@ -250,7 +250,8 @@ class WorkflooDetail(_KibanModel):
         return [r for n in self.nodes for r in (n.decision_tree or [])]
 
     def is_approved(self, approved_exits: Iterable[str] = ("APPROVED",)) -> bool:
-        """SUCCESS whose ruleset exit is one of ``approved_exits`` (setting ``kiban_approved_exits``)."""
+        """SUCCESS whose ruleset exit is one of ``approved_exits``. A convenience for scripts; the bridge's
+        own rule is ``workers.jobs.outcome`` (settings ``APPROVAL_RULE``, ``APPROVAL_EXIT_VALUES``)."""
         wanted = {e.upper() for e in approved_exits}
         return self.status == "SUCCESS" and (self.ruleset_exit or "").upper() in wanted
 

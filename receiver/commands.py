@@ -33,7 +33,7 @@ from receiver.http import (
     validation_error,
 )
 from receiver.intake import Intake, IntakeUnavailable
-from workers import commands_api, state
+from workers import commands_api, keys, state
 from workers.callbacks import EXECUTION_ID_RE
 from workers.logging import get_logger
 from workers.settings import Settings
@@ -141,7 +141,7 @@ class CommandEndpoints:
             intake: Intake = request.app.state.intake
             try:
                 await intake.call(
-                    "SET", state.nip_secret_key(command_id), nip, "EX", str(state.NIP_SECRET_TTL_SECONDS)
+                    "SET", keys.nip_ref(command_id), nip, "EX", str(state.NIP_SECRET_TTL_SECONDS)
                 )
             except IntakeUnavailable:
                 raise self.unavailable from None

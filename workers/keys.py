@@ -39,6 +39,26 @@ def channel(event_type: str) -> str:
     return f"{PREFIX}:events:{event_type}"
 
 
+def nip_ref(ref: str) -> str:
+    """A NIP waiting for its validate job (short TTL), so the NIP never sits in an RQ job payload."""
+    return f"{PREFIX}:nipref:{ref}"
+
+
+def handoff_lock(execution_id: str) -> str:
+    """Lock serialising concurrent Kompliant hand-offs of one execution."""
+    return f"{PREFIX}:lock:handoff:{execution_id}"
+
+
+def subscriber_disabled(subscriber_key: str) -> str:
+    """HTTP subscriber: string (JSON reason) present while it is disabled (set on ``410 Gone``)."""
+    return f"{PREFIX}:subscriber:{subscriber_key}:disabled"
+
+
+def subscriber_state(subscriber_key: str) -> str:
+    """HTTP subscriber: hash of delivery counters and the last attempt's outcome, for operators."""
+    return f"{PREFIX}:subscriber:{subscriber_key}"
+
+
 OPEN_EXECUTIONS = f"{PREFIX}:open"
 """Sorted set: execution id → time it was last touched, for executions with no terminal event yet."""
 

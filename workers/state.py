@@ -41,19 +41,6 @@ LINK_TTL_SECONDS = 30 * 24 * 3600
 NIP_SECRET_TTL_SECONDS = 15 * 60
 
 
-def nip_secret_key(ref: str) -> str:
-    """A NIP waiting for its validate job (short TTL), so the NIP never sits in an RQ job payload.
-
-    Kept here rather than in ``keys.py`` (foundation-owned) to avoid merge churn; same prefix.
-    """
-    return f"{keys.PREFIX}:nipref:{ref}"
-
-
-def handoff_lock_key(execution_id: str) -> str:
-    """Lock serialising concurrent Kompliant hand-offs of one execution."""
-    return f"{keys.PREFIX}:lock:handoff:{execution_id}"
-
-
 def _text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
@@ -178,12 +165,12 @@ class Lock:
 
 
 def stash_nip(connection: redis.Redis, ref: str, nip: str) -> None:
-    connection.set(nip_secret_key(ref), nip, ex=NIP_SECRET_TTL_SECONDS)
+    connection.set(keys.nip_ref(ref), nip, ex=NIP_SECRET_TTL_SECONDS)
 
 
 def take_nip(connection: redis.Redis, ref: str) -> str | None:
-    return _text(connection.get(nip_secret_key(ref)))
+    return _text(connection.get(keys.nip_ref(ref)))
 
 
 def drop_nip(connection: redis.Redis, ref: str) -> None:
-    connection.delete(nip_secret_key(ref))
+    connection.delete(keys.nip_ref(ref))

@@ -30,8 +30,8 @@ from rq.job import Job, JobStatus, get_current_job
 from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
 
+from workers import keys
 from workers.events import Event
-from workers.keys import PREFIX
 from workers.logging import get_logger
 from workers.redis_connection import redis_from_settings
 from workers.settings import Settings, get_settings
@@ -47,16 +47,6 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 # --- Redis keys (subscriber state) -----------------------------------------------------------------
-
-
-def disabled_key(subscriber_key: str) -> str:
-    """String (JSON reason) present while a subscriber is disabled (set on ``410 Gone``)."""
-    return f"{PREFIX}:subscriber:{subscriber_key}:disabled"
-
-
-def state_key(subscriber_key: str) -> str:
-    """Hash: delivery counters and the last attempt's outcome, for operators."""
-    return f"{PREFIX}:subscriber:{subscriber_key}"
 
 
 # --- SSRF guard ------------------------------------------------------------------------------------
@@ -202,7 +192,7 @@ def prepare_deliveries(
                 job_id=job_id,
                 job_key=job.key,
                 mapping=job.to_dict(),
-                disabled_key=disabled_key(subscriber.key),
+                disabled_key=keys.subscriber_disabled(subscriber.key),
                 queue_key=queue.key,
                 queues_key=Queue.redis_queues_keys,
             )
@@ -301,13 +291,13 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     if subscriber is None:
         log.warning("webhook_subscriber_unknown", subscriber=subscriber_key)
         return "unknown_subscriber"
-    if connection.exists(disabled_key(subscriber_key)):
+    if connection.exists(keys.subscriber_disabled(subscriber_key)):
         return "disabled"
     event_id = str(orjson.loads(envelope)["id"])
     allow_private = subscriber.allow_private or settings.bridge_http_subscribers_allow_private
     result = attempt_delivery(subscriber, event_id, envelope, settings, allow_private=allow_private)
     now = datetime.now(UTC).isoformat()
-    state = state_key(subscriber_key)
+    state = keys.subscriber_state(subscriber_key)
     fields: dict[Any, Any] = {
         "last_attempt_at": now,
         "last_event_id": event_id,
@@ -323,7 +313,7 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
         return "delivered"
     if code == 410:
         reason = orjson.dumps({"reason": "410 Gone", "at": now, "event_id": event_id})
-        pipe.set(disabled_key(subscriber_key), reason)
+        pipe.set(keys.subscriber_disabled(subscriber_key), reason)
         pipe.hincrby(state, "failed_attempts", 1)
         pipe.execute()
         log.warning("webhook_subscriber_disabled", subscriber=subscriber_key, reason="410 Gone")
@@ -364,11 +354,11 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
 
 def enable(connection: redis.Redis, subscriber_key: str) -> bool:
     """Re-enable a subscriber disabled by ``410 Gone``; True when it was disabled."""
-    return bool(connection.delete(disabled_key(subscriber_key)))
+    return bool(connection.delete(keys.subscriber_disabled(subscriber_key)))
 
 
 def disabled_reason(connection: redis.Redis, subscriber_key: str) -> dict[str, Any] | None:
-    raw = connection.get(disabled_key(subscriber_key))
+    raw = connection.get(keys.subscriber_disabled(subscriber_key))
     if raw is None:
         return None
     reason: dict[str, Any] = orjson.loads(raw)

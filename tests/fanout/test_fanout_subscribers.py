@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers import subscribers
+from workers import keys, subscribers
 from workers.events import Event, EventType
 from workers.publisher import Publisher
 from workers.serving import ServerThread
@@ -115,7 +115,7 @@ def test_delivery_is_signed_per_standard_webhooks(
     assert not independent_verify(SECRET, headers, body.replace(b"exec1", b"exec2"))
     other = "whsec_" + base64.b64encode(b"another-secret-of-32-bytes-long!").decode()
     assert not independent_verify(other, headers, body)
-    assert redis_client.hget(subscribers.state_key("crm"), "delivered") == b"1"
+    assert redis_client.hget(keys.subscriber_state("crm"), "delivered") == b"1"
 
 
 def test_503_is_retried_then_succeeds_with_same_webhook_id(
@@ -149,7 +149,7 @@ def test_gives_up_after_the_last_attempt_of_the_schedule(
     assert len(hook.received) == 2
     last = Job.fetch(subscribers.delivery_job_id("crm", event.id, 1), connection=redis_client)
     assert last.return_value() == "gave_up"
-    state = redis_client.hgetall(subscribers.state_key("crm"))
+    state = redis_client.hgetall(keys.subscriber_state("crm"))
     assert state[b"failed_attempts"] == b"2"
     assert state[b"gave_up"] == b"1"
     assert state[b"last_gave_up_event_id"] == event.id.encode()
@@ -234,7 +234,7 @@ def test_ssrf_guard_refuses_loopback_delivery_by_default(
     _work(redis_client, settings)
 
     assert hook.received == []  # checked at delivery time: never connected
-    result = redis_client.hget(subscribers.state_key("crm"), "last_result")
+    result = redis_client.hget(keys.subscriber_state("crm"), "last_result")
     assert result is not None
     assert result.startswith(b"refused: address 127.0.0.1 is loopback")
 

@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import Job
 
 from receiver.app import create_app
-from workers import state
+from workers import keys, state
 from workers.serving import ServerThread
 from workers.settings import load_settings
 
@@ -69,7 +69,7 @@ def test_nip_never_enters_the_job_payload(receiver: str, redis_client: redis.Red
     assert job.func_name == "workers.jobs.commands.validate_nip"
     assert "123456" not in repr(job.args)
     assert state.take_nip(redis_client, job.args[0]["nip_ref"]) == "123456"
-    assert redis_client.ttl(state.nip_secret_key(command_id)) > 0
+    assert redis_client.ttl(keys.nip_ref(command_id)) > 0
 
 
 def test_resend(receiver: str, redis_client: redis.Redis) -> None:

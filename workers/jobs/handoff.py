@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import state
+from workers import keys, state
 from workers.events import Event, EventType, Source
 from workers.jobs.outcome import Applicant
 from workers.kompliant.client import KompliantClient
@@ -156,9 +156,7 @@ class Handoff:
             raise
 
     def run(self, execution_id: str, applicant: Applicant) -> HandoffResult:
-        lock = state.Lock(
-            self.redis, state.handoff_lock_key(execution_id), self.settings.handoff_lock_ttl_seconds
-        )
+        lock = state.Lock(self.redis, keys.handoff_lock(execution_id), self.settings.handoff_lock_ttl_seconds)
         if not lock.acquire(wait_seconds=self.settings.handoff_lock_ttl_seconds):
             raise TransientError("another hand-off of this execution is in progress")
         try:

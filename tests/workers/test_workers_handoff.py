@@ -119,6 +119,28 @@ def test_duplicate_email_is_rejected_and_remembered(
     assert types(redis_client, settings, "exec5") == [EventType.KOMPLIANT_WORKFLOW_REJECTED]
 
 
+def test_rejection_is_remembered_only_together_with_its_event(
+    redis_client: redis.Redis,
+    settings: Settings,
+    client: KompliantClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-run stops at the remembered rejection, so the flag must never exist without the event:
+    when publishing fails (Redis gone, worker killed), neither is written and the retry publishes."""
+    handoff(redis_client, settings, client).run("exec4", ANA)
+
+    def redis_gone(*args: Any, **kwargs: Any) -> bool:
+        raise redis.ConnectionError("Redis went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Publisher, "publish", redis_gone)
+        with pytest.raises(redis.ConnectionError):
+            handoff(redis_client, settings, client).run("exec7", ANA)
+    assert state.get_field(redis_client, "exec7", state.KOMPLIANT_REJECTED) is None
+    assert handoff(redis_client, settings, client).run("exec7", ANA).outcome == "rejected"
+    assert types(redis_client, settings, "exec7") == [EventType.KOMPLIANT_WORKFLOW_REJECTED]
+
+
 def test_missing_email_is_permanent(
     redis_client: redis.Redis, settings: Settings, client: KompliantClient
 ) -> None:

@@ -77,15 +77,25 @@ class Handoff:
         self.publisher = publisher
 
     # --- events ----------------------------------------------------------------------------
-    def _publish(self, execution_id: str, type_: EventType, once: str, data: dict[str, object]) -> None:
+    def _publish(
+        self,
+        execution_id: str,
+        type_: EventType,
+        once: str,
+        data: dict[str, object],
+        state_fields: dict[str, str] | None = None,
+    ) -> None:
         self.publisher.publish(
             Event(type=type_, execution_id=execution_id, source=Source.KOMPLIANT, data=dict(data)),
             once_key=f"{once}:{execution_id}",
+            state_key=keys.execution(execution_id) if state_fields else None,
+            state_fields=state_fields,
         )
 
     def _rejected(self, execution_id: str, exc: KompliantError) -> HandoffResult:
         reason = (exc.sub_code or exc.code or "REJECTED").upper()
-        state.set_fields(self.redis, execution_id, {state.KOMPLIANT_REJECTED: reason})
+        # The rejected flag and its event in one step: a re-run sees the flag and stops, so the event
+        # must already be in the stream by then (a crash between two calls would have lost it).
         self._publish(
             execution_id,
             EventType.KOMPLIANT_WORKFLOW_REJECTED,
@@ -96,6 +106,7 @@ class Handoff:
                 "entity_type": exc.entity_type,
                 "trace_id": exc.trace_id,
             },
+            state_fields={state.KOMPLIANT_REJECTED: reason},
         )
         log.info("kompliant_rejected", execution_id=execution_id, code=exc.code, sub_code=exc.sub_code)
         return HandoffResult(outcome="rejected", reason=reason)

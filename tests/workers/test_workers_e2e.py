@@ -159,3 +159,29 @@ def test_permanent_4xx_dead_letters_then_replays(bridge: Bridge) -> None:
     bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
     assert bridge.business_applications(execution_id) == 1
     assert dead_letters() == []
+
+
+def _rerun_validate(bridge: Bridge, execution_id: str, command_id: str, crashed: bool) -> dict[str, object]:
+    """Run validate_nip again for an execution whose NIP Kiban already accepted (its NIP re-stashed)."""
+    state.stash_nip(bridge.redis, command_id, "123456")
+    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis).enqueue(
+        "workers.jobs.commands.validate_nip",
+        {"execution_id": execution_id, "nip_ref": command_id, "command_id": command_id},
+        job_id=f"rerun-{command_id}",
+        meta={"crash_requeues": 1} if crashed else {},
+    )
+    wait_for(lambda: job.get_status(refresh=True) == "finished", 20, "the validate job")
+    result: dict[str, object] = job.return_value()
+    return result
+
+
+def test_validate_rerun_after_a_crash_is_not_reported_as_a_wrong_nip(bridge: Bridge) -> None:
+    """A worker killed after Kiban accepted both validations: the reaper's re-run gets Kiban's "not a NIP
+    step" 400. That is the first run's success, not the applicant's mistake (seen in the scale-out proof)."""
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
+    assert _rerun_validate(bridge, execution_id, "rerun-after-crash", crashed=True)["valid"] is True
+    assert T.ACTION_FAILED not in bridge.types(execution_id)
+    # The same 400 on a first run is a late NIP: reported, as before.
+    assert _rerun_validate(bridge, execution_id, "late-nip", crashed=False)["valid"] is False
+    assert T.ACTION_FAILED in bridge.types(execution_id)

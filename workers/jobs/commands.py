@@ -24,10 +24,12 @@ from workers.events import Event, EventType, Source
 from workers.jobs import connection, settings
 from workers.kiban.client import get_kiban_client
 from workers.kiban.errors import KibanNipAlreadySent, KibanValidationError
+from workers.kiban.models import NipPhase, WorkflooStatus
 from workers.logging import get_logger
 from workers.publisher import Publisher
 from workers.retry import PermanentError, guarded, publish_action_failed, reason_of
 from workers.settings import Settings
+from workers.worker import CRASH_REQUEUES
 
 log = get_logger(__name__)
 
@@ -128,9 +130,15 @@ def _validate(conn: redis.Redis, s: Settings, command: dict[str, Any], execution
     nip = state.take_nip(conn, ref)
     if nip is None:
         raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
+    kiban = get_kiban_client(s)
     try:
-        phase = get_kiban_client(s).validate_nip_twice(execution_id, nip)
+        phase = kiban.validate_nip_twice(execution_id, nip)
     except KibanValidationError as exc:
+        if _crash_rerun() and _past_the_nip_step(kiban.get_status(execution_id)):
+            # This job's worker died mid-run (the reaper requeued it) after Kiban accepted the NIP:
+            # Kiban has moved on, so the 400 says "no NIP step now", not "wrong NIP". Finish the
+            # first run's work. A first run that gets this 400 is a late or wrong NIP, reported below.
+            return _validated(conn, s, command, execution_id, ref, NipPhase.VALIDATED)
         # A wrong NIP is the applicant's answer, not a dead letter: report it and finish the job.
         state.drop_nip(conn, ref)
         publish_action_failed(
@@ -138,6 +146,22 @@ def _validate(conn: redis.Redis, s: Settings, command: dict[str, Any], execution
             retryable=False, attempts=1,
         )  # fmt: skip
         return {"execution_id": execution_id, "valid": False}
+    return _validated(conn, s, command, execution_id, ref, phase)
+
+
+def _crash_rerun() -> bool:
+    job = get_current_job()
+    return job is not None and int(job.meta.get(CRASH_REQUEUES, 0)) > 0
+
+
+def _past_the_nip_step(status: WorkflooStatus) -> bool:
+    """Kiban no longer waits for a NIP: it validated one, runs the next step, or the execution ended."""
+    return status.is_terminal or status.phase == NipPhase.VALIDATED or status.is_processing
+
+
+def _validated(
+    conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str, ref: str, phase: str
+) -> dict[str, Any]:
     state.drop_nip(conn, ref)
     Publisher(conn, s).publish(
         Event(

@@ -13,15 +13,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from receiver.http import (
-    UNAUTHORIZED,
     HTTPError,
     JSONBytes,
     KeyChecker,
+    execution_id_param,
     from_pydantic,
     header,
-    is_json_content_type,
-    parse_json_object,
-    read_body,
+    read_json_object,
     validation_error,
 )
 from receiver.intake import Intake, IntakeUnavailable
@@ -83,19 +81,7 @@ class CallbackEndpoints:
     # -- shared steps ------------------------------------------------------------------------------
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-        if not self.keys.allows(request.scope["headers"]):
-            raise UNAUTHORIZED
-        content_type = header(request.scope, b"content-type")
-        if not is_json_content_type(content_type):
-            if not (empty_ok and content_type is None):
-                raise HTTPError(415, "unsupported_media_type", "send application/json")
-            if await read_body(request, self.limit, self.body_timeout):
-                raise HTTPError(415, "unsupported_media_type", "send application/json")
-            return {}
-        raw = await read_body(request, self.limit, self.body_timeout)
-        if empty_ok and not raw:
-            return {}
-        return parse_json_object(raw)
+        return await read_json_object(request, self.keys, self.limit, self.body_timeout, empty_ok=empty_ok)
 
     async def _store(
         self, request: Request, started: float, kind: str, event_id: str, payload: dict[str, Any]
@@ -113,19 +99,13 @@ class CallbackEndpoints:
         self.metrics.count_callback(kind, accepted, time.perf_counter() - started)
         return JSONBytes({"status": "accepted" if accepted else "duplicate", "event_id": event_id})
 
-    @staticmethod
-    def _execution_id(value: Any, field: str) -> str:
-        if not isinstance(value, str) or not EXECUTION_ID_RE.fullmatch(value):
-            raise validation_error(field, "must be 1-64 characters of A-Z a-z 0-9 _ -")
-        return value
-
     # -- endpoints ---------------------------------------------------------------------------------
 
     async def nip_for_execution(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             body = await self._body(request)
-            execution_id = self._execution_id(request.path_params["execution_id"], "execution_id")
+            execution_id = execution_id_param(request.path_params["execution_id"], "execution_id")
             nip = _validate_nip(body)
             event_id = nip_event_id(execution_id, nip.event, nip.date)
             payload = _payload(event_id, "nip", execution_id, nip.linkId, None, body)
@@ -178,7 +158,7 @@ class CallbackEndpoints:
         started = time.perf_counter()
         try:
             body = await self._body(request, empty_ok=True)
-            execution_id = self._execution_id(request.path_params["execution_id"], "execution_id")
+            execution_id = execution_id_param(request.path_params["execution_id"], "execution_id")
             return await self._finished(request, started, execution_id, body)
         except HTTPError as exc:
             return exc.response()
@@ -190,12 +170,12 @@ class CallbackEndpoints:
             execution_id: str | None = None
             for field in FINISHED_BODY_ID_FIELDS:
                 if body.get(field) is not None:
-                    execution_id = self._execution_id(body[field], field)
+                    execution_id = execution_id_param(body[field], field)
                     break
             else:
                 query = request.query_params.get("execution_id")
                 if query is not None:
-                    execution_id = self._execution_id(query, "execution_id")
+                    execution_id = execution_id_param(query, "execution_id")
             if execution_id is None:
                 raise validation_error(
                     "execution_id",

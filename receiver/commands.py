@@ -15,7 +15,6 @@ named), 503 when Redis did not confirm the write.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -23,18 +22,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.http import (
-    UNAUTHORIZED,
     HTTPError,
     JSONBytes,
     KeyChecker,
-    is_json_content_type,
-    parse_json_object,
-    read_body,
+    execution_id_param,
+    read_json_object,
     validation_error,
 )
 from receiver.intake import Intake, IntakeUnavailable
+from receiver.rqjob import utc_stamp
 from workers import commands_api, keys, state
-from workers.callbacks import EXECUTION_ID_RE
 from workers.logging import get_logger
 from workers.settings import Settings
 
@@ -43,10 +40,6 @@ log = get_logger("receiver.commands")
 NIP_RE = re.compile(r"[0-9]{4,8}")
 MAX_FORM_FIELDS = 200
 IDEMPOTENCY_KEY_MAX = 200
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class CommandEndpoints:
@@ -63,29 +56,7 @@ class CommandEndpoints:
         ]
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-        if not self.keys.allows(request.scope["headers"]):
-            raise UNAUTHORIZED
-        content_type = request.headers.get("content-type")
-        raw_needed = True
-        if not is_json_content_type(content_type):
-            if not (empty_ok and content_type is None):
-                raise HTTPError(415, "unsupported_media_type", "send application/json")
-            raw_needed = False
-        raw = await read_body(request, self.limit)
-        if not raw_needed:
-            if raw:
-                raise HTTPError(415, "unsupported_media_type", "send application/json")
-            return {}
-        if empty_ok and not raw:
-            return {}
-        return parse_json_object(raw)
-
-    @staticmethod
-    def _execution_id(request: Request) -> str:
-        value = request.path_params["execution_id"]
-        if not isinstance(value, str) or not EXECUTION_ID_RE.fullmatch(value):
-            raise validation_error("execution_id", "must be 1-64 characters of A-Z a-z 0-9 _ -")
-        return value
+        return await read_json_object(request, self.keys, self.limit, None, empty_ok=empty_ok)
 
     async def _enqueue(
         self, request: Request, command_id: str, func: str, payload: dict[str, Any]
@@ -93,7 +64,7 @@ class CommandEndpoints:
         intake: Intake = request.app.state.intake
         try:
             accepted = await intake.enqueue(
-                command_id, func, payload, description=f"command {command_id}", stamp=_now()
+                command_id, func, payload, description=f"command {command_id}", stamp=utc_stamp()
             )
         except IntakeUnavailable:
             raise self.unavailable from None
@@ -133,7 +104,7 @@ class CommandEndpoints:
     async def validate_nip(self, request: Request) -> Response:
         try:
             body = await self._body(request)
-            execution_id = self._execution_id(request)
+            execution_id = execution_id_param(request.path_params["execution_id"])
             nip = body.get("nip")
             if not isinstance(nip, str) or not NIP_RE.fullmatch(nip):
                 raise validation_error("nip", "must be a string of 4-8 digits")
@@ -153,7 +124,7 @@ class CommandEndpoints:
     async def resend_nip(self, request: Request) -> Response:
         try:
             await self._body(request, empty_ok=True)
-            execution_id = self._execution_id(request)
+            execution_id = execution_id_param(request.path_params["execution_id"])
             command_id = commands_api.new_command_id("resend")
             payload = commands_api.resend_command(command_id, execution_id)
             return await self._enqueue(request, command_id, commands_api.RESEND_FUNCTION, payload)

@@ -13,6 +13,8 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from workers.callbacks import EXECUTION_ID_RE
+
 
 class JSONBytes(Response):
     media_type = "application/json"
@@ -144,4 +146,32 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise HTTPError(400, "invalid_json", "body is not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise validation_error("body", "must be a JSON object")
+    return value
+
+
+async def read_json_object(
+    request: Request, keys: KeyChecker, limit: int, deadline: float | None, *, empty_ok: bool = False
+) -> dict[str, Any]:
+    """The steps every POST endpoint shares, in order: key (401 before reading), content type (415),
+    body within ``limit`` and ``deadline`` (413/408), JSON object (400/422). ``empty_ok``: no body and no
+    content type is an empty object."""
+    if not keys.allows(request.scope["headers"]):
+        raise UNAUTHORIZED
+    content_type = header(request.scope, b"content-type")
+    if not is_json_content_type(content_type):
+        if not (empty_ok and content_type is None):
+            raise HTTPError(415, "unsupported_media_type", "send application/json")
+        if await read_body(request, limit, deadline):
+            raise HTTPError(415, "unsupported_media_type", "send application/json")
+        return {}
+    raw = await read_body(request, limit, deadline)
+    if empty_ok and not raw:
+        return {}
+    return parse_json_object(raw)
+
+
+def execution_id_param(value: Any, field: str = "execution_id") -> str:
+    """An execution id from a path, body or query field, or 422 naming ``field``."""
+    if not isinstance(value, str) or not EXECUTION_ID_RE.fullmatch(value):
+        raise validation_error(field, "must be 1-64 characters of A-Z a-z 0-9 _ -")
     return value

@@ -46,6 +46,7 @@ class CommandEndpoints:
     def __init__(self, settings: Settings) -> None:
         self.keys = KeyChecker(settings.bridge_internal_keys, ["x-api-key"])
         self.limit = settings.bridge_max_body_bytes
+        self.body_timeout = settings.bridge_body_read_timeout_seconds
         self.unavailable = HTTPError(503, "redis_unavailable", "the command was not stored; retry later")
 
     def routes(self) -> list[BaseRoute]:
@@ -56,7 +57,7 @@ class CommandEndpoints:
         ]
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-        return await read_json_object(request, self.keys, self.limit, None, empty_ok=empty_ok)
+        return await read_json_object(request, self.keys, self.limit, self.body_timeout, empty_ok=empty_ok)
 
     async def _enqueue(
         self, request: Request, command_id: str, func: str, payload: dict[str, Any]

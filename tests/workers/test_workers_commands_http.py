@@ -120,3 +120,24 @@ def test_redis_down_is_503(private_redis: Any, serve: Callable[..., ServerThread
     private_redis.stop(kill=True)
     response = post(f"{url}/v1/applications", {"form": {"a": "b"}})
     assert response.status_code == 503 and response.json()["error"] == "redis_unavailable"
+
+
+def test_a_slow_command_body_gets_408_and_no_job(
+    redis_url: str, redis_client: redis.Redis, serve: Callable[..., ServerThread]
+) -> None:
+    """The body deadline covers the command endpoints too, not only the Kiban callbacks (slow loris)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    settings = load_settings(
+        redis_url=redis_url, bridge_internal_keys=KEY, bridge_body_read_timeout_seconds=0.5
+    )
+    url = urlsplit(serve(create_app(settings)).url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/applications HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            b"x-api-key: " + KEY.encode() + b'\r\nContent-Length: 40\r\n\r\n{"form": '
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+    assert redis_client.llen("rq:queue:workfloo") == 0

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from receiver.http import JSONBytes, KeyChecker
+from receiver.http import UNAUTHORIZED, HTTPError, JSONBytes, KeyChecker
 from workers import keys
 from workers.settings import Settings
 from workers.timeline import MAX_TIMELINE_EVENTS, build_timeline
@@ -26,26 +26,23 @@ PATH = "/v1/applications/{execution_id}/timeline"
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONBytes({"error": code, "detail": detail}, status, headers=headers)
-
-
 def routes(settings: Settings) -> list[BaseRoute]:
     checker = KeyChecker(settings.bridge_internal_keys, ["x-api-key"])
 
     async def timeline(request: Request) -> Response:
         if not checker.allows(request.scope["headers"]):
-            return _error(401, "unauthorized", "missing or invalid API key")
+            return UNAUTHORIZED.response()
         execution_id = request.path_params["execution_id"]
         if not _EXECUTION_ID.match(execution_id):
-            return _error(422, "validation_error", "execution_id: 1-128 letters, digits, '_' or '-'")
+            detail = "execution_id: 1-128 letters, digits, '_' or '-'"
+            return HTTPError(422, "validation_error", detail).response()
         client: aioredis.Redis = request.app.state.redis
         try:
             raw = await client.lrange(keys.timeline(execution_id), 0, MAX_TIMELINE_EVENTS - 1)
         except (RedisError, OSError, TimeoutError):
-            return _error(503, "unavailable", "event store unavailable", {"Retry-After": "1"})
+            return HTTPError(503, "unavailable", "event store unavailable", {"Retry-After": "1"}).response()
         if not raw:
-            return _error(404, "not_found", f"no events for execution {execution_id}")
+            return HTTPError(404, "not_found", f"no events for execution {execution_id}").response()
         return JSONBytes(build_timeline(execution_id, raw))
 
     return [Route(PATH, timeline, methods=["GET"])]

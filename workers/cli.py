@@ -10,20 +10,14 @@ import sys
 
 import click
 
-from workers.logging import configure_logging
-from workers.settings import Settings, SettingsError, load_settings
+from workers.cli_settings import settings_or_exit
+from workers.settings import Settings
 
 RECEIVER_FACTORY = "receiver.app:create_app"
 
 
 def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        click.echo(f"workfloo-bridge: {exc}", err=True)
-        raise SystemExit(2) from None
-    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
-    return settings
+    return settings_or_exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

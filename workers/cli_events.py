@@ -15,9 +15,9 @@ import click
 import orjson
 import redis
 
-from workers.logging import configure_logging
+from workers.cli_settings import settings_or_exit
 from workers.redis_connection import redis_from_settings
-from workers.settings import Settings, SettingsError, load_settings
+from workers.settings import Settings
 from workers.subscriber_config import matches
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
@@ -70,16 +70,7 @@ def _short(value: Any) -> str:
 
 
 def _load() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        click.echo(f"workfloo-bridge: {exc}", err=True)
-        raise SystemExit(2) from None
-    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
-    if settings.redis_url is None:
-        click.echo("workfloo-bridge: REDIS_URL is not set", err=True)
-        raise SystemExit(2)
-    return settings
+    return settings_or_exit(need_redis=True)
 
 
 def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> Iterator[tuple[bytes, Any]]:

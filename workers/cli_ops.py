@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from workers import keys
+from workers.cli_settings import settings_or_exit
 from workers.settings import Settings, SettingsError, load_settings
 
 EXIT_OK = 0
@@ -40,15 +41,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def _load(configure: bool = True) -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    if configure:
-        from workers.logging import configure_logging
-
-        configure_logging(settings.log_level, settings.log_format, settings.secret_values())
-    return settings
+    return settings_or_exit(configure_logs=configure)
 
 
 def _redis_or_exit(settings: Settings) -> redis.Redis:

@@ -9,17 +9,12 @@ import click
 import redis
 
 from workers import dlq as dead_letters
+from workers.cli_settings import settings_or_exit
 from workers.settings import Settings
 
 
 def _settings() -> Settings:
-    from workers.cli import _settings as cli_settings
-
-    settings = cli_settings()
-    if settings.redis_url is None:
-        click.echo("workfloo-bridge: REDIS_URL is not set", err=True)
-        raise SystemExit(2)
-    return settings
+    return settings_or_exit(need_redis=True)
 
 
 def _redis(settings: Settings) -> redis.Redis:

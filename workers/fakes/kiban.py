@@ -586,6 +586,14 @@ def create_app(
     def lookup(execution_id: str) -> FakeExecution | None:
         return state.executions.get(execution_id)
 
+    def find(request: Request, route: str) -> FakeExecution | Response:
+        """The execution named in the path, or what the real API answers: 401 without the key (checked
+        first), 404 with an empty body for an unknown id."""
+        if not authorised(request):
+            return record(request, route, _empty(401))
+        ex = lookup(request.path_params["id"])
+        return ex if ex is not None else record(request, route, _empty(404))
+
     def form_errors(fields: Mapping[str, Any]) -> dict[str, str]:
         errors = {}
         for name in REQUIRED_FORM_FIELDS:
@@ -663,11 +671,9 @@ def create_app(
 
     async def submit_form(request: Request) -> Response:
         route = "executeWorkflooForm"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         body, error = await read_object(request, required=True)
         if error is not None or body is None:
             return record(request, route, error or _empty(400))
@@ -702,11 +708,9 @@ def create_app(
 
     async def send_nip(request: Request) -> Response:
         route = "sendWorkflooNip"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         body, error = await read_object(request, required=False)
         if error is not None:
             return record(request, route, error)
@@ -729,11 +733,9 @@ def create_app(
 
     async def resend_nip(request: Request) -> Response:
         route = "resendWorkflooNip"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         body, error = await read_object(request, required=False)
         if error is not None:
             return record(request, route, error)
@@ -760,11 +762,9 @@ def create_app(
 
     async def validate_nip(request: Request) -> Response:
         route = "validateWorkflooNip"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         body, error = await read_object(request, required=True)
         if error is not None or body is None:
             return record(request, route, error or _empty(400))
@@ -798,31 +798,25 @@ def create_app(
 
     async def get_status(request: Request) -> Response:
         route = "getWorkflooStatus"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         with state.lock:
             return record(request, route, _json(state.status_body(ex)))
 
     async def get_detail(request: Request) -> Response:
         route = "getWorkfloo"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         with state.lock:
             return record(request, route, _json(state.detail_body(ex)))
 
     async def get_file(request: Request) -> Response:
         route = "getWorkflooFile"
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         node_id, name = request.query_params.get("nodeId"), request.query_params.get("name")
         if not node_id or not name:
             return record(
@@ -837,11 +831,9 @@ def create_app(
         return record(request, route, _empty(404))
 
     async def not_waiting(request: Request, route: str, status: int, body: dict[str, Any]) -> Response:
-        if not authorised(request):
-            return record(request, route, _empty(401))
-        ex = lookup(request.path_params["id"])
-        if ex is None:
-            return record(request, route, _empty(404))
+        ex = find(request, route)
+        if isinstance(ex, Response):
+            return ex
         return record(request, route, _json(body, status))
 
     async def validate_otp(request: Request) -> Response:

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from rq import Queue
-from workers_stack import BIN, Bridge, wait_for
+from workers_stack import BIN, DEFINITION, KIBAN_KEY, Bridge, wait_for
 
 from workers import state
 from workers.events import EventType as T
@@ -185,3 +185,24 @@ def test_validate_rerun_after_a_crash_is_not_reported_as_a_wrong_nip(bridge: Bri
     # The same 400 on a first run is a late NIP: reported, as before.
     assert _rerun_validate(bridge, execution_id, "late-nip", crashed=False)["valid"] is False
     assert T.ACTION_FAILED in bridge.types(execution_id)
+
+
+def test_start_rerun_after_the_form_was_accepted_finishes(bridge: Bridge) -> None:
+    """A start job killed after Kiban accepted the form but before its checkpoint: the reaper's re-run
+    gets 409 from /form (Kiban is past the FORM step) and must carry on, not fail the application."""
+    from workers.kiban.client import KibanClient
+
+    form = {"first_name": "Ana", "last_name_1": "López", "email": "rerun@example.com"}
+    # What the first run did before it died: execute, and the form accepted.
+    with KibanClient(bridge.kiban.url, api_key=KIBAN_KEY, sandbox=True) as kiban:
+        execution_id = kiban.execute(DEFINITION, scenario_id="approved")
+        kiban.submit_form(execution_id, form)
+    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis).enqueue(
+        "workers.jobs.commands.start_application",
+        {"command_id": "rerun-start", "form": form, "scenario_id": "approved"},
+        job_id="rerun-start",
+        meta={"execution_id": execution_id},  # the checkpoint the first run wrote before it died
+    )
+    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), 20, "the start job")
+    assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else None
+    assert job.return_value() == {"execution_id": execution_id}

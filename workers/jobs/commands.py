@@ -23,7 +23,7 @@ from workers import keys, state
 from workers.events import Event, EventType, Source
 from workers.jobs import connection, settings
 from workers.kiban.client import get_kiban_client
-from workers.kiban.errors import KibanNipAlreadySent, KibanValidationError
+from workers.kiban.errors import KibanConflictError, KibanNipAlreadySent, KibanValidationError
 from workers.kiban.models import NipPhase, WorkflooStatus
 from workers.logging import get_logger
 from workers.publisher import Publisher
@@ -102,7 +102,13 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
     )
     if not done.get("form_submitted"):
         if form:
-            kiban.submit_form(execution_id, form)
+            try:
+                kiban.submit_form(execution_id, form)
+            except KibanConflictError:
+                # The execution is this job's own (checkpointed above), so a 409 away from the FORM
+                # step means an earlier run submitted the form and was killed before its checkpoint.
+                if kiban.get_status(execution_id).current_node_type == "FORM":
+                    raise
         _checkpoint("form_submitted", True)
     if not done.get("nip_sent"):
         with contextlib.suppress(KibanNipAlreadySent):  # sent by an earlier run of this job

@@ -30,11 +30,11 @@ from typing import Any
 
 import redis
 
-from workers.consumer import Consumer
-from workers.events import Event, EventType, Source
-from workers.publisher import Publisher
-from workers.redis_server import RedisServer
-from workers.settings import Settings, load_settings
+from workers.core.events import Event, EventType, Source
+from workers.core.settings import Settings, load_settings
+from workers.fanout.consumer import Consumer
+from workers.fanout.publisher import Publisher
+from workers.sandbox.redis_server import RedisServer
 
 STREAM = "workfloo:events"
 
@@ -148,7 +148,7 @@ def e2e_mode(
         raise SystemExit(f"e2e mode needs the receiver intake and workers.jobs.callbacks ({exc})") from None
     import httpx
 
-    from workers.serving import ServerThread
+    from workers.sandbox.serving import ServerThread
 
     key = "bench-callback-key"
     os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "LOG_LEVEL": "WARNING"})

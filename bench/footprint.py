@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from workers.redis_server import RedisServer, free_port
+from workers.sandbox.redis_server import RedisServer, free_port
 
 CALLBACK_KEY = "footprint-key"
 

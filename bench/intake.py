@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.redis_server import RedisServer, free_port
+from workers.sandbox.redis_server import RedisServer, free_port
 
 KEY = "bench-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
@@ -241,7 +241,7 @@ def _job_costs() -> tuple[float, float]:
     """Microseconds per job: (a) RQ's own create_job + enqueue_job on the recording pipeline, what a
     per-request RQ call would cost; (b) what the receiver does per request instead (job data with RQ's
     serializer + zlib, one timestamp), the rest being precomputed in the verified Lua template."""
-    from receiver.rqjob import JobRecorder, utc_stamp
+    from receiver.intake.rqjob import JobRecorder, utc_stamp
 
     recorder = JobRecorder("workfloo")
     func = "workers.jobs.callbacks.handle_nip_event"

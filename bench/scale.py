@@ -1,7 +1,7 @@
 """Scale-out proof on one machine: two receivers, up to four workers, one Redis, fake vendors as processes.
 
 Everything runs as its own process on loopback, as in production: a private ``redis-server`` (AOF
-everysec), the fake Kiban and fake Kompliant (``python -m workers.fakes.…``), two receivers
+everysec), the fake Kiban and fake Kompliant (``python -m workers.sandbox.fakes.…``), two receivers
 (``workfloo-bridge serve``) and ``workfloo-bridge worker`` processes. Applications start through the
 receivers' command endpoint (``POST /v1/applications``, alternating receivers). Worker *i* gives Kiban
 receiver ``i % 2`` as its callback URL and the fake's end-of-workfloo callback goes to receiver B, so
@@ -55,9 +55,9 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from workers.demo.supervisor import Child, Supervisor, child_popen_kwargs, wait_http, wait_until
-from workers.fakes import kompliant as fake_kompliant
-from workers.redis_server import RedisServer, free_port
+from workers.sandbox.demo.supervisor import Child, Supervisor, child_popen_kwargs, wait_http, wait_until
+from workers.sandbox.fakes import kompliant as fake_kompliant
+from workers.sandbox.redis_server import RedisServer, free_port
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,12 +262,14 @@ class Stack:
 
     def start(self) -> None:
         python = sys.executable
-        self.spawn("kompliant", [python, "-m", "workers.fakes.kompliant", "--port", str(self.kompliant_port)])
+        self.spawn(
+            "kompliant", [python, "-m", "workers.sandbox.fakes.kompliant", "--port", str(self.kompliant_port)]
+        )
         end_url = f"{self.receivers[1]}/v1/kiban/executions/{{execution_id}}/finished"
         self.spawn(
             "kiban",
             [
-                python, "-m", "workers.fakes.kiban", "--port", str(self.kiban_port),
+                python, "-m", "workers.sandbox.fakes.kiban", "--port", str(self.kiban_port),
                 "--api-key", KIBAN_KEY, "--end-callback-url", end_url, "--end-callback-api-key", CALLBACK_KEY,
                 "--decision-delay", str(self.config.decision_delay),
                 "--nip-event-delay", str(self.config.nip_event_delay),

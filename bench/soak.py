@@ -4,7 +4,7 @@ backlog. Not part of CI.
 
     python -m bench.soak --minutes 30 --rate 2
 
-Processes: redis-server (AOF everysec), fake Kiban and fake Kompliant (``python -m workers.fakes.*``),
+Processes: redis-server (AOF everysec), fake Kiban and fake Kompliant (``python -m workers.sandbox.fakes.*``),
 the receiver (``workfloo-bridge serve``) and ``--workers`` workers (``workfloo-bridge worker``). Each
 application goes through the receiver's command API (POST /v1/applications, then the NIP), Kiban's
 callbacks come back to the receiver, the workers hand approved applicants to Kompliant.
@@ -27,9 +27,9 @@ import httpx
 import psutil
 import redis
 
-from workers import commands_api
-from workers.fakes import kompliant as fake_kompliant
-from workers.redis_server import RedisServer, free_port
+from workers.jobs import api as commands_api
+from workers.sandbox.fakes import kompliant as fake_kompliant
+from workers.sandbox.redis_server import RedisServer, free_port
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 CALLBACK_KEY = "soak-callback-key-0123456789"
@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         spawn(
-            "kompliant", [sys.executable, "-m", "workers.fakes.kompliant", "--port", str(ports["kompliant"])]
+            "kompliant",
+            [sys.executable, "-m", "workers.sandbox.fakes.kompliant", "--port", str(ports["kompliant"])],
         )
         spawn("kiban", [
-            sys.executable, "-m", "workers.fakes.kiban", "--port", str(ports["kiban"]),
+            sys.executable, "-m", "workers.sandbox.fakes.kiban", "--port", str(ports["kiban"]),
             "--api-key", KIBAN_KEY,
             "--end-callback-url", f"{receiver}/v1/kiban/executions/{{execution_id}}/finished",
             "--end-callback-api-key", CALLBACK_KEY, "--decision-delay", "0.2", "--nip-event-delay", "0.05",

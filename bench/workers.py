@@ -22,17 +22,17 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from workers.kiban.client import KibanClient, get_kiban_client
-from workers.redis_server import RedisServer
-from workers.serving import ServerThread
-from workers.settings import get_settings
+from workers.core.settings import get_settings
+from workers.sandbox.redis_server import RedisServer
+from workers.sandbox.serving import ServerThread
+from workers.vendors.kiban.client import KibanClient, get_kiban_client
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-kiban-key"
 CLASSES = {
-    "fork (BridgeWorker)": "workers.worker.BridgeWorker",
-    "in-process (BridgeSimpleWorker)": "workers.worker.BridgeSimpleWorker",
+    "fork (BridgeWorker)": "workers.runtime.worker.BridgeWorker",
+    "in-process (BridgeSimpleWorker)": "workers.runtime.worker.BridgeSimpleWorker",
 }
 
 
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    from workers.fakes import kiban as fake_kiban  # here, so a work-horse importing this module stays light
+    from workers.sandbox.fakes import (
+        kiban as fake_kiban,  # here, so a work-horse importing this module stays light
+    )
 
     with (
         RedisServer() as server,

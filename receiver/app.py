@@ -16,15 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from receiver import commands, timeline
-from receiver.callbacks import CallbackEndpoints
+from receiver.endpoints import commands, timeline
+from receiver.endpoints.kiban import CallbackEndpoints
 from receiver.http import JSONBytes
 from receiver.intake import Intake, IntakeUnavailable, intake_client
+from receiver.intake.rqjob import JobRecorder
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
-from receiver.rqjob import JobRecorder
-from workers.callbacks import JOB_FUNCTIONS
-from workers.settings import Settings, get_settings
+from workers.core.contract import JOB_FUNCTIONS
+from workers.core.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -13,7 +13,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from workers.callbacks import EXECUTION_ID_RE
+from workers.core.contract import EXECUTION_ID_RE
 
 
 class JSONBytes(Response):

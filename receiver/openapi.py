@@ -1,12 +1,12 @@
 """OpenAPI 3.1 document of the receiver's own endpoints (hand-written: it lists every status code each
-endpoint can return). Command routes added in ``receiver/commands.py`` may extend ``paths``."""
+endpoint can return). Command routes added in ``receiver/endpoints/commands.py`` may extend ``paths``."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from workers.settings import Settings
+from workers.core.settings import Settings
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 

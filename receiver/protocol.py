@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from workers.settings import Settings, get_settings
+from workers.core.settings import Settings, get_settings
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 import redis
 
-from workers.redis_server import RedisServer
-from workers.serving import ServerThread
+from workers.sandbox.redis_server import RedisServer
+from workers.sandbox.serving import ServerThread
+
+# Fixtures shared across test packages: the vendor fakes over HTTP and the process stacks.
+pytest_plugins = ["tests.support.vendor_rigs", "tests.support.bridge_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.settings import Settings
+from workers.core.settings import Settings
 
 # The longest a bridge job may run: RQ's job timeout. 180 s is the documented ceiling; if the
 # settings carry a job timeout (the workers area), the larger of the two is used.

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.settings import Settings
+from tests import ROOT
+from workers.core.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from workers.redis_server import RedisServer, free_port
+from workers.sandbox.redis_server import RedisServer, free_port
 
 
 def _cli() -> str:

@@ -10,9 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from workers.settings import Settings
+from tests import ROOT
+from workers.core.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 EXAMPLE_ONLY = {"secret.example.yaml"}
 # Oldest and newest Kubernetes minor versions the manifests are checked against.

@@ -18,7 +18,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from workers.redis_connection import (
+from workers.core.redis_client import (
     RedisUrlError,
     SentinelTarget,
     async_redis_from_url,
@@ -26,8 +26,8 @@ from workers.redis_connection import (
     redis_from_settings,
     redis_from_url,
 )
-from workers.redis_server import find_redis_server, free_port
-from workers.settings import Settings, SettingsError, load_settings
+from workers.core.settings import Settings, SettingsError, load_settings
+from workers.sandbox.redis_server import find_redis_server, free_port
 
 # --- parsing --------------------------------------------------------------------------------------
 

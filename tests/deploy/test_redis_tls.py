@@ -13,9 +13,9 @@ import pytest
 import redis
 import trustme
 
-from workers.redis_connection import async_redis_from_url, redis_from_settings, redis_from_url
-from workers.redis_server import find_redis_server, free_port
-from workers.settings import Settings
+from workers.core.redis_client import async_redis_from_url, redis_from_settings, redis_from_url
+from workers.core.settings import Settings
+from workers.sandbox.redis_server import find_redis_server, free_port
 
 
 def _binary_speaks_tls() -> bool:

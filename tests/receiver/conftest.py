@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from receiver.app import create_app
-from workers.serving import ServerThread
-from workers.settings import Settings, load_settings
+from workers.core.settings import Settings, load_settings
+from workers.sandbox.serving import ServerThread
 
 KEY = "test-callback-key"
 OLD_KEY = "old-callback-key"

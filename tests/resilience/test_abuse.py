@@ -19,15 +19,6 @@ import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from resilience_helpers import (
-    AUTH,
-    KEY,
-    queue_length,
-    raw_exchange,
-    receiver_settings,
-    serve_receiver,
-    status_of,
-)
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -37,7 +28,16 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from workers.serving import ServerThread
+from tests.support.resilience_helpers import (
+    AUTH,
+    KEY,
+    queue_length,
+    raw_exchange,
+    receiver_settings,
+    serve_receiver,
+    status_of,
+)
+from workers.sandbox.serving import ServerThread
 
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"

@@ -2,8 +2,8 @@
 no NIP, API key, RFC, phone number or e-mail from the inputs appears in any process's log.
 
 Processes whose output is captured: the receiver (``workfloo-bridge serve``), two workers
-(``workfloo-bridge worker``), the fake Kiban and the fake Kompliant (``python -m workers.fakes.*``) and
-redis-server's own log."""
+(``workfloo-bridge worker``), the fake Kiban and the fake Kompliant (``python -m workers.sandbox.fakes.*``)
+and redis-server's own log."""
 
 from __future__ import annotations
 
@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from resilience_stack import BIN, CALLBACK_KEY, INTERNAL_KEY, KIBAN_KEY, ProcessStack, process_stack, wait_for
 
-from workers import commands_api
-from workers.fakes import kompliant as fake_kompliant
-from workers.settings import load_settings
+from tests.support.resilience_stack import (
+    BIN,
+    CALLBACK_KEY,
+    INTERNAL_KEY,
+    KIBAN_KEY,
+    ProcessStack,
+    process_stack,
+    wait_for,
+)
+from workers.core.settings import load_settings
+from workers.jobs import api as commands_api
+from workers.sandbox.fakes import kompliant as fake_kompliant
 
 NIP = "123456"  # the sandbox NIP
 WRONG_NIP = "918273"

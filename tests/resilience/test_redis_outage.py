@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from resilience_helpers import AUTH, receiver_settings, serve_receiver
 
-from workers import keys
-from workers.callbacks import nip_event_id
-from workers.redis_server import RedisServer
-from workers.serving import ServerThread
+from tests.support.resilience_helpers import AUTH, receiver_settings, serve_receiver
+from workers.core import keys
+from workers.core.contract import nip_event_id
+from workers.sandbox.redis_server import RedisServer
+from workers.sandbox.serving import ServerThread
 
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"

@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from resilience_stack import ONCE_PER_EXECUTION, bridge_stack, wait_for
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.serving import ServerThread
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, bridge_stack, wait_for
+from workers.sandbox.serving import ServerThread
 
 # nip-error is left out: its resend needs the bridge to see the ERROR callback while the flow runs, and
 # here every callback is held back until the flow has ended.

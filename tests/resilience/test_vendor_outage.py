@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
 from rq.registry import FailedJobRegistry
+
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
 
 KIBAN_RETRY_AFTER = 1.0
 KOMPLIANT_RETRY_AFTER = 2.0

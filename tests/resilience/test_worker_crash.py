@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from resilience_stack import ONCE_PER_EXECUTION, Bridge, Proc, bridge_stack, wait_for
 from rq.job import Job
 from rq.registry import FailedJobRegistry
+
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, Proc, bridge_stack, wait_for
 
 SCENARIOS = ["approved"] * 7 + ["rejected"] * 2 + ["abandoned"]
 

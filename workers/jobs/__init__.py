@@ -1,7 +1,7 @@
 """RQ job functions (referenced by dotted path): callbacks, commands, reconciliation, Kompliant hand-off.
 
 Every job takes one JSON-able dict, is idempotent (effects are keyed by execution id and ``once_key``),
-and runs under ``workers.retry.guarded``.
+and runs under ``workers.jobs.retry.guarded``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from functools import lru_cache
 import redis
 from rq import get_current_job
 
-from workers.settings import Settings, get_settings
+from workers.core.settings import Settings, get_settings
 
 
 @lru_cache(maxsize=4)
 def _redis_for(url: str) -> redis.Redis:
-    from workers.redis_connection import redis_from_url
+    from workers.core.redis_client import redis_from_url
 
     return redis_from_url(url, settings=get_settings())
 

@@ -1,4 +1,4 @@
-"""Jobs for Kiban callbacks (enqueued by the receiver, payload = ``workers.callbacks.CallbackJob`` dict).
+"""Jobs for Kiban callbacks (enqueued by the receiver, payload = ``workers.core.contract.CallbackJob`` dict).
 
 Each job first publishes ``callback.received`` (``once_key`` = the delivery's ``event_id``), then the
 specific events, then the next action. Kiban may repeat, reorder or drop callbacks, so every effect is
@@ -15,18 +15,19 @@ from typing import Any
 import redis
 from rq import Queue
 
-from workers import keys, state
-from workers.events import Event, EventType, Source
-from workers.jobs import connection, settings
+from workers.core import keys
+from workers.core.contract import RESEND_FUNCTION
+from workers.core.events import Event, EventType, Source
+from workers.core.log import get_logger, redactor
+from workers.core.settings import Settings
+from workers.fanout.publisher import Publisher
+from workers.jobs import connection, settings, state
 from workers.jobs.handoff import Handoff
 from workers.jobs.outcome import TERMINAL_STATUSES, as_mapping, normalise
-from workers.kiban.client import get_kiban_client
-from workers.kiban.errors import KibanNotFoundError
-from workers.kompliant.client import get_kompliant_client
-from workers.logging import get_logger, redactor
-from workers.publisher import Publisher
-from workers.retry import TransientError, guarded
-from workers.settings import Settings
+from workers.jobs.retry import TransientError, guarded
+from workers.vendors.kiban.client import get_kiban_client
+from workers.vendors.kiban.errors import KibanNotFoundError
+from workers.vendors.kompliant.client import get_kompliant_client
 
 log = get_logger(__name__)
 
@@ -37,7 +38,6 @@ NIP_EVENT_TYPES = {
     "ERROR": EventType.NIP_FAILED,
 }
 
-RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
 FINISH_FUNCTION = "workers.jobs.callbacks.finish_execution"
 
 

@@ -19,17 +19,17 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import keys, state
-from workers.events import Event, EventType, Source
-from workers.jobs import connection, settings
-from workers.kiban.client import get_kiban_client
-from workers.kiban.errors import KibanConflictError, KibanNipAlreadySent, KibanValidationError
-from workers.kiban.models import NipPhase, WorkflooStatus
-from workers.logging import get_logger
-from workers.publisher import Publisher
-from workers.retry import PermanentError, guarded, publish_action_failed, reason_of
-from workers.settings import Settings
-from workers.worker import CRASH_REQUEUES
+from workers.core import keys
+from workers.core.events import Event, EventType, Source
+from workers.core.log import get_logger
+from workers.core.settings import Settings
+from workers.fanout.publisher import Publisher
+from workers.jobs import connection, settings, state
+from workers.jobs.retry import PermanentError, guarded, publish_action_failed, reason_of
+from workers.runtime.worker import CRASH_REQUEUES
+from workers.vendors.kiban.client import get_kiban_client
+from workers.vendors.kiban.errors import KibanConflictError, KibanNipAlreadySent, KibanValidationError
+from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 
 log = get_logger(__name__)
 

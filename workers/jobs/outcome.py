@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workers.events import EventType
-from workers.settings import Settings
+from workers.core.events import EventType
+from workers.core.settings import Settings
 
 TERMINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "ABANDONED"})
 

@@ -20,16 +20,16 @@ from typing import Any
 import redis
 from rq import Queue
 
-from workers import keys, state
-from workers.events import Source
-from workers.jobs import connection, settings
+from workers.core import keys
+from workers.core.errors import VendorError
+from workers.core.events import Source
+from workers.core.log import get_logger
+from workers.core.settings import Settings
+from workers.fanout.publisher import Publisher
+from workers.jobs import connection, settings, state
 from workers.jobs.callbacks import FINISH_FUNCTION, apply_link_events, job_options
 from workers.jobs.outcome import as_mapping
-from workers.kiban.client import get_kiban_client
-from workers.logging import get_logger
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.vendor_errors import VendorError
+from workers.vendors.kiban.client import get_kiban_client
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The receiver's endpoints: Kiban callbacks, internal commands and the timeline."""

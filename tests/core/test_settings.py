@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import pytest
+
+from workers.core.settings import SettingsError, load_settings
+
+
+def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    settings = load_settings()
+    assert settings.redis_url is None
+    assert settings.bridge_callback_key_headers == ["x-api-key", "xApiKeyCallback"]
+    assert settings.kiban_base_url == "https://sandbox.workfloo.kiban.com"
+    assert settings.bridge_max_body_bytes == 65536
+
+
+def test_comma_separated_keys_allow_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_CALLBACK_KEYS", "old-key-1, new-key-2")
+    settings = load_settings()
+    assert [k.get_secret_value() for k in settings.bridge_callback_keys] == ["old-key-1", "new-key-2"]
+
+
+def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIBAN_API_KEY", "kiban-super-secret")
+    monkeypatch.setenv("BRIDGE_CALLBACK_KEYS", "callback-super-secret")
+    monkeypatch.setenv("KOMPLIANT_SECRET_KEY", "kompliant-super-secret")
+    settings = load_settings()
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    for secret in ("kiban-super-secret", "callback-super-secret", "kompliant-super-secret"):
+        assert secret not in text
+    assert set(settings.secret_values()) == {
+        "kiban-super-secret",
+        "callback-super-secret",
+        "kompliant-super-secret",
+    }
+
+
+def test_invalid_setting_names_the_variable_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "nonsense-with-password")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "REDIS_URL" in str(info.value)
+    assert "nonsense-with-password" not in str(info.value)
+
+
+def test_invalid_number_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_MAX_BODY_BYTES", "lots")
+    with pytest.raises(SettingsError, match="BRIDGE_MAX_BODY_BYTES"):
+        load_settings()
+
+
+def test_cli_exits_non_zero_with_one_clear_line() -> None:
+    env = {"REDIS_URL": "nonsense", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.ops.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "REDIS_URL" in lines[0]
+
+
+def test_http_subscriber_secrets_reach_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "whsec_c3Vic2NyaWJlci1zZWNyZXQtdmFsdWUtMTIzNDU2"
+    monkeypatch.setenv("BRIDGE_HTTP_SUBSCRIBERS", f'[{{"url": "https://x.example/h", "secret": "{secret}"}}]')
+    assert secret in load_settings().secret_values()

@@ -1,0 +1,144 @@
+"""Command endpoints on the receiver, over real HTTP and Redis: auth, validation, and what gets queued."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from receiver.app import create_app
+from workers.core import keys
+from workers.core.settings import load_settings
+from workers.jobs import state
+from workers.sandbox.serving import ServerThread
+
+KEY = "internal-key-for-tests-0001"
+
+
+@pytest.fixture
+def receiver(redis_url: str, serve: Callable[..., ServerThread]) -> Iterator[str]:
+    settings = load_settings(
+        redis_url=redis_url, bridge_internal_keys=KEY, bridge_callback_keys="cb-key-1234"
+    )
+    yield serve(create_app(settings)).url
+
+
+def post(url: str, body: Any = None, *, key: str | None = KEY, **kwargs: Any) -> httpx.Response:
+    headers = {"x-api-key": key} if key else {}
+    headers.update(kwargs.pop("headers", {}))
+    if body is None:
+        return httpx.post(url, headers=headers, **kwargs)
+    return httpx.post(url, json=body, headers=headers, **kwargs)
+
+
+def test_start_application_queues_the_command(receiver: str, redis_client: redis.Redis) -> None:
+    response = post(f"{receiver}/v1/applications", {"form": {"email": "a@b.co", "first_name": "A"},
+                                                    "scenarioId": "approved"})  # fmt: skip
+    assert response.status_code == 202
+    command_id = response.json()["command_id"]
+    job = Job.fetch(command_id, connection=redis_client)
+    assert job.func_name == "workers.jobs.commands.start_application"
+    assert job.args[0] == {"command_id": command_id, "form": {"email": "a@b.co", "first_name": "A"},
+                           "scenario_id": "approved"}  # fmt: skip
+    assert command_id.encode() in redis_client.lrange(Queue("workfloo", connection=redis_client).key, 0, -1)
+
+
+def test_top_level_fields_are_the_form(receiver: str, redis_client: redis.Redis) -> None:
+    response = post(f"{receiver}/v1/applications", {"email": "a@b.co", "scenarioId": "rejected"})
+    job = Job.fetch(response.json()["command_id"], connection=redis_client)
+    assert job.args[0]["form"] == {"email": "a@b.co"} and job.args[0]["scenario_id"] == "rejected"
+
+
+def test_idempotency_key_gives_one_command(receiver: str) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = post(f"{receiver}/v1/applications", {"form": {"email": "a@b.co"}}, headers=headers).json()
+    second = post(f"{receiver}/v1/applications", {"form": {"email": "a@b.co"}}, headers=headers).json()
+    assert first["command_id"] == second["command_id"]
+    assert (first["status"], second["status"]) == ("accepted", "duplicate")
+
+
+def test_nip_never_enters_the_job_payload(receiver: str, redis_client: redis.Redis) -> None:
+    response = post(f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"})
+    assert response.status_code == 202
+    command_id = response.json()["command_id"]
+    job = Job.fetch(command_id, connection=redis_client)
+    assert job.func_name == "workers.jobs.commands.validate_nip"
+    assert "123456" not in repr(job.args)
+    assert state.take_nip(redis_client, job.args[0]["nip_ref"]) == "123456"
+    assert redis_client.ttl(keys.nip_ref(command_id)) > 0
+
+
+def test_resend(receiver: str, redis_client: redis.Redis) -> None:
+    response = post(f"{receiver}/v1/applications/abc123/nip/resend")
+    assert response.status_code == 202
+    job = Job.fetch(response.json()["command_id"], connection=redis_client)
+    assert job.args[0]["execution_id"] == "abc123" and job.args[0]["resend"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/applications", {}, "form"),
+        ("/v1/applications", {"form": []}, "form"),
+        ("/v1/applications", {"form": {"x": {"nested": 1}}}, "form.x"),
+        ("/v1/applications", {"form": {"x": "1"}, "scenarioId": 5}, "scenarioId"),
+        ("/v1/applications/abc/nip", {"nip": "12ab"}, "nip"),
+        ("/v1/applications/abc/nip", {}, "nip"),
+        ("/v1/applications/bad%20id/nip", {"nip": "123456"}, "execution_id"),
+    ],
+)
+def test_schema_errors_name_the_field(receiver: str, path: str, body: Any, field: str) -> None:
+    response = post(f"{receiver}{path}", body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+    assert response.json()["detail"][0]["field"] == field
+
+
+def test_wrong_or_missing_key_is_401(receiver: str) -> None:
+    assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key=None).status_code == 401
+    assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="nope").status_code == 401
+    callback_key = post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="cb-key-1234")
+    assert callback_key.status_code == 401  # the callback key does not open the command endpoints
+
+
+def test_bad_json_content_type_and_size(receiver: str) -> None:
+    url = f"{receiver}/v1/applications"
+    bad_json = post(url, content=b"{nope", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["error"] == "invalid_json"
+    assert post(url, content=b"a=b", headers={"content-type": "text/plain"}).status_code == 415
+    big = post(url, {"form": {"x": "y" * 70_000}})
+    assert big.status_code == 413
+
+
+def test_redis_down_is_503(private_redis: Any, serve: Callable[..., ServerThread]) -> None:
+    settings = load_settings(redis_url=private_redis.url, bridge_internal_keys=KEY, redis_timeout_seconds=0.3)
+    url = serve(create_app(settings)).url
+    private_redis.stop(kill=True)
+    response = post(f"{url}/v1/applications", {"form": {"a": "b"}})
+    assert response.status_code == 503 and response.json()["error"] == "redis_unavailable"
+
+
+def test_a_slow_command_body_gets_408_and_no_job(
+    redis_url: str, redis_client: redis.Redis, serve: Callable[..., ServerThread]
+) -> None:
+    """The body deadline covers the command endpoints too, not only the Kiban callbacks (slow loris)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    settings = load_settings(
+        redis_url=redis_url, bridge_internal_keys=KEY, bridge_body_read_timeout_seconds=0.5
+    )
+    url = urlsplit(serve(create_app(settings)).url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/applications HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            b"x-api-key: " + KEY.encode() + b'\r\nContent-Length: 40\r\n\r\n{"form": '
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+    assert redis_client.llen("rq:queue:workfloo") == 0

@@ -1,0 +1,169 @@
+"""Retry policy: full-jitter exponential backoff with a cap, Retry-After as a floor, attempt budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.jobs.retry import PermanentError, RetryPolicy, TransientError, is_retryable, reason_of
+
+
+def policy(**overrides: float) -> RetryPolicy:
+    values = {"base": 1.0, "cap": 30.0, "max_attempts": 4, "retry_after_max": 120.0, **overrides}
+    return RetryPolicy(
+        base=values["base"],
+        cap=values["cap"],
+        max_attempts=int(values["max_attempts"]),
+        retry_after_max=values["retry_after_max"],
+    )
+
+
+def test_ceiling_doubles_per_attempt_and_is_capped() -> None:
+    p = policy()
+    top = [p.delay(n, rng=lambda: 1.0) for n in range(8)]
+    assert top == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_full_jitter_spans_zero_to_ceiling() -> None:
+    p = policy()
+    assert p.delay(3, rng=lambda: 0.0) == 0.0
+    assert p.delay(3, rng=lambda: 0.5) == 4.0
+
+
+def test_retry_after_is_a_floor_and_is_clipped() -> None:
+    p = policy()
+    assert p.delay(0, retry_after=7.5, rng=lambda: 0.1) == 7.5
+    assert p.delay(0, retry_after=10_000, rng=lambda: 0.1) == 120.0
+    assert p.delay(5, retry_after=1.0, rng=lambda: 1.0) == 30.0
+
+
+def test_attempt_budget_counts_the_first_run() -> None:
+    p = policy(max_attempts=3)
+    assert [p.can_retry(n) for n in range(4)] == [True, True, False, False]
+
+
+def test_only_flagged_errors_retry() -> None:
+    class Flagged(Exception):
+        retryable = True
+
+    assert is_retryable(TransientError("later"))
+    assert is_retryable(Flagged())
+    assert not is_retryable(PermanentError("never"))
+    assert not is_retryable(ValueError("bug"))
+
+
+def test_reason_is_redacted() -> None:
+    class VendorLike(Exception):
+        status_code = 400
+        code = "ACCOUNT_CONFIGURATION_VIOLATION"
+        sub_code = "DUPLICATE_EMAIL"
+
+    reason = reason_of(VendorLike("email ana@example.com already used"))
+    assert "ana@example.com" not in reason
+    assert "http 400" in reason and "ACCOUNT_CONFIGURATION_VIOLATION/DUPLICATE_EMAIL" in reason
+
+
+# --- the policy inside a real RQ worker (in-process burst worker, real Redis) -----------------------
+
+RUNS: list[int] = []
+
+
+def _settings_for_job() -> Any:
+    from workers.core.settings import load_settings
+
+    return load_settings(retry_base_seconds=0, retry_max_attempts=3)
+
+
+def always_unavailable() -> Any:
+    from rq import get_current_job
+
+    from workers.jobs.retry import guarded
+
+    job = get_current_job()
+    assert job is not None
+
+    def body() -> None:
+        RUNS.append(1)
+        raise TransientError("vendor still down", retry_after=None)
+
+    return guarded(job.connection, _settings_for_job(), "probe", "exec-r", body)
+
+
+def permanent_problem() -> Any:
+    from rq import get_current_job
+
+    from workers.jobs.retry import guarded
+
+    job = get_current_job()
+    assert job is not None
+
+    def body() -> None:
+        RUNS.append(1)
+        raise PermanentError("the form has no e-mail")
+
+    return guarded(job.connection, _settings_for_job(), "probe", "exec-p", body)
+
+
+def _run(redis_client: Any, func: str) -> Any:
+    from rq import Queue
+
+    from workers.core.settings import load_settings
+    from workers.runtime.worker import build_worker
+
+    RUNS.clear()
+    job = Queue("workfloo", connection=redis_client).enqueue(f"{__name__}.{func}", job_id=f"probe-{func}")
+    build_worker(redis_client, load_settings(), cls="workers.runtime.worker.BridgeSimpleWorker").work(
+        burst=True
+    )
+    return job
+
+
+def test_retryable_error_is_retried_then_dead_lettered_with_action_failed(redis_client: Any) -> None:
+    from workers.core.settings import load_settings
+    from workers.fanout.publisher import Publisher
+    from workers.runtime import dead_letters as dlq
+
+    job = _run(redis_client, "always_unavailable")
+    assert len(RUNS) == 3  # RETRY_MAX_ATTEMPTS runs, same job id
+    assert job.get_status(refresh=True) == "failed"
+    [letter] = dlq.list_dead_letters(redis_client, "workfloo")
+    assert letter.job_id == job.id and letter.reason.startswith("retries exhausted: TransientError")
+    [event] = Publisher(redis_client, load_settings()).timeline("exec-r")
+    assert event.type == "action.failed"
+    assert event.data["retryable"] is True and event.data["attempts"] == 3
+
+
+def test_permanent_error_is_dead_lettered_at_once(redis_client: Any) -> None:
+    from workers.core.settings import load_settings
+    from workers.fanout.publisher import Publisher
+    from workers.runtime import dead_letters as dlq
+
+    job = _run(redis_client, "permanent_problem")
+    assert len(RUNS) == 1
+    [letter] = dlq.list_dead_letters(redis_client, "workfloo")
+    assert letter.job_id == job.id and letter.reason.startswith("permanent: PermanentError")
+    [event] = Publisher(redis_client, load_settings()).timeline("exec-p")
+    assert event.data["retryable"] is False and event.data["action"] == "probe"
+
+
+def test_retry_after_survives_rqs_whole_second_scheduling(redis_client: Any) -> None:
+    """RQ drops the sub-second part of a scheduled job's due time, so a job may start up to 1 s early:
+    with a vendor Retry-After the interval gets that second back, plain backoff does not."""
+    from datetime import UTC, datetime, timedelta
+
+    from rq import Queue
+    from rq.registry import ScheduledJobRegistry
+
+    from workers.jobs.retry import _interval
+
+    assert _interval(2.0, honour_floor=True) == 3.0
+    assert _interval(0.3) == 0.3
+    assert _interval(0.0, honour_floor=True) == 0
+    # The truncation itself, so this test fails if RQ ever keeps sub-second due times.
+    queue = Queue("probe", connection=redis_client)
+    job = queue.enqueue("workers.jobs.noop", job_id="probe-due")
+    registry = ScheduledJobRegistry(queue=queue)
+    due = datetime(2026, 11, 22, 23, 0, 0, 900_000, tzinfo=UTC)
+    registry.schedule(job, due)
+    assert redis_client.zscore(registry.key, job.id) == int(
+        (due - timedelta(microseconds=900_000)).timestamp()
+    )

@@ -1,0 +1,53 @@
+"""Execution state on real Redis: open set never reopened after terminal, resend claims, the lock."""
+
+from __future__ import annotations
+
+import redis
+
+from workers.core import keys
+from workers.jobs import state
+
+
+def test_terminal_execution_is_not_reopened(redis_client: redis.Redis) -> None:
+    assert state.touch_open(redis_client, "e1", at=100.0)
+    assert redis_client.zscore(keys.OPEN_EXECUTIONS, "e1") == 100.0
+    state.set_fields(redis_client, "e1", {state.TERMINAL: "1"})
+    state.close(redis_client, "e1")
+    assert not state.touch_open(redis_client, "e1", at=200.0)
+    assert redis_client.zscore(keys.OPEN_EXECUTIONS, "e1") is None
+
+
+def test_touch_without_refresh_keeps_the_backoff_score(redis_client: redis.Redis) -> None:
+    state.touch_open(redis_client, "e1", at=500.0)
+    state.touch_open(redis_client, "e1", at=100.0, refresh=False)
+    assert redis_client.zscore(keys.OPEN_EXECUTIONS, "e1") == 500.0
+    assert state.due_for_reconcile(redis_client, 600.0, 10) == ["e1"]
+    assert state.due_for_reconcile(redis_client, 400.0, 10) == []
+
+
+def test_one_resend_number_per_error_event(redis_client: redis.Redis) -> None:
+    first = state.claim_nip_resend(redis_client, "e1", "2026-01-01T00:00:00Z")
+    again = state.claim_nip_resend(redis_client, "e1", "2026-01-01T00:00:00Z")
+    second = state.claim_nip_resend(redis_client, "e1", "2026-01-01T00:05:00Z")
+    assert (first, again, second) == (1, 1, 2)
+
+
+def test_set_once_keeps_the_first_writer(redis_client: redis.Redis) -> None:
+    assert state.set_once(redis_client, "e1", state.KOMPLIANT_SUBJECT_RECORD, "sr_a") == "sr_a"
+    assert state.set_once(redis_client, "e1", state.KOMPLIANT_SUBJECT_RECORD, "sr_b") == "sr_a"
+
+
+def test_lock_is_exclusive_and_only_the_owner_releases(redis_client: redis.Redis) -> None:
+    a = state.Lock(redis_client, "workfloo:lock:t", 5)
+    b = state.Lock(redis_client, "workfloo:lock:t", 5)
+    assert a.acquire()
+    assert not b.acquire(wait_seconds=0.1)
+    assert not b.release()
+    assert a.release()
+    assert b.acquire()
+
+
+def test_link_mapping(redis_client: redis.Redis) -> None:
+    state.map_link(redis_client, "l1", "e1")
+    assert state.resolve_link(redis_client, "l1") == "e1"
+    assert state.get_field(redis_client, "e1", state.LINK_ID) == "l1"

@@ -1,0 +1,178 @@
+"""`status`, `check` and `timeline` against a real Redis (no vendor needed for these cases)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from click.testing import CliRunner
+from rq import Queue, SimpleWorker
+
+from workers.core import keys
+from workers.core.events import Event
+from workers.ops.cli import main
+from workers.sandbox.redis_server import free_port
+
+_ENV_PREFIXES = ("REDIS_", "BRIDGE_", "KIBAN_", "KOMPLIANT_", "EVENTS_", "LOG_")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LOG_LEVEL", "ERROR")
+    yield monkeypatch
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_status_reports_queues_failed_jobs_events_and_group_lag(
+    clean_env: pytest.MonkeyPatch, redis_url: str, redis_client: redis.Redis
+) -> None:
+    clean_env.setenv("REDIS_URL", redis_url)
+    queue = Queue("workfloo", connection=redis_client)
+    queue.enqueue("json.loads", "{not json")  # fails when run
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    queue.enqueue("json.loads", "[]")  # stays queued: no worker
+    for i in range(3):
+        event = Event(type="nip.sent", execution_id=f"e{i}")
+        redis_client.xadd(
+            "workfloo:events", {"type": event.type, "execution_id": f"e{i}", "event": event.to_json()}
+        )
+    redis_client.xgroup_create("workfloo:events", "crm-sync", id="0")
+    redis_client.xreadgroup("crm-sync", "c1", {"workfloo:events": ">"}, count=1)
+
+    code, out, _ = _invoke("status", "--json")
+    assert code == 0
+    report = json.loads(out)
+    workfloo = next(q for q in report["queues"] if q["name"] == "workfloo")
+    assert workfloo["queued"] == 1
+    assert workfloo["failed"] == 1
+    assert report["stream"]["length"] == 3
+    assert [e["execution_id"] for e in report["recent_events"]] == ["e2", "e1", "e0"]
+    group = report["consumer_groups"][0]
+    assert (group["name"], group["pending"], group["lag"]) == ("crm-sync", 1, 2)
+
+    code, out, _ = _invoke("status")
+    assert code == 0
+    assert "crm-sync" in out and "workfloo" in out and "nip.sent" in out
+
+
+def test_status_exit_codes_without_config_and_without_redis(clean_env: pytest.MonkeyPatch) -> None:
+    code, _, err = _invoke("status")
+    assert code == 2 and "REDIS_URL is not set" in err
+    clean_env.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    code, _, err = _invoke("status")
+    assert code == 1 and "cannot reach Redis" in err
+
+
+def test_invalid_setting_is_a_usage_error_naming_the_variable(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("REDIS_URL", "http://nope")
+    for command in ("status", "check", "timeline"):
+        args = [command, "x"] if command == "timeline" else [command]
+        code, _, err = _invoke(*args)
+        assert code == 2, command
+        assert "REDIS_URL" in err
+
+
+def test_check_names_every_missing_setting_and_unreachable_redis(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    code, out, _ = _invoke("check", "--json")
+    assert code == 1
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert not checks["settings"]["ok"]
+    for name in ("BRIDGE_CALLBACK_KEYS", "KIBAN_API_KEY", "KOMPLIANT_SECRET_KEY", "KOMPLIANT_ACCOUNT_ID"):
+        assert name in checks["settings"]["message"]
+    assert "cannot reach Redis" in checks["redis"]["message"]
+    assert "KIBAN_API_KEY is not set" in checks["kiban"]["message"]
+
+
+def test_check_says_kiban_is_unreachable(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
+    port = free_port()
+    clean_env.setenv("REDIS_URL", redis_url)
+    clean_env.setenv("KIBAN_API_KEY", "kb_test")
+    clean_env.setenv("KIBAN_BASE_URL", f"http://127.0.0.1:{port}")
+    code, out, _ = _invoke("check")
+    assert code == 1
+    assert f"cannot reach Kiban at http://127.0.0.1:{port}" in out
+    assert "ok   redis" in out
+    assert "some checks failed" in out
+
+
+def test_timeline_prints_steps_or_says_none(
+    clean_env: pytest.MonkeyPatch, redis_url: str, redis_client: redis.Redis
+) -> None:
+    clean_env.setenv("REDIS_URL", redis_url)
+    for event_type in ("nip.sent", "nip.delivered", "workfloo.completed"):
+        redis_client.rpush(keys.timeline("e9"), Event(type=event_type, execution_id="e9").to_json())
+    code, out, _ = _invoke("timeline", "e9")
+    assert code == 0
+    assert out.index("nip.sent") < out.index("nip.delivered") < out.index("workfloo.completed")
+    assert "3 events over" in out
+    code, out, _ = _invoke("timeline", "e9", "--json")
+    assert code == 0 and json.loads(out)["count"] == 3
+    code, _, err = _invoke("timeline", "unknown")
+    assert code == 1 and "no events for execution unknown" in err
+
+
+def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url: str, serve) -> None:  # type: ignore[no-untyped-def]
+    from workers.sandbox.fakes import kiban as fake_kiban
+    from workers.sandbox.fakes import kompliant as fake_kompliant
+
+    kiban = serve(fake_kiban.create_app("kb-good"))
+    kompliant = serve(fake_kompliant.create_app())
+    for name, value in {
+        "REDIS_URL": redis_url,
+        "BRIDGE_CALLBACK_KEYS": "cb",
+        "BRIDGE_INTERNAL_KEYS": "in",
+        "KIBAN_BASE_URL": kiban.url,
+        "KIBAN_API_KEY": "kb-good",
+        "KIBAN_WORKFLOO_DEFINITION_ID": "def",
+        "KOMPLIANT_BASE_URL": kompliant.url,
+        "KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
+        "KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
+        "KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
+        "KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
+    }.items():
+        clean_env.setenv(name, value)
+    code, out, _ = _invoke("check")
+    assert code == 0, out
+    assert "all checks passed" in out
+
+    clean_env.setenv("KIBAN_API_KEY", "kb-wrong")
+    clean_env.setenv("KOMPLIANT_SECRET_KEY", "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGVzdHM=")
+    code, out, _ = _invoke("check", "--json")
+    assert code == 1
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["settings"]["ok"] and checks["redis"]["ok"]
+    assert "rejected KIBAN_API_KEY (HTTP 401)" in checks["kiban"]["message"]
+    assert "rejected the credentials" in checks["kompliant"]["message"]
+
+    kompliant.stop()
+    code, out, _ = _invoke("check")
+    assert code == 1
+    assert f"cannot reach Kompliant at {kompliant.url}" in out
+
+
+def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
+    clean_env.setenv("REDIS_URL", redis_url)
+    clean_env.setenv("KIBAN_BASE_URL", "https://sandbox.workfloo.kiban.com")
+    clean_env.setenv("BRIDGE_PUBLIC_URL", "http://10.0.0.5:8000")
+    from workers.core.settings import load_settings
+    from workers.ops.cli.ops import check_settings
+
+    results = {r.name: r for r in check_settings(load_settings())}
+    assert not results["public-url"].ok
+    assert "BRIDGE_PUBLIC_URL points at 10.0.0.5" in results["public-url"].message
+    clean_env.setenv("BRIDGE_PUBLIC_URL", "https://bridge.example.com")
+    assert "public-url" not in {r.name for r in check_settings(load_settings())}

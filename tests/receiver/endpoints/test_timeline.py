@@ -1,0 +1,77 @@
+"""GET /v1/applications/{execution_id}/timeline over real HTTP and real Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import redis
+
+from receiver.app import create_app
+from workers.core import keys
+from workers.core.events import Event
+from workers.core.settings import load_settings
+from workers.sandbox.redis_server import RedisServer
+
+INTERNAL = "internal-key-0123456789"
+OLD_INTERNAL = "old-internal-key-0123456789"
+CALLBACK = "callback-key-0123456789"
+T0 = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)
+
+
+def _app(redis_url: str):  # type: ignore[no-untyped-def]
+    settings = load_settings(
+        redis_url=redis_url,
+        bridge_callback_keys=CALLBACK,
+        bridge_internal_keys=f"{OLD_INTERNAL},{INTERNAL}",
+        redis_timeout_seconds=0.5,
+    )
+    return create_app(settings)
+
+
+def test_timeline_in_order_with_steps(serve, redis_url: str, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    for offset, event_type in ((0, "nip.sent"), (300, "nip.delivered"), (1300, "workfloo.completed")):
+        event = Event(type=event_type, execution_id="e1", occurred_at=T0 + timedelta(milliseconds=offset))
+        redis_client.rpush(keys.timeline("e1"), event.to_json())
+    server = serve(_app(redis_url))
+    url = f"{server.url}/v1/applications/e1/timeline"
+
+    response = httpx.get(url, headers={"x-api-key": INTERNAL})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["execution_id"] == "e1" and body["count"] == 3 and body["duration_ms"] == 1300.0
+    assert [e["type"] for e in body["events"]] == ["nip.sent", "nip.delivered", "workfloo.completed"]
+    assert [e["since_previous_ms"] for e in body["events"]] == [0.0, 300.0, 1000.0]
+    assert httpx.get(url, headers={"x-api-key": OLD_INTERNAL}).status_code == 200  # rotation
+
+    for headers in ({}, {"x-api-key": "nope"}, {"x-api-key": CALLBACK}, {"xApiKeyCallback": INTERNAL}):
+        denied = httpx.get(url, headers=headers)
+        assert denied.status_code == 401
+        assert denied.json() == {"error": "unauthorized", "detail": "missing or invalid API key"}
+
+    missing = httpx.get(f"{server.url}/v1/applications/e2/timeline", headers={"x-api-key": INTERNAL})
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    bad = httpx.get(f"{server.url}/v1/applications/a%20b/timeline", headers={"x-api-key": INTERNAL})
+    assert bad.status_code == 422
+    assert (
+        "/v1/applications/{execution_id}/timeline" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    )
+
+
+def test_timeline_answers_503_while_redis_is_down_and_recovers(serve, private_redis: RedisServer) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(private_redis.url)
+    client.rpush(keys.timeline("e1"), Event(type="nip.sent", execution_id="e1").to_json())
+    client.close()
+    server = serve(_app(private_redis.url))
+    url = f"{server.url}/v1/applications/e1/timeline"
+    assert httpx.get(url, headers={"x-api-key": INTERNAL}).status_code == 200
+
+    private_redis.stop()
+    down = httpx.get(url, headers={"x-api-key": INTERNAL}, timeout=10)
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "1"
+    assert down.json()["error"] == "unavailable"
+
+    private_redis.start()
+    ok = httpx.get(url, headers={"x-api-key": INTERNAL}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["count"] == 1

@@ -1,0 +1,231 @@
+"""Durability of the intake: Redis outages and slowness, script cache loss, atomicity, group commit, and
+jobs that a real RQ worker runs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+
+from receiver.intake import GroupCommitter, Intake, IntakeUnavailable, intake_client
+from receiver.intake.rqjob import JobRecorder, _lua_string, utc_stamp
+from workers.core import keys
+from workers.core.settings import load_settings
+from workers.sandbox.redis_server import RedisServer
+
+KEY = "test-callback-key"
+EXECUTION_ID = "657118e1d511b6e54fe2a969"
+NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
+AUTH = {"x-api-key": KEY}
+
+
+def nip(n: int) -> dict[str, Any]:
+    return {"event": "SENT", "date": f"2026-11-22T23:00:{n:02d}Z", "linkId": "L1"}
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_redis_down_gives_503_then_recovers_without_restart(
+    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer, group_commit: bool
+) -> None:
+    client = start_receiver(
+        private_redis.url, bridge_retry_after_seconds=7, bridge_intake_group_commit=group_commit
+    )
+    assert client.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
+
+    private_redis.stop()
+    down = client.post(NIP_PATH, json=nip(2), headers=AUTH)
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "7"
+    assert down.json()["error"] == "redis_unavailable"
+    assert client.get("/readyz").status_code == 503
+    assert "receiver_queue_depth" in client.get("/metrics").text  # scrape still works while down
+
+    private_redis.start()  # appendonly: the first job survived; the script cache did not
+    assert client.get("/readyz").status_code == 200
+    again = client.post(NIP_PATH, json=nip(2), headers=AUTH)
+    assert again.status_code == 200
+    assert again.json()["status"] == "accepted"  # the refused delivery was not half-stored
+    assert client.post(NIP_PATH, json=nip(1), headers=AUTH).json()["status"] == "duplicate"
+    assert redis.Redis.from_url(private_redis.url).llen("rq:queue:workfloo") == 2
+
+
+def test_slow_redis_gives_503_within_the_timeout_and_recovers(
+    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer
+) -> None:
+    client = start_receiver(private_redis.url, bridge_intake_timeout_seconds=0.3)
+    assert client.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        slow = client.post(NIP_PATH, json=nip(2), headers=AUTH)
+        assert slow.status_code == 503
+        assert "retry-after" in slow.headers
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    # The timed-out connection was dropped: later answers are not shifted by the late reply.
+    answers = [client.post(NIP_PATH, json=nip(n), headers=AUTH).json() for n in (3, 1, 4)]
+    assert [a["status"] for a in answers] == ["accepted", "duplicate", "accepted"]
+
+
+def test_script_flush_is_survived(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+    assert receiver.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
+    redis_client.script_flush()
+    assert receiver.post(NIP_PATH, json=nip(2), headers=AUTH).json()["status"] == "accepted"
+    assert redis_client.llen("rq:queue:workfloo") == 2
+
+
+def test_a_failing_write_leaves_no_dedupe_key(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+    """If a replayed command fails (here: rq:queues has the wrong type), the delivery is refused and can
+    be retried later: the dedupe key is written last."""
+    redis_client.set("rq:queues", "not a set")
+    failed = receiver.post(NIP_PATH, json=nip(1), headers=AUTH)
+    assert failed.status_code == 503
+    assert redis_client.keys(keys.dedupe("*")) == []
+    assert redis_client.llen("rq:queue:workfloo") == 0
+    redis_client.delete("rq:queues")
+    assert receiver.post(NIP_PATH, json=nip(1), headers=AUTH).json()["status"] == "accepted"
+
+
+def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str) -> None:
+    settings = load_settings(redis_url=redis_url)
+
+    async def enqueue() -> bool:
+        client = intake_client(settings)
+        intake = Intake(settings, client)
+        await intake.start()
+        try:
+            return await intake.enqueue(
+                "job-1", "builtins.len", {"a": 1, "b": 2}, description="test", stamp=utc_stamp()
+            )
+        finally:
+            await intake.stop()
+            await client.aclose()
+
+    assert asyncio.run(enqueue()) is True
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue("workfloo", connection=connection)
+    assert queue.job_ids == ["job-1"]
+    SimpleWorker([queue], connection=connection).work(burst=True)
+    job = Job.fetch("job-1", connection=connection)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value() == 2
+    assert queue.count == 0
+
+
+def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str) -> None:
+    """Same keys, fields and types as ``Queue.enqueue`` (timestamps aside)."""
+    connection = redis.Redis.from_url(redis_url)
+    Queue("reference", connection=connection).enqueue_call("builtins.len", args=({"a": 1},), job_id="ref-1")
+    reference = connection.hgetall("rq:job:ref-1")
+    settings = load_settings(redis_url=redis_url, bridge_queue="reference")
+
+    async def enqueue() -> None:
+        client = intake_client(settings)
+        intake = Intake(settings, client)
+        await intake.start()
+        try:
+            await intake.enqueue("ours-1", "builtins.len", {"a": 1}, description="x", stamp=utc_stamp())
+        finally:
+            await intake.stop()
+            await client.aclose()
+
+    asyncio.run(enqueue())
+    ours = connection.hgetall("rq:job:ours-1")
+    assert set(ours) == set(reference)
+    for field in (b"status", b"origin", b"timeout"):
+        assert ours[field] == reference[field]
+    # Same job tuple; stored uncompressed inside the zlib stream (receiver.intake.rqjob.zlib_stored).
+    assert zlib.decompress(ours[b"data"]) == zlib.decompress(reference[b"data"])
+    assert Job.fetch("ours-1", connection=connection).args == ({"a": 1},)
+    assert connection.lrange("rq:queue:reference", 0, -1) == [b"ref-1", b"ours-1"]
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+async def test_concurrent_requests_share_round_trips(redis_url: str, group_commit: bool) -> None:
+    settings = load_settings(redis_url=redis_url, bridge_intake_group_commit=group_commit)
+    client = intake_client(settings)
+    intake = Intake(settings, client)
+    await intake.start()
+    try:
+        results = await asyncio.gather(
+            *(
+                intake.enqueue(f"job-{n % 50}", "builtins.len", {"n": n}, description="x", stamp=utc_stamp())
+                for n in range(200)
+            )
+        )
+    finally:
+        await intake.stop()
+        await client.aclose()
+    assert results.count(True) == 50
+    assert intake.committer.commands == 200
+    if group_commit:
+        assert intake.committer.batches < 20  # typically 1-2
+    else:
+        assert intake.committer.batches == 200
+    assert await asyncio.to_thread(redis.Redis.from_url(redis_url).llen, "rq:queue:workfloo") == 50
+
+
+async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisServer) -> None:
+    client = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    committer = GroupCommitter(client, timeout=0.5, max_batch=2)
+    with pytest.raises(IntakeUnavailable):
+        await committer.submit("PING")  # not started
+    committer.start()
+    try:
+        assert await asyncio.gather(*(committer.submit("PING") for _ in range(5))) == [b"PONG"] * 5
+        bad = await asyncio.gather(committer.submit("NOSUCHCOMMAND"), return_exceptions=True)
+        assert isinstance(bad[0], IntakeUnavailable)
+        private_redis.stop()
+        with pytest.raises(IntakeUnavailable):
+            await committer.submit("PING")
+        private_redis.start()
+        assert await committer.submit("PING") == b"PONG"
+    finally:
+        await committer.stop()
+        await client.aclose()
+
+
+async def test_call_reads_array_replies_and_keeps_the_connection_in_step(redis_url: str) -> None:
+    """Arrays (LRANGE, nested ones too) are read whole, so the next command on the same pipelined
+    connection gets its own reply, not the rest of the array."""
+    settings = load_settings(redis_url=redis_url)
+    client = intake_client(settings)
+    intake = Intake(settings, client)
+    await intake.start()
+    try:
+        await intake.call("RPUSH", "list", "a", "b", "c")
+        assert await intake.call("LRANGE", "list", 0, -1) == [b"a", b"b", b"c"]
+        assert await intake.call("LRANGE", "missing", 0, -1) == []
+        nested = await intake.call("EVAL", "return {1, {'x', 2}}", 0)
+        assert nested == [1, [b"x", 2]]
+        assert await intake.call("PING") == b"PONG"
+    finally:
+        await intake.stop()
+        await client.aclose()
+
+
+def test_recorder_never_touches_the_network() -> None:
+    recorder = JobRecorder("workfloo")
+    commands = recorder.record("builtins.len", {"a": 1}, "abc", "description")
+    assert [c[0] for c in commands] == [b"SADD", b"HSET", b"HSET", b"RPUSH"]
+    assert commands[-1] == [b"RPUSH", b"rq:queue:workfloo", b"abc"]
+    with pytest.raises(RuntimeError, match="never connect"):
+        recorder.queue.connection.ping()
+
+
+def test_job_script_rejects_ids_rq_would_reject() -> None:
+    with pytest.raises(ValueError, match="Job ID"):
+        JobRecorder("workfloo").record("builtins.len", {}, "bad id", "x")
+
+
+def test_lua_literals_carry_every_byte(redis_client: redis.Redis) -> None:
+    every_byte = bytes(range(256)) + b"\\1\\0123"
+    assert redis_client.eval(f"return {_lua_string(every_byte)}", 0) == every_byte

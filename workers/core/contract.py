@@ -1,0 +1,132 @@
+"""Kiban callback bodies, the deterministic delivery ids, and the receiver → workers job contract.
+
+The receiver validates every callback body with the schemas below and enqueues one ordinary RQ job per
+accepted delivery: job id = ``event_id``, function = ``JOB_FUNCTIONS[kind]`` (a dotted path, so the
+receiver never imports job code), one positional argument = a ``CallbackJob`` as a JSON-able dict.
+Job functions read it back with ``CallbackJob.model_validate(payload)``.
+
+Vendor gaps (``API-NOTES.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored by the
+schemas but kept in ``CallbackJob.body``, which is the JSON object exactly as received).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+CallbackKind = Literal["nip", "status", "finished"]
+
+JOB_FUNCTIONS: Final[dict[str, str]] = {
+    "nip": "workers.jobs.callbacks.handle_nip_event",
+    "status": "workers.jobs.callbacks.handle_status",
+    "finished": "workers.jobs.callbacks.handle_finished",
+}
+"""Dotted path of the RQ job function for each callback kind."""
+
+EXECUTION_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Accepted execution and link ids. Kiban's are 24 hex digits; this is liberal but safe to embed in keys,
+RQ job ids and URLs."""
+
+FINISHED_BODY_ID_FIELDS: Final = ("id", "workflooId", "idWorkfloo", "executionId")
+"""JSON body keys that may carry the execution id on ``POST /v1/kiban/finished``, in lookup order."""
+
+NipEventName = Literal["PENDING", "SENT", "SUCCESS", "ERROR"]
+
+
+class NipEventBody(BaseModel):
+    """NIP delivery-status callback (Kiban NIP send guide; assumption K2)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event: NipEventName
+    date: str = Field(min_length=1, max_length=64)
+    linkId: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    errorMessage: str | None = Field(default=None, max_length=4096)
+
+
+class StatusWebhookBody(BaseModel):
+    """Execution status webhook: Kiban's ``WorkflooStatus`` object (assumption K1). Only the fields the
+    receiver needs are checked; the rest (``form``, ``link``, …) passes through in ``CallbackJob.body``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    status: str = Field(min_length=1, max_length=64)
+    name: str | None = None
+    currentNodeId: str | None = None
+    currentNodeName: str | None = None
+    currentNodeType: str | None = None
+
+
+class CallbackJob(BaseModel):
+    """The single positional argument of every callback job."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    kind: CallbackKind
+    execution_id: str | None
+    link_id: str | None = None
+    received_at: str
+    event_type_header: str | None = None
+    body: dict[str, Any]
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def nip_event_id(execution_or_link_id: str, event: str, date: str) -> str:
+    """Same delivery → same id: ``nip-<sha256(execution_or_link|event|date)[:32]>``."""
+    return "nip-" + _digest(execution_or_link_id, event, date)
+
+
+_HEADER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def status_event_id(kiban_event_id: str | None, body: Any) -> str:
+    """``status-<x-kiban-event-id>`` when the header is a safe id, ``status-h<sha256(header)>`` when it is
+    not, else ``status-b<sha256(canonical body JSON)>`` (identical status objects dedupe)."""
+    if kiban_event_id:
+        if _HEADER_ID_RE.fullmatch(kiban_event_id):
+            return "status-" + kiban_event_id
+        return "status-h" + _digest(kiban_event_id)
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return "status-b" + hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def finished_event_id(execution_id: str) -> str:
+    """One end-of-workfloo callback per execution."""
+    return "finished-" + execution_id
+
+
+# --- commands of internal services (HTTP endpoints and the Python API build the same payloads) ---
+
+START_FUNCTION = "workers.jobs.commands.start_application"
+VALIDATE_FUNCTION = "workers.jobs.commands.validate_nip"
+RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
+
+
+def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
+    """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command)."""
+    if idempotency_key:
+        digest = hashlib.sha256(f"{kind}\n{idempotency_key}".encode()).hexdigest()[:26]
+        return f"cmd-{kind}-{digest}"
+    return f"cmd-{kind}-{str(ULID()).lower()}"
+
+
+def start_command(command_id: str, form: dict[str, Any], scenario_id: str | None) -> dict[str, Any]:
+    return {"command_id": command_id, "form": dict(form), "scenario_id": scenario_id}
+
+
+def validate_command(command_id: str, execution_id: str) -> dict[str, Any]:
+    return {"command_id": command_id, "execution_id": execution_id, "nip_ref": command_id}
+
+
+def resend_command(command_id: str, execution_id: str) -> dict[str, Any]:
+    return {"command_id": command_id, "execution_id": execution_id, "resend": None}

@@ -1,0 +1,69 @@
+"""Every Redis key and channel name the bridge uses, in one place.
+
+All keys share the ``workfloo:`` prefix so an operator can find (and a test can flush) them.
+RQ's own keys keep RQ's ``rq:`` prefix.
+"""
+
+from __future__ import annotations
+
+PREFIX = "workfloo"
+
+NIP_REF_TTL_SECONDS = 15 * 60
+"""How long a submitted NIP waits for its validate job (``nip_ref``)."""
+
+
+def dedupe(event_id: str) -> str:
+    """Receiver: a delivery id already accepted (string with TTL)."""
+    return f"{PREFIX}:dedupe:{event_id}"
+
+
+def execution(execution_id: str) -> str:
+    """Workers: hash with one application's state (status, link id, NIP resends, Kompliant ids, outcome)."""
+    return f"{PREFIX}:exec:{execution_id}"
+
+
+def link(link_id: str) -> str:
+    """NIP link id → execution id, for NIP callbacks that arrive without an execution id."""
+    return f"{PREFIX}:link:{link_id}"
+
+
+def timeline(execution_id: str) -> str:
+    """List of one application's event envelopes (JSON) in publish order."""
+    return f"{PREFIX}:timeline:{execution_id}"
+
+
+def event_once(once_key: str) -> str:
+    """Publisher: an effect event already appended (makes retried jobs publish once)."""
+    return f"{PREFIX}:once:{once_key}"
+
+
+def channel(event_type: str) -> str:
+    """Pub/sub channel for live listeners of one event type."""
+    return f"{PREFIX}:events:{event_type}"
+
+
+def nip_ref(ref: str) -> str:
+    """A NIP waiting for its validate job (short TTL), so the NIP never sits in an RQ job payload."""
+    return f"{PREFIX}:nipref:{ref}"
+
+
+def handoff_lock(execution_id: str) -> str:
+    """Lock serialising concurrent Kompliant hand-offs of one execution."""
+    return f"{PREFIX}:lock:handoff:{execution_id}"
+
+
+def subscriber_disabled(subscriber_key: str) -> str:
+    """HTTP subscriber: string (JSON reason) present while it is disabled (set on ``410 Gone``)."""
+    return f"{PREFIX}:subscriber:{subscriber_key}:disabled"
+
+
+def subscriber_state(subscriber_key: str) -> str:
+    """HTTP subscriber: hash of delivery counters and the last attempt's outcome, for operators."""
+    return f"{PREFIX}:subscriber:{subscriber_key}"
+
+
+OPEN_EXECUTIONS = f"{PREFIX}:open"
+"""Sorted set: execution id → time it was last touched, for executions with no terminal event yet."""
+
+DEAD_LETTER_STREAM = f"{PREFIX}:events:dead"
+"""Stream of entries a consumer group gave up on after too many deliveries."""

@@ -1,0 +1,438 @@
+"""Settings for every process, read from environment variables and validated at start-up.
+
+Field names map one-to-one onto upper-case environment variables (``redis_url`` ← ``REDIS_URL``).
+Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors.
+Anything the vendor docs leave open (see ``API-NOTES.md``) is a setting whose default is the labelled
+assumption, so it can be changed without a release.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from workers.core.subscriber_config import DEFAULT_RETRY_SCHEDULE, HttpSubscriber, RetrySchedule
+
+KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
+KOMPLIANT_URL = "https://api.kompliant.com"
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+CommaList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
+
+
+class SettingsError(SystemExit):
+    """Raised when the environment holds an invalid setting; the message names the variable only."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", hide_input_in_errors=True, validate_default=True
+    )
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// (TLS), unix:// or redis+sentinel://host:port/service_name/db. "
+        "Unset: `demo` starts an embedded redis-server.",
+    )
+    redis_timeout_seconds: float = Field(default=1.0, gt=0, description="Socket timeout for Redis calls.")
+
+    # --- Receiver ----------------------------------------------------------------------------
+    bridge_callback_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated keys Kiban must present; list old and new to rotate.",
+    )
+    bridge_callback_key_headers: CommaList = Field(
+        default_factory=lambda: ["x-api-key", "xApiKeyCallback"],
+        description="Headers that may carry a callback key (assumption K1/K2).",
+    )
+    bridge_internal_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated keys for internal command/timeline endpoints (header x-api-key).",
+    )
+    bridge_public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
+    )
+    bridge_max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted body.")
+    bridge_dedupe_ttl_seconds: int = Field(
+        default=72 * 3600, gt=0, description="How long a delivery id is remembered."
+    )
+    bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
+
+    # --- Kiban -------------------------------------------------------------------------------
+    kiban_base_url: str = Field(default=KIBAN_SANDBOX_URL, description="Kiban workfloo host.")
+    kiban_api_key: SecretStr | None = Field(default=None, description="Kiban space API key (x-api-key).")
+    kiban_sandbox: bool = Field(
+        default=True, description="Send ?sandbox=true and require a scenarioId (ignored on the sandbox host)."
+    )
+    kiban_workfloo_definition_id: str = Field(default="", description="idWorkflooDefinition to execute.")
+    kiban_scenario_id: str = Field(default="", description="Default sandbox scenarioId.")
+
+    # --- Kompliant ---------------------------------------------------------------------------
+    kompliant_base_url: str = Field(default=KOMPLIANT_URL, description="Kompliant API host.")
+    kompliant_api_key: SecretStr | None = Field(default=None, description="Kompliant API key (sb_/lv_).")
+    kompliant_secret_key: SecretStr | None = Field(default=None, description="Base64 secret for KSig1.")
+    kompliant_auth_token: SecretStr | None = Field(default=None, description="X-API-Auth-Token.")
+    kompliant_account_id: str = Field(default="", description="account_id for workflow.create.")
+
+    # --- Events ------------------------------------------------------------------------------
+    events_stream: str = Field(default="workfloo:events", description="Durable event stream key.")
+    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="Approximate stream length cap.")
+
+    # --- Logging -----------------------------------------------------------------------------
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field(default="json", description="json (production) or console (people).")
+
+    # --- Workers -----------------------------------------------------------------------------
+    worker_class: str = Field(
+        default="workers.runtime.worker.BridgeSimpleWorker",
+        description="RQ worker class: workers.runtime.worker.BridgeSimpleWorker (in-process, default) or "
+        "workers.runtime.worker.BridgeWorker (fork per job). See docs/workers.md for the measurement.",
+    )
+    worker_ttl_seconds: int = Field(
+        default=20, ge=16, description="RQ worker key TTL; an idle worker blocks at most TTL-15 s per poll."
+    )
+    worker_heartbeat_seconds: int = Field(
+        default=3, ge=1, description="How often a busy worker refreshes its job's StartedJobRegistry entry."
+    )
+    worker_heartbeat_grace_seconds: int = Field(
+        default=7, ge=1, description="A job whose heartbeat is this much overdue counts as abandoned."
+    )
+    worker_maintenance_seconds: int = Field(
+        default=60, ge=1, description="How often RQ's own registry maintenance runs in a worker."
+    )
+    reaper_interval_seconds: float = Field(
+        default=3.0, gt=0, description="How often a worker requeues jobs abandoned by a dead worker."
+    )
+    scheduler_stale_seconds: float = Field(
+        default=10.0,
+        gt=1,
+        description="A scheduler lock holder silent this long is dead; a worker takes its lock over.",
+    )
+    reaper_max_requeues: int = Field(
+        default=3, ge=0, description="Crash requeues of one job before it is dead-lettered (poison pill)."
+    )
+    job_timeout_seconds: int = Field(default=60, ge=1, description="RQ job timeout for worker jobs.")
+    job_result_ttl_seconds: int = Field(default=3600, ge=0, description="How long finished jobs are kept.")
+    job_failure_ttl_seconds: int = Field(
+        default=30 * 24 * 3600, ge=60, description="How long dead letters stay in the failed-job registry."
+    )
+    retry_base_seconds: float = Field(default=1.0, ge=0, description="Backoff base (full jitter).")
+    retry_cap_seconds: float = Field(default=60.0, ge=0, description="Largest backoff between attempts.")
+    retry_max_attempts: int = Field(
+        default=6, ge=1, description="Attempts (first run included) before a retryable error dead-letters."
+    )
+    retry_after_max_seconds: float = Field(
+        default=900.0, ge=0, description="Largest vendor Retry-After honoured; longer values are clipped."
+    )
+    nip_max_resends: int = Field(default=1, ge=0, description="NIP resends after an ERROR delivery event.")
+    nip_resend_delay_seconds: float = Field(
+        default=30.0, ge=0, description="Delay before resending a NIP after an ERROR delivery event."
+    )
+    nip_invalid_destination_patterns: CommaList = Field(
+        default_factory=lambda: [
+            r"unknown",
+            r"invalid",
+            r"no longer exist",
+            r"does not exist",
+            r"not enabled",
+        ],
+        description="Regexes (case-insensitive, comma-separated) over a NIP errorMessage that mean the "
+        "destination is invalid: no resend, final nip.failed.",
+    )
+    approval_rule: str = Field(
+        default="ruleset_or_tree",
+        description="How a SUCCESS execution is judged approved: ruleset_or_tree (ruleset exit if any, "
+        "else every decisionTree result true), ruleset, tree, or status (SUCCESS alone approves).",
+    )
+    approval_exit_values: CommaList = Field(
+        default_factory=lambda: ["approved", "approve", "aprobado", "accepted", "accept"],
+        description="ruleset.exit values (case-insensitive) that mean approved; any other exit rejects.",
+    )
+    applicant_first_name_fields: CommaList = Field(
+        default_factory=lambda: ["firstName", "first_name", "nombre", "name"],
+        description="FORM field ids holding the applicant's first name (first match wins).",
+    )
+    applicant_last_name_fields: CommaList = Field(
+        default_factory=lambda: ["lastName", "last_name", "lastName1", "last_name_1", "apellidoPaterno"],
+        description="FORM field ids holding the applicant's last name (first match wins).",
+    )
+    applicant_email_fields: CommaList = Field(
+        default_factory=lambda: ["email", "correo", "emailAddress", "mail"],
+        description="FORM field ids holding the applicant's e-mail (sent to Kompliant, never in events).",
+    )
+    handoff_lock_ttl_seconds: float = Field(
+        default=10.0, gt=0, description="Lock serialising concurrent Kompliant hand-offs of one execution."
+    )
+    reconcile_after_seconds: float = Field(
+        default=600.0, gt=0, description="An execution with no terminal event this long is polled."
+    )
+    reconcile_interval_seconds: int = Field(
+        default=60, ge=1, description="How often RQ's cron scheduler enqueues the reconciler sweep."
+    )
+    reconcile_poll_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="First wait after a non-terminal poll; doubles per poll."
+    )
+    reconcile_poll_backoff_cap_seconds: float = Field(
+        default=3600.0, gt=0, description="Largest wait between polls of one execution."
+    )
+    reconcile_batch: int = Field(default=200, ge=1, description="Executions polled per sweep.")
+
+    @field_validator(
+        "nip_invalid_destination_patterns",
+        "approval_exit_values",
+        "applicant_first_name_fields",
+        "applicant_last_name_fields",
+        "applicant_email_fields",
+        mode="before",
+    )
+    @classmethod
+    def _split_workers_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("nip_invalid_destination_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("approval_rule")
+    @classmethod
+    def _check_approval_rule(cls, value: str) -> str:
+        if value not in {"ruleset_or_tree", "ruleset", "tree", "status"}:
+            raise ValueError("must be ruleset_or_tree, ruleset, tree or status")
+        return value
+
+    # --- Fan-out -----------------------------------------------------------------------------
+    events_timeline_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="How long an execution's timeline is kept after its last event.",
+    )
+    events_claim_idle_ms: int = Field(
+        default=60_000, gt=0, description="Consumer: claim entries pending longer than this (dead consumers)."
+    )
+    events_max_deliveries: int = Field(
+        default=5,
+        gt=0,
+        description="Consumer: deliveries after which an entry goes to the dead-letter stream.",
+    )
+    events_block_ms: int = Field(default=5_000, gt=0, description="Consumer: XREADGROUP BLOCK time.")
+    bridge_http_subscribers: list[HttpSubscriber] = Field(
+        default_factory=list,
+        description='JSON list: [{"url": "https://…", "types": ["nip.*"], "secret": "whsec_…"}] '
+        '(optional "id", "allow_private").',
+    )
+    bridge_http_subscribers_allow_private: bool = Field(
+        default=False,
+        description="Allow every HTTP subscriber to reach private/loopback/link-local addresses.",
+    )
+    bridge_http_subscribers_queue: str = Field(
+        default="workfloo-webhooks", description="RQ queue for HTTP subscriber deliveries."
+    )
+    bridge_http_subscribers_retry_schedule: RetrySchedule = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE),
+        description="Comma-separated seconds before each delivery attempt (Standard Webhooks schedule); "
+        "its length is the number of attempts.",
+    )
+    bridge_http_subscribers_jitter: float = Field(
+        default=0.1, ge=0, le=1, description="Random ± fraction applied to each retry delay."
+    )
+    bridge_http_subscribers_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one delivery attempt."
+    )
+    bridge_http_subscribers_max_retry_after_seconds: float = Field(
+        default=36_000.0, ge=0, description="Cap on the Retry-After a subscriber may ask for."
+    )
+
+    # --- Redis connection --------------------------------------------------------------------
+    redis_ssl_ca_certs: str | None = Field(
+        default=None, description="PEM bundle of CAs that sign the Redis server certificate (rediss only)."
+    )
+    redis_ssl_certfile: str | None = Field(default=None, description="Client certificate for mutual TLS.")
+    redis_ssl_keyfile: str | None = Field(default=None, description="Client private key for mutual TLS.")
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required", description="Server certificate check: required, optional or none."
+    )
+    redis_ssl_check_hostname: bool = Field(
+        default=True, description="Match the Redis server certificate against the host name."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel processes themselves (their requirepass)."
+    )
+
+    # --- Deploy ------------------------------------------------------------------------------
+    bridge_graceful_shutdown_seconds: int = Field(
+        default=20,
+        gt=0,
+        description="On SIGTERM the receiver stops accepting and waits this long for in-flight requests.",
+    )
+
+    # --- Vendors -----------------------------------------------------------------------------
+    vendor_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, description="Connect timeout for Kiban and Kompliant calls."
+    )
+    vendor_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Read/write/pool timeout for Kiban and Kompliant calls."
+    )
+    vendor_max_connections: int = Field(
+        default=20, gt=0, description="Connection pool size of each vendor httpx.Client."
+    )
+    kiban_sandbox_host: str = Field(
+        default="sandbox.workfloo.kiban.com",
+        description="Host where sandbox mode is implicit; elsewhere kiban_sandbox adds ?sandbox=true.",
+    )
+    kiban_nip_sent_markers: CommaList = Field(
+        default_factory=lambda: ["previously sent", "already sent", "NIP_ALREADY_SENT"],
+        description="Case-insensitive texts that mark a 400 from nip/send as 'NIP previously sent'.",
+    )
+    kiban_nip_send_bare_400_is_sent: bool = Field(
+        default=True,
+        description="Treat a 400 with an empty body from nip/send (no phone sent) as 'NIP previously sent'.",
+    )
+    kompliant_signed_elements: str = Field(
+        default="API-Key",
+        description="KSig1 data elements to sign, ';'-separated (assumption P1). Only API-Key is confirmed; "
+        "extra elements: HTTP-Verb, Timestamp, Nonce, Content-MD5.",
+    )
+    kompliant_api_version: str = Field(
+        default="2025-03-24", description="Kompliant API version sent in kompliant_api_version_header."
+    )
+    kompliant_api_version_header: str = Field(
+        default="X-API-Version",
+        description="Header carrying the API version (assumption P2); empty to send none. Never signed.",
+    )
+
+    @field_validator("kiban_nip_sent_markers", mode="before")
+    @classmethod
+    def _split_vendor_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    # --- Receiver intake ---
+    bridge_intake_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest wait for Redis to confirm a callback write; past it the receiver answers 503.",
+    )
+    bridge_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After (seconds) sent with 503 when Redis is unavailable."
+    )
+    bridge_intake_max_batch: int = Field(
+        default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
+    )
+    bridge_intake_max_in_flight: int = Field(
+        default=4, gt=0, le=32, description="Most intake round trips to Redis in flight at once."
+    )
+    bridge_intake_group_commit: bool = Field(
+        default=True,
+        description="Share Redis round trips between concurrent callbacks (false: one call per request, "
+        "kept for the benchmark comparison).",
+    )
+
+    # --- Resilience ---
+    bridge_body_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time to receive a whole callback body once the headers are in; past it the "
+        "receiver answers 408 and closes the connection (slow-loris bodies).",
+    )
+    bridge_header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time from connection (or from the first byte of a keep-alive request) to the "
+        "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
+    )
+    bridge_max_header_bytes: int = Field(
+        default=32 * 1024,
+        gt=0,
+        description="Largest request line plus headers; more gets 431 and a closed connection.",
+    )
+
+    @field_validator(
+        "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
+    )
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
+        return value
+
+    @field_validator("bridge_public_url", "kiban_base_url", "kompliant_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value not in {"json", "console"}:
+            raise ValueError("must be json or console")
+        return value
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in plain text, for the log redactor."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = value if isinstance(value, list) else [value]
+            found.extend(item.get_secret_value() for item in items if isinstance(item, SecretStr))
+        found.extend(sub.secret.get_secret_value() for sub in self.bridge_http_subscribers)
+        return [s for s in found if s]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; on error raise ``SettingsError`` with one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            lines.append(f"invalid setting {variable}: {error['msg']}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, loaded once (RQ job functions use this)."""
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Event fan-out: the publisher, consumer groups and signed HTTP webhooks."""

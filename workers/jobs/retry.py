@@ -1,0 +1,198 @@
+"""Retry policy for worker jobs: exponential backoff with full jitter and a cap, ``Retry-After`` honoured.
+
+Only errors that say they are retryable (``VendorError.retryable`` or a ``TransientError``) are retried,
+by *returning* ``rq.Retry`` from the job (RQ 3 re-schedules the same job id after the interval, so the
+job needs a worker started with the scheduler). Anything else, or a retryable error once
+``retry_max_attempts`` is used up, publishes ``action.failed`` with the reason and raises
+``JobFailed``: RQ moves the job into its ``FailedJobRegistry`` (the dead-letter list ``dlq`` shows).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from rq import Retry, get_current_job
+
+from workers.core.events import Event, EventType
+from workers.core.log import get_logger, redactor
+from workers.core.settings import Settings
+
+T = TypeVar("T")
+
+log = get_logger(__name__)
+
+
+class TransientError(Exception):
+    """A condition worth retrying that is not a vendor error (e.g. Kiban not terminal yet, lock busy)."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """A condition retrying cannot fix (bad input, missing data): dead-letter at once."""
+
+    retryable = False
+    retry_after: float | None = None
+
+
+class JobFailed(Exception):
+    """Raised to move a job into RQ's FailedJobRegistry; the message is the (redacted) reason."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float
+    cap: float
+    max_attempts: int
+    retry_after_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            base=settings.retry_base_seconds,
+            cap=settings.retry_cap_seconds,
+            max_attempts=settings.retry_max_attempts,
+            retry_after_max=settings.retry_after_max_seconds,
+        )
+
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: Callable[[], float] = random.random
+    ) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0 = the first run).
+
+        Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``. A vendor ``Retry-After`` is a floor
+        (clipped to ``retry_after_max`` so a hostile header cannot park a job for days).
+        """
+        ceiling = min(self.cap, self.base * (2 ** min(attempt, 32)))
+        wait = rng() * ceiling
+        if retry_after is not None and retry_after > 0:
+            wait = max(wait, min(retry_after, self.retry_after_max))
+        return float(wait)
+
+    def can_retry(self, attempt: int) -> bool:
+        return attempt + 1 < self.max_attempts
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for vendor errors flagged retryable, ``TransientError`` and Redis connection trouble."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    return bool(getattr(exc, "retryable", False)) and not isinstance(exc, PermanentError)
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short, redacted reason for events and the dead-letter list."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "code", None)
+    sub_code = getattr(exc, "sub_code", None)
+    parts = [type(exc).__name__]
+    if status:
+        parts.append(f"http {status}")
+    if code:
+        parts.append(str(code) + (f"/{sub_code}" if sub_code else ""))
+    message = str(exc).strip()
+    if message:
+        parts.append(message[:300])
+    return redactor.text(": ".join(parts))
+
+
+def current_attempt() -> int:
+    """0 on a job's first run, n after n retries (RQ's ``number_of_retries``)."""
+    job = get_current_job()
+    if job is None:
+        return 0
+    return int(job.number_of_retries or 0)
+
+
+def _failure_once_key(action: str) -> str | None:
+    job = get_current_job()
+    if job is None:
+        return None
+    replays = int(job.meta.get("dlq_replays", 0))
+    return f"action-failed:{job.id}:{replays}"
+
+
+def publish_action_failed(
+    connection: redis.Redis,
+    settings: Settings,
+    *,
+    action: str,
+    execution_id: str | None,
+    reason: str,
+    retryable: bool,
+    attempts: int,
+) -> None:
+    """Best-effort ``action.failed`` (Redis may be the thing that is down)."""
+    from workers.fanout.publisher import Publisher
+
+    job = get_current_job()
+    event = Event(
+        type=EventType.ACTION_FAILED,
+        execution_id=execution_id,
+        data={
+            "action": action,
+            "job_id": job.id if job is not None else None,
+            "reason": reason,
+            "retryable": retryable,
+            "attempts": attempts,
+        },
+    )
+    try:
+        Publisher(connection, settings).publish(event, once_key=_failure_once_key(action))
+    except redis.RedisError:
+        log.warning("action_failed_not_published", action=action, execution_id=execution_id)
+
+
+def guarded(
+    connection: redis.Redis,
+    settings: Settings,
+    action: str,
+    execution_id: str | None,
+    body: Callable[[], T],
+) -> T | Retry:
+    """Run ``body`` under the retry policy; return its value, an ``rq.Retry``, or raise ``JobFailed``."""
+    policy = RetryPolicy.from_settings(settings)
+    attempt = current_attempt()
+    try:
+        return body()
+    except Exception as exc:
+        retryable = is_retryable(exc)
+        reason = reason_of(exc)
+        if retryable and policy.can_retry(attempt):
+            retry_after = getattr(exc, "retry_after", None)
+            delay = policy.delay(attempt, retry_after)
+            log.warning(
+                "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
+                delay=round(delay, 3), reason=reason,
+            )  # fmt: skip
+            return Retry(max=policy.max_attempts, interval=[_interval(delay, honour_floor=bool(retry_after))])
+        log.error(
+            "job_failed", action=action, execution_id=execution_id, attempts=attempt + 1,
+            retryable=retryable, reason=reason,
+        )  # fmt: skip
+        publish_action_failed(
+            connection, settings, action=action, execution_id=execution_id, reason=reason,
+            retryable=retryable, attempts=attempt + 1,
+        )  # fmt: skip
+        prefix = "retries exhausted: " if retryable else "permanent: "
+        raise JobFailed(prefix + reason) from exc
+
+
+def _interval(delay: float, honour_floor: bool = False) -> Any:
+    """RQ schedules on whole seconds; 0 means "requeue now" (no scheduler round trip).
+
+    ``ScheduledJobRegistry.schedule`` drops the sub-second part of the due time and the scheduler
+    compares whole seconds, so a job can start up to 1 s *before* the interval asked for. That is fine
+    for backoff, not for a vendor's Retry-After (a floor): then one second is added so the floor holds.
+    """
+    if honour_floor and delay > 0:
+        delay += 1.0
+    return round(delay, 3) if delay >= 0.001 else 0

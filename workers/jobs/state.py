@@ -1,0 +1,175 @@
+"""Application state kept by the workers in Redis.
+
+* ``keys.execution(id)``: one hash per Kiban execution (field names below). It is the anchor for
+  exactly-once effects: the Kompliant subject record id is written (``HSETNX``) before any workflow is
+  created under it, then the workflow id, then ``kompliant_started``.
+* ``keys.OPEN_EXECUTIONS``: zset of executions with no terminal event yet, scored by the time the
+  reconciler should next consider them (last activity; the reconciler pushes the score forward by its
+  poll backoff). A terminal execution is never re-added (a late NIP event must not reopen it).
+* ``keys.link(link_id)``: NIP link id → execution id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+
+import redis
+
+from workers.core import keys
+
+# --- execution hash fields ---------------------------------------------------------------------
+STATUS = "status"
+NODE_TYPE = "node_type"
+NIP_PHASE = "nip_phase"
+LINK_ID = "link_id"
+TERMINAL = "terminal"
+DECISION = "decision"
+FINISHED_AT = "finished_at"
+CREATED_AT = "created_at"
+COMMAND_ID = "command_id"
+NIP_RESENDS = "nip_resends"
+NIP_FINAL_FAILED = "nip_final_failed"
+KOMPLIANT_SUBJECT_RECORD = "kompliant_subject_record_id"
+KOMPLIANT_WORKFLOW = "kompliant_workflow_id"
+KOMPLIANT_STARTED = "kompliant_started"
+KOMPLIANT_REJECTED = "kompliant_rejected"
+RECONCILE_POLLS = "reconcile_polls"
+
+LINK_TTL_SECONDS = 30 * 24 * 3600
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load(connection: redis.Redis, execution_id: str) -> dict[str, str]:
+    raw: Mapping[bytes | str, bytes | str] = connection.hgetall(keys.execution(execution_id))
+    return {str(_text(k)): str(_text(v)) for k, v in raw.items()}
+
+
+def get_field(connection: redis.Redis, execution_id: str, field: str) -> str | None:
+    return _text(connection.hget(keys.execution(execution_id), field))
+
+
+def set_fields(connection: redis.Redis, execution_id: str, fields: Mapping[str, str]) -> None:
+    if fields:
+        connection.hset(keys.execution(execution_id), mapping=dict(fields.items()))
+
+
+def set_once(connection: redis.Redis, execution_id: str, field: str, value: str) -> str:
+    """``HSETNX`` then read back: the value that won (ours or a concurrent writer's)."""
+    key = keys.execution(execution_id)
+    with connection.pipeline() as pipe:
+        pipe.hsetnx(key, field, value)
+        pipe.hget(key, field)
+        _, winner = pipe.execute()
+    return str(_text(winner))
+
+
+def is_terminal(connection: redis.Redis, execution_id: str) -> bool:
+    return get_field(connection, execution_id, TERMINAL) == "1"
+
+
+_TOUCH_OPEN = """
+if redis.call('HGET', KEYS[1], 'terminal') == '1' then return 0 end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+
+def touch_open(
+    connection: redis.Redis, execution_id: str, at: float | None = None, *, refresh: bool = True
+) -> bool:
+    """Mark the execution as open (awaiting a terminal event) unless it is already terminal.
+
+    ``refresh=False`` only adds it when absent (keeps the reconciler's backoff score)."""
+    score = time.time() if at is None else at
+    result = connection.eval(
+        _TOUCH_OPEN, 2, keys.execution(execution_id), keys.OPEN_EXECUTIONS, repr(score), execution_id,
+        "1" if refresh else "0",
+    )  # fmt: skip
+    return bool(result)
+
+
+def close(connection: redis.Redis, execution_id: str) -> None:
+    """The execution reached a terminal state: the reconciler stops looking at it."""
+    connection.zrem(keys.OPEN_EXECUTIONS, execution_id)
+
+
+def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) -> list[str]:
+    raw = connection.zrangebyscore(keys.OPEN_EXECUTIONS, "-inf", repr(older_than), start=0, num=limit)
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+
+def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:
+    with connection.pipeline() as pipe:
+        pipe.set(keys.link(link_id), execution_id, ex=LINK_TTL_SECONDS)
+        pipe.hsetnx(keys.execution(execution_id), LINK_ID, link_id)
+        pipe.execute()
+
+
+def resolve_link(connection: redis.Redis, link_id: str) -> str | None:
+    return _text(connection.get(keys.link(link_id)))
+
+
+_CLAIM_RESEND = """
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return tonumber(existing) end
+local n = redis.call('HINCRBY', KEYS[1], 'nip_resends', 1)
+redis.call('HSET', KEYS[1], ARGV[1], n)
+return n
+"""
+
+
+def claim_nip_resend(connection: redis.Redis, execution_id: str, error_key: str) -> int:
+    """The resend number (1, 2, …) owed to one NIP ERROR event; the same event always gets the same number,
+    so a retried job never burns a second resend for one error."""
+    field = f"nip_error:{error_key}"
+    return int(connection.eval(_CLAIM_RESEND, 1, keys.execution(execution_id), field))
+
+
+# --- a small lock: SET NX PX with a random token, released by Lua only by its owner -------------
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Lock:
+    def __init__(self, connection: redis.Redis, key: str, ttl_seconds: float) -> None:
+        self.connection = connection
+        self.key = key
+        self.ttl_ms = max(1, int(ttl_seconds * 1000))
+        self.token = secrets.token_hex(16)
+
+    def acquire(self, wait_seconds: float = 0.0, poll_seconds: float = 0.05) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if self.connection.set(self.key, self.token, nx=True, px=self.ttl_ms):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_seconds)
+
+    def release(self) -> bool:
+        return bool(self.connection.eval(_RELEASE, 1, self.key, self.token))
+
+
+def stash_nip(connection: redis.Redis, ref: str, nip: str) -> None:
+    connection.set(keys.nip_ref(ref), nip, ex=keys.NIP_REF_TTL_SECONDS)
+
+
+def take_nip(connection: redis.Redis, ref: str) -> str | None:
+    return _text(connection.get(keys.nip_ref(ref)))
+
+
+def drop_nip(connection: redis.Redis, ref: str) -> None:
+    connection.delete(keys.nip_ref(ref))

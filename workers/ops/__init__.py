@@ -1,0 +1,1 @@
+"""Operator tools: status, checks, rendering, the settings reference and the CLI."""

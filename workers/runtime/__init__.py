@@ -1,0 +1,1 @@
+"""RQ worker classes, the reaper and dead letters."""

@@ -1,0 +1,2 @@
+"""Fakes, the demo and an embedded Redis for tests, the demo and benchmarks. Never imported by production
+code."""

@@ -1,0 +1,1 @@
+"""Kiban and Kompliant clients and their shared HTTP plumbing."""

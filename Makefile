@@ -25,6 +25,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check receiver workers tests bench
 	$(BIN)/ruff format --check receiver workers tests bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -71,6 +71,16 @@ def test_http_subscriber_secrets_reach_the_redactor(monkeypatch: pytest.MonkeyPa
     assert secret in load_settings().secret_values()
 
 
+def test_intake_transport_defaults_to_stream_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BRIDGE_INTAKE_TRANSPORT", raising=False)
+    assert load_settings().bridge_intake_transport == "stream"
+    monkeypatch.setenv("BRIDGE_INTAKE_TRANSPORT", "redis-py")
+    assert load_settings().bridge_intake_transport == "redis-py"
+    monkeypatch.setenv("BRIDGE_INTAKE_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(SettingsError, match="BRIDGE_INTAKE_TRANSPORT"):
+        load_settings()
+
+
 def test_a_section_validates_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIBAN_BASE_URL", "https://kiban.example/")
     monkeypatch.setenv("KIBAN_NIP_SENT_MARKERS", "a, b")

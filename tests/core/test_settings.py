@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from workers.core.settings import SettingsError, load_settings
+from workers.core.settings import KibanSettings, SettingsError, load_settings
 
 
 def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +69,22 @@ def test_http_subscriber_secrets_reach_the_redactor(monkeypatch: pytest.MonkeyPa
     secret = "whsec_c3Vic2NyaWJlci1zZWNyZXQtdmFsdWUtMTIzNDU2"
     monkeypatch.setenv("BRIDGE_HTTP_SUBSCRIBERS", f'[{{"url": "https://x.example/h", "secret": "{secret}"}}]')
     assert secret in load_settings().secret_values()
+
+
+def test_intake_transport_defaults_to_stream_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BRIDGE_INTAKE_TRANSPORT", raising=False)
+    assert load_settings().bridge_intake_transport == "stream"
+    monkeypatch.setenv("BRIDGE_INTAKE_TRANSPORT", "redis-py")
+    assert load_settings().bridge_intake_transport == "redis-py"
+    monkeypatch.setenv("BRIDGE_INTAKE_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(SettingsError, match="BRIDGE_INTAKE_TRANSPORT"):
+        load_settings()
+
+
+def test_a_section_validates_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIBAN_BASE_URL", "https://kiban.example/")
+    monkeypatch.setenv("KIBAN_NIP_SENT_MARKERS", "a, b")
+    kiban = KibanSettings()
+    assert kiban.kiban_base_url == "https://kiban.example"
+    assert kiban.kiban_nip_sent_markers == ["a", "b"]
+    assert not hasattr(kiban, "redis_url")

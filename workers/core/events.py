@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
@@ -40,6 +41,13 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_STARTED = "kompliant.workflow.started"
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
     ACTION_FAILED = "action.failed"
+
+
+def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bool:
+    """True when ``event_type`` matches one of the shell-style patterns (``nip.*``); no patterns = all."""
+    if not patterns:
+        return True
+    return any(fnmatchcase(event_type, pattern) for pattern in patterns)
 
 
 def new_event_id() -> str:

@@ -4,26 +4,44 @@ Field names map one-to-one onto upper-case environment variables (``redis_url`` 
 Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors.
 Anything the vendor docs leave open (see ``API-NOTES.md``) is a setting whose default is the labelled
 assumption, so it can be changed without a release.
+
+Each concern is a section class with its own validators; ``Settings`` inherits them all, so every
+field stays a flat attribute and ``docs/configuration.md`` is generated section by section.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workers.core.subscriber_config import DEFAULT_RETRY_SCHEDULE, HttpSubscriber, RetrySchedule
+from workers.core.events import matches
 
 KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
 KOMPLIANT_URL = "https://api.kompliant.com"
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
-CommaList = Annotated[list[str], NoDecode]
-SecretList = Annotated[list[SecretStr], NoDecode]
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's key prefix, not a secret
+
+DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+"""Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h."""
 
 
 class SettingsError(SystemExit):
@@ -43,20 +61,128 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-class Settings(BaseSettings):
+def _check_schedule(value: list[float]) -> list[float]:
+    if not value or any(v < 0 for v in value):
+        raise ValueError("must be a non-empty list of seconds >= 0")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)]
+RetrySchedule = Annotated[
+    list[float], NoDecode, BeforeValidator(_split_commas), AfterValidator(_check_schedule)
+]
+
+
+class HttpSubscriber(BaseModel):
+    """One endpoint that receives matching events as signed POSTs (Standard Webhooks).
+
+    Delivery, signing and the SSRF guard live in ``workers.fanout.webhooks``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    url: str
+    types: list[str] = Field(default_factory=lambda: ["*"], description="Event type patterns, e.g. nip.*")
+    secret: SecretStr = Field(description="whsec_ + base64 key, as Standard Webhooks defines it.")
+    id: str = Field(default="", description="Stable name; defaults to a hash of the URL.")
+    allow_private: bool = Field(default=False, description="Allow private/loopback/link-local addresses.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(SECRET_PREFIX):
+            raise ValueError(f"must start with {SECRET_PREFIX}")
+        try:
+            key = base64.b64decode(raw[len(SECRET_PREFIX) :] + "==", validate=False)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ followed by base64") from None
+        if len(key) < 16:
+            raise ValueError("key must be at least 16 bytes (24 recommended)")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("may only hold letters, digits, - and _")
+        return value
+
+    @property
+    def key(self) -> str:
+        """The subscriber's stable identifier (its ``id`` or a hash of its URL)."""
+        return self.id or hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    def wants(self, event_type: str) -> bool:
+        return matches(self.types, event_type)
+
+
+class _Section(BaseSettings):
+    """Shared reading rules: any env var case, unknown variables ignored, inputs never echoed."""
+
     model_config = SettingsConfigDict(
         case_sensitive=False, extra="ignore", hide_input_in_errors=True, validate_default=True
     )
 
-    # --- Redis -------------------------------------------------------------------------------
+
+class RedisSettings(_Section):
+    """Where Redis is and how to reach it: URL, socket timeout, TLS and Sentinel credentials."""
+
+    model_config = SettingsConfigDict(title="Redis")
+
     redis_url: str | None = Field(
         default=None,
         description="redis://, rediss:// (TLS), unix:// or redis+sentinel://host:port/service_name/db. "
         "Unset: `demo` starts an embedded redis-server.",
     )
     redis_timeout_seconds: float = Field(default=1.0, gt=0, description="Socket timeout for Redis calls.")
+    redis_ssl_ca_certs: str | None = Field(
+        default=None, description="PEM bundle of CAs that sign the Redis server certificate (rediss only)."
+    )
+    redis_ssl_certfile: str | None = Field(default=None, description="Client certificate for mutual TLS.")
+    redis_ssl_keyfile: str | None = Field(default=None, description="Client private key for mutual TLS.")
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required", description="Server certificate check: required, optional or none."
+    )
+    redis_ssl_check_hostname: bool = Field(
+        default=True, description="Match the Redis server certificate against the host name."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel processes themselves (their requirepass)."
+    )
 
-    # --- Receiver ----------------------------------------------------------------------------
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
+        return value
+
+
+class ReceiverSettings(_Section):
+    """The HTTP receiver: who may call it, request limits and timeouts, and how callbacks reach Redis."""
+
+    model_config = SettingsConfigDict(title="Receiver")
+
     bridge_callback_keys: SecretList = Field(
         default_factory=list,
         description="Comma-separated keys Kiban must present; list old and new to rotate.",
@@ -73,36 +199,144 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
     )
     bridge_max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted body.")
+    bridge_max_header_bytes: int = Field(
+        default=32 * 1024,
+        gt=0,
+        description="Largest request line plus headers; more gets 431 and a closed connection.",
+    )
+    bridge_body_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time to receive a whole callback body once the headers are in; past it the "
+        "receiver answers 408 and closes the connection (slow-loris bodies).",
+    )
+    bridge_header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time from connection (or from the first byte of a keep-alive request) to the "
+        "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
+    )
     bridge_dedupe_ttl_seconds: int = Field(
         default=72 * 3600, gt=0, description="How long a delivery id is remembered."
     )
     bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
+    bridge_intake_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest wait for Redis to confirm a callback write; past it the receiver answers 503.",
+    )
+    bridge_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After (seconds) sent with 503 when Redis is unavailable."
+    )
+    bridge_intake_max_batch: int = Field(
+        default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
+    )
+    bridge_intake_max_in_flight: int = Field(
+        default=4, gt=0, le=32, description="Most intake round trips to Redis in flight at once."
+    )
+    bridge_intake_group_commit: bool = Field(
+        default=True,
+        description="Share Redis round trips between concurrent callbacks (false: one call per request, "
+        "kept for the benchmark comparison).",
+    )
+    bridge_intake_transport: Literal["stream", "redis-py"] = Field(
+        default="stream",
+        description="How the intake talks to Redis: stream (pipelined bytes on the connection's asyncio "
+        "streams, fastest) or redis-py (redis-py's public send_packed_command/read_response).",
+    )
+    bridge_graceful_shutdown_seconds: int = Field(
+        default=20,
+        gt=0,
+        description="On SIGTERM the receiver stops accepting and waits this long for in-flight requests.",
+    )
 
-    # --- Kiban -------------------------------------------------------------------------------
+    @field_validator("bridge_public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+
+class KibanSettings(_Section):
+    """Kiban workfloo: host, credentials, which workfloo to run, and how its NIP answers are read."""
+
+    model_config = SettingsConfigDict(title="Kiban")
+
     kiban_base_url: str = Field(default=KIBAN_SANDBOX_URL, description="Kiban workfloo host.")
     kiban_api_key: SecretStr | None = Field(default=None, description="Kiban space API key (x-api-key).")
     kiban_sandbox: bool = Field(
         default=True, description="Send ?sandbox=true and require a scenarioId (ignored on the sandbox host)."
     )
+    kiban_sandbox_host: str = Field(
+        default="sandbox.workfloo.kiban.com",
+        description="Host where sandbox mode is implicit; elsewhere kiban_sandbox adds ?sandbox=true.",
+    )
     kiban_workfloo_definition_id: str = Field(default="", description="idWorkflooDefinition to execute.")
     kiban_scenario_id: str = Field(default="", description="Default sandbox scenarioId.")
+    kiban_nip_sent_markers: CommaList = Field(
+        default_factory=lambda: ["previously sent", "already sent", "NIP_ALREADY_SENT"],
+        description="Case-insensitive texts that mark a 400 from nip/send as 'NIP previously sent'.",
+    )
+    kiban_nip_send_bare_400_is_sent: bool = Field(
+        default=True,
+        description="Treat a 400 with an empty body from nip/send (no phone sent) as 'NIP previously sent'.",
+    )
 
-    # --- Kompliant ---------------------------------------------------------------------------
+    @field_validator("kiban_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+
+class KompliantSettings(_Section):
+    """Kompliant: host, credentials, request signing and API version."""
+
+    model_config = SettingsConfigDict(title="Kompliant")
+
     kompliant_base_url: str = Field(default=KOMPLIANT_URL, description="Kompliant API host.")
     kompliant_api_key: SecretStr | None = Field(default=None, description="Kompliant API key (sb_/lv_).")
     kompliant_secret_key: SecretStr | None = Field(default=None, description="Base64 secret for KSig1.")
     kompliant_auth_token: SecretStr | None = Field(default=None, description="X-API-Auth-Token.")
     kompliant_account_id: str = Field(default="", description="account_id for workflow.create.")
+    kompliant_signed_elements: str = Field(
+        default="API-Key",
+        description="KSig1 data elements to sign, ';'-separated (assumption P1). Only API-Key is confirmed; "
+        "extra elements: HTTP-Verb, Timestamp, Nonce, Content-MD5.",
+    )
+    kompliant_api_version: str = Field(
+        default="2025-03-24", description="Kompliant API version sent in kompliant_api_version_header."
+    )
+    kompliant_api_version_header: str = Field(
+        default="X-API-Version",
+        description="Header carrying the API version (assumption P2); empty to send none. Never signed.",
+    )
 
-    # --- Events ------------------------------------------------------------------------------
-    events_stream: str = Field(default="workfloo:events", description="Durable event stream key.")
-    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="Approximate stream length cap.")
+    @field_validator("kompliant_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _check_http_url(value)
 
-    # --- Logging -----------------------------------------------------------------------------
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
-    log_format: str = Field(default="json", description="json (production) or console (people).")
 
-    # --- Workers -----------------------------------------------------------------------------
+class VendorHttpSettings(_Section):
+    """Timeouts and connection pool shared by the Kiban and Kompliant HTTP clients."""
+
+    model_config = SettingsConfigDict(title="Vendor HTTP")
+
+    vendor_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, description="Connect timeout for Kiban and Kompliant calls."
+    )
+    vendor_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Read/write/pool timeout for Kiban and Kompliant calls."
+    )
+    vendor_max_connections: int = Field(
+        default=20, gt=0, description="Connection pool size of each vendor httpx.Client."
+    )
+
+
+class WorkerSettings(_Section):
+    """RQ workers and the jobs they run: liveness, retries, NIP, approval, hand-off and reconciliation."""
+
+    model_config = SettingsConfigDict(title="Workers")
+
     worker_class: str = Field(
         default="workers.runtime.worker.BridgeSimpleWorker",
         description="RQ worker class: workers.runtime.worker.BridgeSimpleWorker (in-process, default) or "
@@ -197,18 +431,6 @@ class Settings(BaseSettings):
     )
     reconcile_batch: int = Field(default=200, ge=1, description="Executions polled per sweep.")
 
-    @field_validator(
-        "nip_invalid_destination_patterns",
-        "approval_exit_values",
-        "applicant_first_name_fields",
-        "applicant_last_name_fields",
-        "applicant_email_fields",
-        mode="before",
-    )
-    @classmethod
-    def _split_workers_lists(cls, value: Any) -> Any:
-        return _split_commas(value)
-
     @field_validator("nip_invalid_destination_patterns")
     @classmethod
     def _check_patterns(cls, value: list[str]) -> list[str]:
@@ -226,7 +448,14 @@ class Settings(BaseSettings):
             raise ValueError("must be ruleset_or_tree, ruleset, tree or status")
         return value
 
-    # --- Fan-out -----------------------------------------------------------------------------
+
+class FanoutSettings(_Section):
+    """The durable event stream, execution timelines, stream consumers and HTTP subscribers."""
+
+    model_config = SettingsConfigDict(title="Fan-out")
+
+    events_stream: str = Field(default="workfloo:events", description="Durable event stream key.")
+    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="Approximate stream length cap.")
     events_timeline_ttl_seconds: int = Field(
         default=30 * 24 * 3600,
         gt=0,
@@ -268,131 +497,14 @@ class Settings(BaseSettings):
         default=36_000.0, ge=0, description="Cap on the Retry-After a subscriber may ask for."
     )
 
-    # --- Redis connection --------------------------------------------------------------------
-    redis_ssl_ca_certs: str | None = Field(
-        default=None, description="PEM bundle of CAs that sign the Redis server certificate (rediss only)."
-    )
-    redis_ssl_certfile: str | None = Field(default=None, description="Client certificate for mutual TLS.")
-    redis_ssl_keyfile: str | None = Field(default=None, description="Client private key for mutual TLS.")
-    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
-        default="required", description="Server certificate check: required, optional or none."
-    )
-    redis_ssl_check_hostname: bool = Field(
-        default=True, description="Match the Redis server certificate against the host name."
-    )
-    redis_sentinel_password: SecretStr | None = Field(
-        default=None, description="Password of the Sentinel processes themselves (their requirepass)."
-    )
 
-    # --- Deploy ------------------------------------------------------------------------------
-    bridge_graceful_shutdown_seconds: int = Field(
-        default=20,
-        gt=0,
-        description="On SIGTERM the receiver stops accepting and waits this long for in-flight requests.",
-    )
+class LoggingSettings(_Section):
+    """Log level and format of every process."""
 
-    # --- Vendors -----------------------------------------------------------------------------
-    vendor_connect_timeout_seconds: float = Field(
-        default=3.0, gt=0, description="Connect timeout for Kiban and Kompliant calls."
-    )
-    vendor_read_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Read/write/pool timeout for Kiban and Kompliant calls."
-    )
-    vendor_max_connections: int = Field(
-        default=20, gt=0, description="Connection pool size of each vendor httpx.Client."
-    )
-    kiban_sandbox_host: str = Field(
-        default="sandbox.workfloo.kiban.com",
-        description="Host where sandbox mode is implicit; elsewhere kiban_sandbox adds ?sandbox=true.",
-    )
-    kiban_nip_sent_markers: CommaList = Field(
-        default_factory=lambda: ["previously sent", "already sent", "NIP_ALREADY_SENT"],
-        description="Case-insensitive texts that mark a 400 from nip/send as 'NIP previously sent'.",
-    )
-    kiban_nip_send_bare_400_is_sent: bool = Field(
-        default=True,
-        description="Treat a 400 with an empty body from nip/send (no phone sent) as 'NIP previously sent'.",
-    )
-    kompliant_signed_elements: str = Field(
-        default="API-Key",
-        description="KSig1 data elements to sign, ';'-separated (assumption P1). Only API-Key is confirmed; "
-        "extra elements: HTTP-Verb, Timestamp, Nonce, Content-MD5.",
-    )
-    kompliant_api_version: str = Field(
-        default="2025-03-24", description="Kompliant API version sent in kompliant_api_version_header."
-    )
-    kompliant_api_version_header: str = Field(
-        default="X-API-Version",
-        description="Header carrying the API version (assumption P2); empty to send none. Never signed.",
-    )
+    model_config = SettingsConfigDict(title="Logging")
 
-    @field_validator("kiban_nip_sent_markers", mode="before")
-    @classmethod
-    def _split_vendor_lists(cls, value: Any) -> Any:
-        return _split_commas(value)
-
-    # --- Receiver intake ---
-    bridge_intake_timeout_seconds: float = Field(
-        default=0.5,
-        gt=0,
-        description="Longest wait for Redis to confirm a callback write; past it the receiver answers 503.",
-    )
-    bridge_retry_after_seconds: int = Field(
-        default=5, ge=1, description="Retry-After (seconds) sent with 503 when Redis is unavailable."
-    )
-    bridge_intake_max_batch: int = Field(
-        default=256, gt=0, description="Most callback writes sent to Redis in one pipelined round trip."
-    )
-    bridge_intake_max_in_flight: int = Field(
-        default=4, gt=0, le=32, description="Most intake round trips to Redis in flight at once."
-    )
-    bridge_intake_group_commit: bool = Field(
-        default=True,
-        description="Share Redis round trips between concurrent callbacks (false: one call per request, "
-        "kept for the benchmark comparison).",
-    )
-
-    # --- Resilience ---
-    bridge_body_read_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description="Longest time to receive a whole callback body once the headers are in; past it the "
-        "receiver answers 408 and closes the connection (slow-loris bodies).",
-    )
-    bridge_header_read_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description="Longest time from connection (or from the first byte of a keep-alive request) to the "
-        "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
-    )
-    bridge_max_header_bytes: int = Field(
-        default=32 * 1024,
-        gt=0,
-        description="Largest request line plus headers; more gets 431 and a closed connection.",
-    )
-
-    @field_validator(
-        "bridge_callback_keys", "bridge_internal_keys", "bridge_callback_key_headers", mode="before"
-    )
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return _split_commas(value)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(_REDIS_SCHEMES):
-            raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
-        return value
-
-    @field_validator("bridge_public_url", "kiban_base_url", "kompliant_base_url")
-    @classmethod
-    def _check_http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field(default="json", description="json (production) or console (people).")
 
     @field_validator("log_level")
     @classmethod
@@ -408,6 +520,21 @@ class Settings(BaseSettings):
         if value not in {"json", "console"}:
             raise ValueError("must be json or console")
         return value
+
+
+class Settings(
+    RedisSettings,
+    ReceiverSettings,
+    KibanSettings,
+    KompliantSettings,
+    VendorHttpSettings,
+    WorkerSettings,
+    FanoutSettings,
+    LoggingSettings,
+):
+    """Every setting of every process; the sections are its bases, in the order the reference lists them."""
+
+    model_config = SettingsConfigDict(title="Settings")
 
     def secret_values(self) -> list[str]:
         """Every configured secret in plain text, for the log redactor."""

@@ -22,10 +22,9 @@ from typing import Any
 import redis
 
 from workers.core import keys
-from workers.core.events import Event
+from workers.core.events import Event, matches
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
-from workers.core.subscriber_config import matches
 
 log = get_logger(__name__)
 

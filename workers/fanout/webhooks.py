@@ -34,8 +34,7 @@ from workers.core import keys
 from workers.core.events import Event
 from workers.core.log import get_logger
 from workers.core.redis_client import redis_from_settings
-from workers.core.settings import Settings, get_settings
-from workers.core.subscriber_config import HttpSubscriber
+from workers.core.settings import HttpSubscriber, Settings, get_settings
 
 log = get_logger(__name__)
 

@@ -15,9 +15,9 @@ import click
 import orjson
 import redis
 
+from workers.core.events import matches
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import Settings
-from workers.core.subscriber_config import matches
 from workers.ops.cli.helpers import settings_or_exit
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")

@@ -169,7 +169,7 @@ def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPat
     clean_env.setenv("KIBAN_BASE_URL", "https://sandbox.workfloo.kiban.com")
     clean_env.setenv("BRIDGE_PUBLIC_URL", "http://10.0.0.5:8000")
     from workers.core.settings import load_settings
-    from workers.ops.cli.ops import check_settings
+    from workers.ops.checks import check_settings
 
     results = {r.name: r for r in check_settings(load_settings())}
     assert not results["public-url"].ok

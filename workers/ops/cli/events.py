@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-import orjson
 import redis
 
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import Settings
 from workers.core.subscriber_config import matches
 from workers.ops.cli.helpers import settings_or_exit
+from workers.ops.render import event_line
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
@@ -46,27 +46,6 @@ def parse_since(value: str, now: datetime | None = None) -> tuple[str, bool]:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
     return f"{max(0, int(when.timestamp() * 1000))}-0", False
-
-
-def format_line(entry_id: str, fields: dict[bytes, bytes]) -> str:
-    """One human-readable line: time, type, execution id, short data."""
-    try:
-        envelope: dict[str, Any] = orjson.loads(fields.get(b"event", b"{}"))
-    except orjson.JSONDecodeError:
-        return f"{entry_id}  (unparseable entry)"
-    when = str(envelope.get("occurred_at") or entry_id)
-    data = envelope.get("data") or {}
-    short = " ".join(f"{k}={_short(v)}" for k, v in data.items()) if isinstance(data, dict) else _short(data)
-    if len(short) > 100:
-        short = short[:99] + "…"
-    execution = envelope.get("execution_id") or "-"
-    return f"{when}  {envelope.get('type', '?'):<28} {execution:<24}  {short}".rstrip()
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, str):
-        return value if " " not in value else orjson.dumps(value).decode()
-    return orjson.dumps(value).decode()
 
 
 def _load() -> Settings:
@@ -116,7 +95,7 @@ def tail(
         if as_json:
             click.echo(fields.get(b"event", b"{}").decode())
         else:
-            click.echo(format_line(entry_id.decode(), fields))
+            click.echo(event_line(entry_id.decode(), fields))
         printed += 1
         return limit is None or printed < limit
 

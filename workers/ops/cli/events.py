@@ -1,4 +1,4 @@
-"""``workfloo-bridge events …``: read the durable event stream, for people.
+"""``workfloo-bridge events tail``: read the durable event stream, for people.
 
 ``tail`` never joins a consumer group (it only uses ``XRANGE``/``XREAD``), so it cannot take events away
 from, or acknowledge them for, a service.
@@ -14,10 +14,8 @@ from typing import Any
 import click
 import redis
 
-from workers.core.redis_client import redis_from_settings
-from workers.core.settings import Settings
 from workers.core.subscriber_config import matches
-from workers.ops.cli.helpers import settings_or_exit
+from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
 from workers.ops.render import event_line
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
@@ -48,10 +46,6 @@ def parse_since(value: str, now: datetime | None = None) -> tuple[str, bool]:
     return f"{max(0, int(when.timestamp() * 1000))}-0", False
 
 
-def _load() -> Settings:
-    return settings_or_exit(need_redis=True)
-
-
 def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> Iterator[tuple[bytes, Any]]:
     cursor = f"({start}" if exclusive else start
     while True:
@@ -60,6 +54,13 @@ def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> I
         if len(batch) < _BATCH:
             return
         cursor = "(" + batch[-1][0].decode()
+
+
+def _newer(a: str, b: str) -> bool:
+    """Stream id ``a`` is after ``b``."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
 @click.group()
@@ -81,9 +82,7 @@ def tail(
 ) -> None:
     """Print events from the stream (read-only: no consumer group, nothing acknowledged)."""
     start = parse_since(since) if since else None
-    settings = _load()
-    assert settings.redis_url is not None
-    client = redis_from_settings(settings, socket_timeout=_BLOCK_MS / 1000 + 5)
+    settings = settings_or_exit()
     stream = settings.events_stream
     printed = 0
 
@@ -99,35 +98,29 @@ def tail(
         printed += 1
         return limit is None or printed < limit
 
-    try:
-        newest: Any = client.xrevrange(stream, count=1)
-        last_id = newest[0][0].decode() if newest else "0-0"
-        if start is not None:
-            history: Any = _history(client, stream, *start)
-        else:
-            history = reversed(client.xrevrange(stream, count=lines) if lines > 0 else [])  # type: ignore[arg-type]
-        for entry_id, fields in history:
-            if _newer(entry_id.decode(), last_id):
-                last_id = entry_id.decode()
-            if not emit(entry_id, fields):
-                return
-        while follow:
-            reply: Any = client.xread({stream: last_id}, count=_BATCH, block=_BLOCK_MS)
-            for entry_id, fields in reply[0][1] if reply else []:
-                last_id = entry_id.decode()
+    # The read timeout outlasts the XREAD block; connecting keeps the configured deadline.
+    with redis_or_exit(
+        settings,
+        socket_timeout=_BLOCK_MS / 1000 + 5,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    ) as client:
+        try:
+            newest: Any = client.xrevrange(stream, count=1)
+            last_id = newest[0][0].decode() if newest else "0-0"
+            if start is not None:
+                history: Any = _history(client, stream, *start)
+            else:
+                history = reversed(client.xrevrange(stream, count=lines) if lines > 0 else [])  # type: ignore[arg-type]
+            for entry_id, fields in history:
+                if _newer(entry_id.decode(), last_id):
+                    last_id = entry_id.decode()
                 if not emit(entry_id, fields):
                     return
-    except KeyboardInterrupt:
-        return
-    except redis.RedisError as exc:
-        click.echo(f"workfloo-bridge: Redis error: {type(exc).__name__}", err=True)
-        raise SystemExit(1) from None
-    finally:
-        client.close()
-
-
-def _newer(a: str, b: str) -> bool:
-    """Stream id ``a`` is after ``b``."""
-    ams, _, aseq = a.partition("-")
-    bms, _, bseq = b.partition("-")
-    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
+            while follow:
+                reply: Any = client.xread({stream: last_id}, count=_BATCH, block=_BLOCK_MS)
+                for entry_id, fields in reply[0][1] if reply else []:
+                    last_id = entry_id.decode()
+                    if not emit(entry_id, fields):
+                        return
+        except KeyboardInterrupt:
+            return

@@ -1,21 +1,14 @@
-"""The ``workfloo-bridge`` command line.
+"""The ``workfloo-bridge`` command line: one module per command, gathered into the group ``main``.
 
-The receiver is started by import string (``receiver.app:create_app``) so that ``workers`` never imports
-``receiver`` at module level.
+Entry points are the console script ``workers.ops.cli:main`` and ``python -m workers.ops.cli``; no
+other module imports this package. Exit codes are shared by every command (``helpers``).
 """
 
 from __future__ import annotations
 
 import click
 
-from workers.core.settings import Settings
-from workers.ops.cli.helpers import settings_or_exit
-
-RECEIVER_FACTORY = "receiver.app:create_app"
-
-
-def _settings() -> Settings:
-    return settings_or_exit()
+from workers.ops.cli import check, demo, dlq, events, scheduler, serve, status, timeline, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,50 +17,12 @@ def main() -> None:
     """Kiban workfloo → Kompliant webhook receiver and event bridge."""
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
-@click.option("--workers", "processes", default=1, show_default=True, type=int, help="uvicorn processes.")
-def serve(host: str, port: int, processes: int) -> None:
-    """Run the receiver (HTTP edge) under uvicorn."""
-    import uvicorn
-
-    settings = _settings()
-    if settings.redis_url is None:
-        click.echo(
-            "workfloo-bridge: REDIS_URL is not set (use `workfloo-bridge demo` for an embedded one)", err=True
-        )
-        raise SystemExit(2)
-    uvicorn.run(
-        RECEIVER_FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        workers=processes,
-        log_config=None,
-        access_log=False,
-        # Header deadline and size cap uvicorn lacks (slow headers, header floods): receiver/protocol.py.
-        http="receiver.protocol:GuardedHttpToolsProtocol",
-        timeout_graceful_shutdown=settings.bridge_graceful_shutdown_seconds,
-    )
-
-
-def _register_ops() -> None:
-    from workers.ops.cli.ops import register
-
-    register(main)
-
-
-_register_ops()
-
-
-from workers.ops.cli.events import events  # noqa: E402
-
-main.add_command(events)
-
-# --- worker-side commands (workers/ops/cli/worker.py) ---
-from workers.ops.cli.worker import dlq, scheduler, worker  # noqa: E402
-
-main.add_command(worker)
-main.add_command(scheduler)
-main.add_command(dlq)
+main.add_command(serve.serve)
+main.add_command(worker.worker)
+main.add_command(scheduler.scheduler)
+main.add_command(dlq.dlq)
+main.add_command(events.events)
+main.add_command(demo.demo)
+main.add_command(status.status)
+main.add_command(check.check)
+main.add_command(timeline.timeline)

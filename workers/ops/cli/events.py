@@ -1,4 +1,4 @@
-"""``workfloo-bridge events …``: read the durable event stream, for people.
+"""``workfloo-bridge events tail``: read the durable event stream, for people.
 
 ``tail`` never joins a consumer group (it only uses ``XRANGE``/``XREAD``), so it cannot take events away
 from, or acknowledge them for, a service.
@@ -12,13 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-import orjson
 import redis
 
 from workers.core.events import matches
-from workers.core.redis_client import redis_from_settings
-from workers.core.settings import Settings
-from workers.ops.cli.helpers import settings_or_exit
+from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
+from workers.ops.render import event_line
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
@@ -48,31 +46,6 @@ def parse_since(value: str, now: datetime | None = None) -> tuple[str, bool]:
     return f"{max(0, int(when.timestamp() * 1000))}-0", False
 
 
-def format_line(entry_id: str, fields: dict[bytes, bytes]) -> str:
-    """One human-readable line: time, type, execution id, short data."""
-    try:
-        envelope: dict[str, Any] = orjson.loads(fields.get(b"event", b"{}"))
-    except orjson.JSONDecodeError:
-        return f"{entry_id}  (unparseable entry)"
-    when = str(envelope.get("occurred_at") or entry_id)
-    data = envelope.get("data") or {}
-    short = " ".join(f"{k}={_short(v)}" for k, v in data.items()) if isinstance(data, dict) else _short(data)
-    if len(short) > 100:
-        short = short[:99] + "…"
-    execution = envelope.get("execution_id") or "-"
-    return f"{when}  {envelope.get('type', '?'):<28} {execution:<24}  {short}".rstrip()
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, str):
-        return value if " " not in value else orjson.dumps(value).decode()
-    return orjson.dumps(value).decode()
-
-
-def _load() -> Settings:
-    return settings_or_exit(need_redis=True)
-
-
 def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> Iterator[tuple[bytes, Any]]:
     cursor = f"({start}" if exclusive else start
     while True:
@@ -81,6 +54,13 @@ def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> I
         if len(batch) < _BATCH:
             return
         cursor = "(" + batch[-1][0].decode()
+
+
+def _newer(a: str, b: str) -> bool:
+    """Stream id ``a`` is after ``b``."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
 @click.group()
@@ -102,9 +82,7 @@ def tail(
 ) -> None:
     """Print events from the stream (read-only: no consumer group, nothing acknowledged)."""
     start = parse_since(since) if since else None
-    settings = _load()
-    assert settings.redis_url is not None
-    client = redis_from_settings(settings, socket_timeout=_BLOCK_MS / 1000 + 5)
+    settings = settings_or_exit()
     stream = settings.events_stream
     printed = 0
 
@@ -116,39 +94,33 @@ def tail(
         if as_json:
             click.echo(fields.get(b"event", b"{}").decode())
         else:
-            click.echo(format_line(entry_id.decode(), fields))
+            click.echo(event_line(entry_id.decode(), fields))
         printed += 1
         return limit is None or printed < limit
 
-    try:
-        newest: Any = client.xrevrange(stream, count=1)
-        last_id = newest[0][0].decode() if newest else "0-0"
-        if start is not None:
-            history: Any = _history(client, stream, *start)
-        else:
-            history = reversed(client.xrevrange(stream, count=lines) if lines > 0 else [])  # type: ignore[arg-type]
-        for entry_id, fields in history:
-            if _newer(entry_id.decode(), last_id):
-                last_id = entry_id.decode()
-            if not emit(entry_id, fields):
-                return
-        while follow:
-            reply: Any = client.xread({stream: last_id}, count=_BATCH, block=_BLOCK_MS)
-            for entry_id, fields in reply[0][1] if reply else []:
-                last_id = entry_id.decode()
+    # The read timeout outlasts the XREAD block; connecting keeps the configured deadline.
+    with redis_or_exit(
+        settings,
+        socket_timeout=_BLOCK_MS / 1000 + 5,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    ) as client:
+        try:
+            newest: Any = client.xrevrange(stream, count=1)
+            last_id = newest[0][0].decode() if newest else "0-0"
+            if start is not None:
+                history: Any = _history(client, stream, *start)
+            else:
+                history = reversed(client.xrevrange(stream, count=lines) if lines > 0 else [])  # type: ignore[arg-type]
+            for entry_id, fields in history:
+                if _newer(entry_id.decode(), last_id):
+                    last_id = entry_id.decode()
                 if not emit(entry_id, fields):
                     return
-    except KeyboardInterrupt:
-        return
-    except redis.RedisError as exc:
-        click.echo(f"workfloo-bridge: Redis error: {type(exc).__name__}", err=True)
-        raise SystemExit(1) from None
-    finally:
-        client.close()
-
-
-def _newer(a: str, b: str) -> bool:
-    """Stream id ``a`` is after ``b``."""
-    ams, _, aseq = a.partition("-")
-    bms, _, bseq = b.partition("-")
-    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
+            while follow:
+                reply: Any = client.xread({stream: last_id}, count=_BATCH, block=_BLOCK_MS)
+                for entry_id, fields in reply[0][1] if reply else []:
+                    last_id = entry_id.decode()
+                    if not emit(entry_id, fields):
+                        return
+        except KeyboardInterrupt:
+            return

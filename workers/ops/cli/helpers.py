@@ -1,24 +1,81 @@
-"""Settings for a CLI command: validated, or one line on stderr and exit 2; then the process's logging."""
+"""What every command does the same way: settings, the Redis connection, output, and how it fails.
+
+Exit codes, the same for every command: 0 all good, 1 a problem was found (an unreachable dependency,
+a failed check or demo application, an unknown execution), 2 usage or configuration error. ``--json``
+prints one JSON document on stdout for scripts; human output goes to stdout too, diagnostics to stderr.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
 import click
+import orjson
+import redis
+from rich.console import Console
 
 from workers.core.log import configure_logging
+from workers.core.redis_client import RedisUrlError, redis_from_url
 from workers.core.settings import Settings, SettingsError, load_settings
+from workers.ops.checks import safe_url
 
+EXIT_OK = 0
+EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+
+REDIS_URL_NOT_SET = "REDIS_URL is not set (use `workfloo-bridge demo` for an embedded stack)"
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """One line on stderr, then exit: a traceback would bury the one thing the operator must fix."""
+    click.echo(f"workfloo-bridge: {message}", err=True)
+    raise SystemExit(code)
 
 
 def settings_or_exit(*, configure_logs: bool = True, need_redis: bool = False) -> Settings:
+    """Validated settings, or the setting's one-line message and exit 2; then the process's logging."""
     try:
         settings = load_settings()
     except SettingsError as exc:
-        click.echo(f"workfloo-bridge: {exc}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
+        fail(str(exc), EXIT_USAGE)
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     if need_redis and settings.redis_url is None:
-        click.echo("workfloo-bridge: REDIS_URL is not set", err=True)
-        raise SystemExit(EXIT_USAGE)
+        fail(REDIS_URL_NOT_SET, EXIT_USAGE)
     return settings
+
+
+@contextmanager
+def redis_or_exit(settings: Settings, **options: Any) -> Iterator[redis.Redis]:
+    """A client for ``REDIS_URL`` (any supported form), closed on the way out.
+
+    No URL or an unusable one exits 2. Redis failing while the block talks to it exits 1 with one line
+    naming the server (password hidden). ``options`` (timeouts) go to the client; without them the
+    client keeps redis-py's defaults, which RQ raises to what it needs.
+    """
+    if settings.redis_url is None:
+        fail(REDIS_URL_NOT_SET, EXIT_USAGE)
+    try:
+        client = redis_from_url(settings.redis_url, settings=settings, **options)
+    except (RedisUrlError, ValueError) as exc:
+        fail(f"invalid setting REDIS_URL: {exc}", EXIT_USAGE)
+    try:
+        yield client
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        fail(f"cannot reach Redis at {safe_url(settings.redis_url)}: {exc}", EXIT_PROBLEM)
+    except redis.RedisError as exc:
+        fail(f"Redis error: {type(exc).__name__}", EXIT_PROBLEM)
+    finally:
+        client.close()
+
+
+def console(**options: Any) -> Console:
+    """Plain text for pipes and logs: no guessed highlighting, no soft wrapping."""
+    return Console(highlight=False, soft_wrap=False, **options)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")

@@ -1,0 +1,31 @@
+"""``workfloo-bridge scheduler``: RQ's cron scheduler, which runs the reconciler sweep."""
+
+from __future__ import annotations
+
+import click
+
+from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
+
+
+@click.command()
+def scheduler() -> None:
+    """Run RQ's cron scheduler: the reconciler sweep every RECONCILE_INTERVAL_SECONDS."""
+    from rq.cron import CronScheduler
+
+    from workers.jobs.callbacks import job_options
+    from workers.jobs.reconcile import reconcile_open_executions
+
+    settings = settings_or_exit()
+    with redis_or_exit(settings) as connection:
+        cron = CronScheduler(connection=connection, logging_level=settings.log_level)
+        options = job_options(settings)
+        cron.register(
+            reconcile_open_executions,
+            queue_name=settings.bridge_queue,
+            interval=settings.reconcile_interval_seconds,
+            job_timeout=options["job_timeout"],
+            result_ttl=min(600, settings.job_result_ttl_seconds),
+            failure_ttl=options["failure_ttl"],
+            name="workfloo-reconcile",
+        )
+        cron.start()  # type: ignore[no-untyped-call]

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.core.errors import SettingsError
 from workers.core.subscriber_config import DEFAULT_RETRY_SCHEDULE, HttpSubscriber, RetrySchedule
 
 KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
@@ -24,17 +25,6 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redi
 
 CommaList = Annotated[list[str], NoDecode]
 SecretList = Annotated[list[SecretStr], NoDecode]
-
-
-class SettingsError(SystemExit):
-    """Raised when the environment holds an invalid setting; the message names the variable only."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _split_commas(value: Any) -> Any:

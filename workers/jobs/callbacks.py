@@ -17,6 +17,7 @@ from rq import Queue
 
 from workers.core import keys
 from workers.core.contract import RESEND_FUNCTION
+from workers.core.errors import KibanNotFoundError, TransientError
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger, redactor
 from workers.core.settings import Settings
@@ -24,9 +25,8 @@ from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
 from workers.jobs.handoff import Handoff
 from workers.jobs.outcome import TERMINAL_STATUSES, as_mapping, normalise
-from workers.jobs.retry import TransientError, guarded
+from workers.jobs.retry import guarded
 from workers.vendors.kiban.client import get_kiban_client
-from workers.vendors.kiban.errors import KibanNotFoundError
 from workers.vendors.kompliant.client import get_kompliant_client
 
 log = get_logger(__name__)

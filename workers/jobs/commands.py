@@ -20,15 +20,20 @@ import redis
 from rq import get_current_job
 
 from workers.core import keys
+from workers.core.errors import (
+    KibanConflictError,
+    KibanNipAlreadySentError,
+    KibanValidationError,
+    PermanentError,
+)
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
-from workers.jobs.retry import PermanentError, guarded, publish_action_failed, reason_of
+from workers.jobs.retry import guarded, publish_action_failed, reason_of
 from workers.runtime.worker import CRASH_REQUEUES
 from workers.vendors.kiban.client import get_kiban_client
-from workers.vendors.kiban.errors import KibanConflictError, KibanNipAlreadySent, KibanValidationError
 from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 
 log = get_logger(__name__)
@@ -111,7 +116,7 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
                     raise
         _checkpoint("form_submitted", True)
     if not done.get("nip_sent"):
-        with contextlib.suppress(KibanNipAlreadySent):  # sent by an earlier run of this job
+        with contextlib.suppress(KibanNipAlreadySentError):  # sent by an earlier run of this job
             kiban.send_nip(
                 execution_id,
                 url_callback=nip_callback_url(s, execution_id),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from workers.core.errors import SettingsError
 from workers.core.log import configure_logging
-from workers.core.settings import Settings, SettingsError, load_settings
+from workers.core.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 

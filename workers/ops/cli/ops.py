@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from workers.core import keys
-from workers.core.settings import Settings, SettingsError, load_settings
+from workers.core.errors import SettingsError
+from workers.core.settings import Settings, load_settings
 from workers.ops.cli.helpers import settings_or_exit
 
 EXIT_OK = 0
@@ -47,7 +48,8 @@ def _load(configure: bool = True) -> Settings:
 def _redis_or_exit(settings: Settings) -> redis.Redis:
     if settings.redis_url is None:
         _fail("REDIS_URL is not set (use `workfloo-bridge demo` for an embedded stack)", EXIT_USAGE)
-    from workers.core.redis_client import RedisUrlError, redis_from_url
+    from workers.core.errors import RedisUrlError
+    from workers.core.redis_client import redis_from_url
 
     timeout = max(settings.redis_timeout_seconds, 2.0)
     try:
@@ -296,7 +298,8 @@ def _is_local(host: str) -> bool:
 def check_redis(settings: Settings) -> CheckResult:
     if settings.redis_url is None:
         return CheckResult("redis", False, "REDIS_URL is not set, so there is nowhere to store events")
-    from workers.core.redis_client import RedisUrlError, redis_from_url
+    from workers.core.errors import RedisUrlError
+    from workers.core.redis_client import redis_from_url
 
     try:
         client = redis_from_url(
@@ -372,13 +375,13 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
     """workflow.get of an id that cannot exist: ENTITY_NOT_FOUND proves reachability and a valid signature."""
     import httpx
 
-    from workers.vendors.kompliant.client import KompliantClient
-    from workers.vendors.kompliant.errors import (
+    from workers.core.errors import (
         KompliantAuthError,
         KompliantError,
-        KompliantNotFound,
+        KompliantNotFoundError,
         KompliantRetryableError,
     )
+    from workers.vendors.kompliant.client import KompliantClient
 
     base = settings.kompliant_base_url
     try:
@@ -389,7 +392,7 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
         return CheckResult("kompliant", False, f"Kompliant credentials are unusable: {_reason(exc)}")
     try:
         client.get_workflow(DUMMY_KOMPLIANT_WORKFLOW)
-    except KompliantNotFound:
+    except KompliantNotFoundError:
         return CheckResult("kompliant", True, f"reachable at {base}, signature and credentials accepted")
     except KompliantAuthError as exc:
         return CheckResult(

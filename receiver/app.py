@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,11 +25,16 @@ from receiver.intake.rqjob import JobRecorder
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
 from workers.core.contract import JOB_FUNCTIONS
+from workers.core.errors import SettingsError
 from workers.core.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or get_settings()
+    try:
+        settings = settings or get_settings()
+    except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
+        print(f"workfloo-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     metrics = ReceiverMetrics()
     recorder = JobRecorder(settings.bridge_queue)
     # Build and verify the callback job scripts now: start-up fails if RQ's enqueue commands changed.

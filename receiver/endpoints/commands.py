@@ -15,6 +15,7 @@ named), 503 when Redis did not confirm the write.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -60,7 +61,7 @@ class CommandEndpoints:
         return await read_json_object(request, self.keys, self.limit, self.body_timeout, empty_ok=empty_ok)
 
     async def _enqueue(
-        self, request: Request, command_id: str, func: str, payload: dict[str, Any]
+        self, request: Request, command_id: str, func: str, payload: Mapping[str, Any]
     ) -> Response:
         intake: Intake = request.app.state.intake
         try:

@@ -222,7 +222,7 @@ def _payload(
     event_type_header: str | None,
     body: dict[str, Any],
 ) -> dict[str, Any]:
-    """A ``workers.core.contract.CallbackJob`` as a plain dict (built directly: this is the hot path)."""
+    """A ``workers.core.contract.CallbackPayload`` (built directly: this is the hot path)."""
     return {
         "event_id": event_id,
         "kind": kind,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -332,7 +332,7 @@ class Intake:
         await self.committer.stop()
 
     async def enqueue(
-        self, job_id: str, func: str, payload: dict[str, Any], *, description: str, stamp: str
+        self, job_id: str, func: str, payload: Mapping[str, Any], *, description: str, stamp: str
     ) -> bool:
         """True when the job was written, False when ``job_id`` was seen within the dedupe TTL.
         ``stamp`` (``rqjob.utc_stamp()``) is the job's created_at/enqueued_at and the dedupe value.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -85,7 +85,7 @@ class JobScript:
     static_keys: tuple[bytes, ...]
     serialize: Callable[[Any], bytes]
 
-    def data(self, payload: dict[str, Any]) -> bytes:
+    def data(self, payload: Mapping[str, Any]) -> bytes:
         """``Job.data`` as ``Job.to_dict`` stores it: serializer((func, None, args, kwargs)) in a zlib
         stream (RQ reads it with ``zlib.decompress``; see ``zlib_stored``)."""
         return zlib_stored(self.serialize((self.func, None, (payload,), {})))

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from workers.core.settings import KibanSettings, SettingsError, load_settings
+from workers.core.errors import SettingsError
+from workers.core.settings import KibanSettings, load_settings
 
 
 def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,15 +18,15 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
+from workers.core.errors import RedisUrlError, SettingsError
 from workers.core.redis_client import (
-    RedisUrlError,
     SentinelTarget,
     async_redis_from_url,
     parse_sentinel_url,
     redis_from_settings,
     redis_from_url,
 )
-from workers.core.settings import Settings, SettingsError, load_settings
+from workers.core.settings import Settings, load_settings
 from workers.sandbox.redis_server import find_redis_server, free_port
 
 # --- parsing --------------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from workers.core import keys
+from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event, EventType
 from workers.core.settings import Settings, get_settings, load_settings
 from workers.fanout import webhooks as subscribers
 from workers.fanout.publisher import Publisher
-from workers.fanout.webhooks import DestinationRefused, forbidden_reason, next_delay, resolve_destination
+from workers.fanout.webhooks import forbidden_reason, next_delay, resolve_destination
 from workers.sandbox.serving import ServerThread
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -276,7 +277,7 @@ def test_global_allow_private_setting_allows_loopback(
     ],
 )
 def test_ssrf_guard_refuses_non_public_addresses(url: str) -> None:
-    with pytest.raises(DestinationRefused):
+    with pytest.raises(DestinationRefusedError):
         resolve_destination(url, allow_private=False)
     assert resolve_destination(url, allow_private=True).port in (80, 8080)
 
@@ -304,7 +305,7 @@ def test_retry_delay_has_bounded_jitter_and_respects_retry_after() -> None:
 
 
 def test_subscriber_config_is_validated() -> None:
-    from workers.core.settings import SettingsError
+    from workers.core.errors import SettingsError
 
     with pytest.raises(SettingsError, match="BRIDGE_HTTP_SUBSCRIBERS"):
         load_settings(bridge_http_subscribers=[{"url": "ftp://x", "secret": SECRET}])

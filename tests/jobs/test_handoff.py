@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import redis
 
+from workers.core.errors import PermanentError
 from workers.core.events import EventType
 from workers.core.settings import Settings, load_settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import state
 from workers.jobs.handoff import Handoff
 from workers.jobs.outcome import Applicant
-from workers.jobs.retry import PermanentError
 from workers.sandbox.fakes import kompliant as fake
 from workers.sandbox.serving import ServerThread
 from workers.vendors.kompliant.client import KompliantClient

@@ -71,7 +71,7 @@ def test_field_ids_are_settings() -> None:
 
 
 def test_bad_nip_pattern_is_refused_at_start_up() -> None:
-    from workers.core.settings import SettingsError
+    from workers.core.errors import SettingsError
 
     try:
         load_settings(nip_invalid_destination_patterns="unknown,(unclosed")

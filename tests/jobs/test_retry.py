@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.jobs.retry import PermanentError, RetryPolicy, TransientError, is_retryable, reason_of
+from workers.core.errors import BridgeError, KompliantError, PermanentError, TransientError
+from workers.jobs.retry import RetryPolicy, is_retryable, reason_of
 
 
 def policy(**overrides: float) -> RetryPolicy:
@@ -42,7 +43,7 @@ def test_attempt_budget_counts_the_first_run() -> None:
 
 
 def test_only_flagged_errors_retry() -> None:
-    class Flagged(Exception):
+    class Flagged(BridgeError):
         retryable = True
 
     assert is_retryable(TransientError("later"))
@@ -52,12 +53,13 @@ def test_only_flagged_errors_retry() -> None:
 
 
 def test_reason_is_redacted() -> None:
-    class VendorLike(Exception):
-        status_code = 400
-        code = "ACCOUNT_CONFIGURATION_VIOLATION"
-        sub_code = "DUPLICATE_EMAIL"
-
-    reason = reason_of(VendorLike("email ana@example.com already used"))
+    error = KompliantError(
+        "email ana@example.com already used",
+        status_code=400,
+        code="ACCOUNT_CONFIGURATION_VIOLATION",
+        sub_code="DUPLICATE_EMAIL",
+    )
+    reason = reason_of(error)
     assert "ana@example.com" not in reason
     assert "http 400" in reason and "ACCOUNT_CONFIGURATION_VIOLATION/DUPLICATE_EMAIL" in reason
 

@@ -2,18 +2,20 @@
 
 The receiver validates every callback body with the schemas below and enqueues one ordinary RQ job per
 accepted delivery: job id = ``event_id``, function = ``JOB_FUNCTIONS[kind]`` (a dotted path, so the
-receiver never imports job code), one positional argument = a ``CallbackJob`` as a JSON-able dict.
-Job functions read it back with ``CallbackJob.model_validate(payload)``.
+receiver never imports job code), one positional argument = a ``CallbackPayload``. Commands of internal
+services are built by ``start_command``/``validate_command``/``resend_command`` (the HTTP endpoints and
+the Python API share them). Payloads are ``TypedDict``s: plain JSON-able dicts at run time (nothing is
+validated twice on the hot path), checked by mypy on both sides.
 
 Vendor gaps (``API-NOTES.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored by the
-schemas but kept in ``CallbackJob.body``, which is the JSON object exactly as received).
+schemas but kept in ``CallbackPayload["body"]``, the JSON object exactly as received).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,9 +30,12 @@ JOB_FUNCTIONS: Final[dict[str, str]] = {
 }
 """Dotted path of the RQ job function for each callback kind."""
 
-EXECUTION_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""Accepted execution and link ids. Kiban's are 24 hex digits; this is liberal but safe to embed in keys,
-RQ job ids and URLs."""
+ID_PATTERN: Final = r"[A-Za-z0-9_-]{1,64}"
+"""Accepted execution and link ids (use with ``fullmatch``, or anchored: ``f"^{ID_PATTERN}$"``). Kiban's
+docs show 24-hex and UUID ids, both fit; liberal, yet safe to embed in keys, RQ job ids and URLs."""
+
+EXECUTION_ID_RE: Final = re.compile(ID_PATTERN)
+"""``ID_PATTERN`` compiled; ``EXECUTION_ID_RE.fullmatch(value)`` is the one id check."""
 
 FINISHED_BODY_ID_FIELDS: Final = ("id", "workflooId", "idWorkfloo", "executionId")
 """JSON body keys that may carry the execution id on ``POST /v1/kiban/finished``, in lookup order."""
@@ -45,17 +50,17 @@ class NipEventBody(BaseModel):
 
     event: NipEventName
     date: str = Field(min_length=1, max_length=64)
-    linkId: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    linkId: str | None = Field(default=None, pattern=f"^{ID_PATTERN}$")
     errorMessage: str | None = Field(default=None, max_length=4096)
 
 
 class StatusWebhookBody(BaseModel):
     """Execution status webhook: Kiban's ``WorkflooStatus`` object (assumption K1). Only the fields the
-    receiver needs are checked; the rest (``form``, ``link``, …) passes through in ``CallbackJob.body``."""
+    receiver needs are checked; the rest (``form``, ``link``, …) passes through in the payload's body."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    id: str = Field(pattern=f"^{ID_PATTERN}$")
     status: str = Field(min_length=1, max_length=64)
     name: str | None = None
     currentNodeId: str | None = None
@@ -63,18 +68,21 @@ class StatusWebhookBody(BaseModel):
     currentNodeType: str | None = None
 
 
-class CallbackJob(BaseModel):
+class CallbackPayload(TypedDict):
     """The single positional argument of every callback job."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    event_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    event_id: str
+    """Deterministic delivery id (``nip_event_id`` …), also the RQ job id."""
     kind: CallbackKind
     execution_id: str | None
-    link_id: str | None = None
+    """None for a NIP callback whose link id was not known yet (the job resolves it)."""
+    link_id: str | None
     received_at: str
-    event_type_header: str | None = None
+    """ISO-8601 UTC stamp of the receiver's accept."""
+    event_type_header: str | None
+    """``X-Kiban-Event-Type`` of a status webhook, truncated."""
     body: dict[str, Any]
+    """The callback's JSON object exactly as received."""
 
 
 def _digest(*parts: str) -> str:
@@ -120,13 +128,39 @@ def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
     return f"cmd-{kind}-{str(ULID()).lower()}"
 
 
-def start_command(command_id: str, form: dict[str, Any], scenario_id: str | None) -> dict[str, Any]:
+class StartCommand(TypedDict):
+    """Argument of ``START_FUNCTION``: execute a workfloo, submit ``form``, send the NIP."""
+
+    command_id: str
+    form: dict[str, Any]
+    scenario_id: str | None
+
+
+class ValidateNipCommand(TypedDict):
+    """Argument of ``VALIDATE_FUNCTION``. The NIP itself waits under a short-TTL key named by
+    ``nip_ref``: it never sits in a job payload."""
+
+    command_id: str
+    execution_id: str
+    nip_ref: str
+
+
+class ResendNipCommand(TypedDict):
+    """Argument of ``RESEND_FUNCTION``: from a caller (``command_id``, no ``resend``) or scheduled by
+    the NIP ERROR handling (``resend`` = the resend number, no ``command_id``)."""
+
+    command_id: str | None
+    execution_id: str
+    resend: int | None
+
+
+def start_command(command_id: str, form: dict[str, Any], scenario_id: str | None) -> StartCommand:
     return {"command_id": command_id, "form": dict(form), "scenario_id": scenario_id}
 
 
-def validate_command(command_id: str, execution_id: str) -> dict[str, Any]:
+def validate_command(command_id: str, execution_id: str) -> ValidateNipCommand:
     return {"command_id": command_id, "execution_id": execution_id, "nip_ref": command_id}
 
 
-def resend_command(command_id: str, execution_id: str) -> dict[str, Any]:
+def resend_command(command_id: str, execution_id: str) -> ResendNipCommand:
     return {"command_id": command_id, "execution_id": execution_id, "resend": None}

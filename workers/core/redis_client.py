@@ -31,6 +31,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
+from workers.core.errors import RedisUrlError
 from workers.core.settings import Settings
 
 DEFAULT_SENTINEL_PORT = 26379
@@ -52,10 +53,6 @@ TLS_OPTIONS = frozenset(
 )
 _SENTINEL_ONLY = frozenset({"sentinel_username", "sentinel_password"})
 _CERT_REQS = frozenset({"none", "optional", "required"})
-
-
-class RedisUrlError(ValueError):
-    """The URL cannot be understood; the message never contains the password."""
 
 
 @dataclass(frozen=True)

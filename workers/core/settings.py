@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.core.errors import SettingsError
 from workers.core.events import matches
 
 KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
@@ -42,17 +43,6 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's key prefix, not a secret
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h."""
-
-
-class SettingsError(SystemExit):
-    """Raised when the environment holds an invalid setting; the message names the variable only."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _split_commas(value: Any) -> Any:

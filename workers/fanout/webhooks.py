@@ -31,6 +31,7 @@ from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
 
 from workers.core import keys
+from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
 from workers.core.log import get_logger
 from workers.core.redis_client import redis_from_settings
@@ -49,10 +50,6 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 # --- SSRF guard ------------------------------------------------------------------------------------
-
-
-class DestinationRefused(Exception):
-    """The subscriber URL resolves to an address the SSRF guard does not allow."""
 
 
 def forbidden_reason(ip: IPAddress) -> str | None:
@@ -94,24 +91,24 @@ def resolve_destination(url: str, *, allow_private: bool) -> Target:
     parts = urlsplit(url)
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host:
-        raise DestinationRefused("not an absolute http(s) URL")
+        raise DestinationRefusedError("not an absolute http(s) URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise DestinationRefused(f"cannot resolve host: {exc.strerror}") from None
+        raise DestinationRefusedError(f"cannot resolve host: {exc.strerror}") from None
     addresses: list[IPAddress] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise DestinationRefused("host resolves to no address")
+        raise DestinationRefusedError("host resolves to no address")
     if not allow_private:
         for address in addresses:
             reason = forbidden_reason(address)
             if reason:
-                raise DestinationRefused(f"address {address} is {reason}")
+                raise DestinationRefusedError(f"address {address} is {reason}")
     return Target(parts.scheme, host, port, addresses[0])
 
 
@@ -231,7 +228,7 @@ def attempt_delivery(
     """One signed POST to the subscriber's checked address; never raises for network errors."""
     try:
         target = resolve_destination(subscriber.url, allow_private=allow_private)
-    except DestinationRefused as exc:
+    except DestinationRefusedError as exc:
         return AttemptResult(None, None, f"refused: {exc}")
     url = httpx.URL(subscriber.url)
     headers = {

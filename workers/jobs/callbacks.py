@@ -1,4 +1,4 @@
-"""Jobs for Kiban callbacks (enqueued by the receiver, payload = ``workers.core.contract.CallbackJob`` dict).
+"""Jobs for Kiban callbacks (enqueued by the receiver; argument = ``workers.core.contract.CallbackPayload``).
 
 Each job first publishes ``callback.received`` (``once_key`` = the delivery's ``event_id``), then the
 specific events, then the next action. Kiban may repeat, reorder or drop callbacks, so every effect is
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from rq import Queue
 
 from workers.core import keys
-from workers.core.contract import RESEND_FUNCTION
+from workers.core.contract import RESEND_FUNCTION, CallbackPayload, ResendNipCommand
+from workers.core.errors import KibanNotFoundError, TransientError
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger, redactor
 from workers.core.settings import Settings
@@ -24,9 +25,8 @@ from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
 from workers.jobs.handoff import Handoff
 from workers.jobs.outcome import TERMINAL_STATUSES, as_mapping, normalise
-from workers.jobs.retry import TransientError, guarded
+from workers.jobs.retry import guarded
 from workers.vendors.kiban.client import get_kiban_client
-from workers.vendors.kiban.errors import KibanNotFoundError
 from workers.vendors.kompliant.client import get_kompliant_client
 
 log = get_logger(__name__)
@@ -41,25 +41,32 @@ NIP_EVENT_TYPES = {
 FINISH_FUNCTION = "workers.jobs.callbacks.finish_execution"
 
 
+class FinishCommand(TypedDict):
+    """Argument of ``FINISH_FUNCTION`` (enqueued by the reconciler)."""
+
+    execution_id: str
+    trigger: str
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _received(
-    publisher: Publisher, payload: dict[str, Any], execution_id: str | None, detail: str | None
+    publisher: Publisher, payload: CallbackPayload, execution_id: str | None, detail: str | None
 ) -> None:
     data: dict[str, Any] = {
-        "kind": payload.get("kind"),
-        "event_id": payload.get("event_id"),
-        "received_at": payload.get("received_at"),
-        "event_type": payload.get("event_type_header"),
+        "kind": payload["kind"],
+        "event_id": payload["event_id"],
+        "received_at": payload["received_at"],
+        "event_type": payload["event_type_header"],
         "detail": detail,
     }
-    if payload.get("link_id"):
-        data["link_id"] = payload.get("link_id")
+    if payload["link_id"]:
+        data["link_id"] = payload["link_id"]
     publisher.publish(
         Event(type=EventType.CALLBACK_RECEIVED, execution_id=execution_id, source=Source.KIBAN, data=data),
-        once_key=str(payload.get("event_id")),
+        once_key=payload["event_id"],
     )
 
 
@@ -80,30 +87,30 @@ def destination_invalid(message: str | None, patterns: list[str]) -> bool:
     return any(re.search(pattern, message, re.IGNORECASE) for pattern in patterns)
 
 
-def handle_nip_event(payload: dict[str, Any]) -> Any:
+def handle_nip_event(payload: CallbackPayload) -> Any:
     conn, s = connection(), settings()
-    execution_id = payload.get("execution_id")
-    link_id = payload.get("link_id") or (payload.get("body") or {}).get("linkId")
+    execution_id = payload["execution_id"]
+    link_id = payload["link_id"] or payload["body"].get("linkId")
     if not execution_id and link_id:
         execution_id = state.resolve_link(conn, str(link_id))
     return guarded(conn, s, "nip_event", execution_id, lambda: _nip_event(conn, s, payload, execution_id))
 
 
 def _nip_event(
-    conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None
+    conn: redis.Redis, s: Settings, payload: CallbackPayload, execution_id: str | None
 ) -> dict[str, Any]:
     publisher = Publisher(conn, s)
-    body: dict[str, Any] = payload.get("body") or {}
+    body = payload["body"]
     event = str(body.get("event") or "").upper()
     _received(publisher, payload, execution_id, event or None)
     if not execution_id:
-        log.warning("nip_event_unattributed", event_id=payload.get("event_id"))
+        log.warning("nip_event_unattributed", event_id=payload["event_id"])
         return {"execution_id": None, "event": event}
-    link_id = payload.get("link_id") or body.get("linkId")
+    link_id = payload["link_id"] or body.get("linkId")
     if link_id:
         state.map_link(conn, str(link_id), execution_id)
     state.touch_open(conn, execution_id)
-    date = str(body.get("date") or payload.get("event_id"))
+    date = str(body.get("date") or payload["event_id"])
     return apply_nip_event(
         conn, s, publisher, execution_id, event, date, body.get("errorMessage"), link_id, Source.KIBAN
     )
@@ -202,7 +209,7 @@ def _resend_decision(
 
 def _schedule_resend(conn: redis.Redis, s: Settings, execution_id: str, number: int) -> None:
     queue = Queue(s.bridge_queue, connection=conn)
-    command = {"execution_id": execution_id, "resend": number, "command_id": None}
+    command: ResendNipCommand = {"execution_id": execution_id, "resend": number, "command_id": None}
     job_id = f"nip-resend-{execution_id}-{number}"
     delay = s.nip_resend_delay_seconds
     if delay > 0:
@@ -215,18 +222,17 @@ def _schedule_resend(conn: redis.Redis, s: Settings, execution_id: str, number: 
 # --- execution status webhook -------------------------------------------------------------------
 
 
-def handle_status(payload: dict[str, Any]) -> Any:
+def handle_status(payload: CallbackPayload) -> Any:
     conn, s = connection(), settings()
-    body: dict[str, Any] = payload.get("body") or {}
-    execution_id = payload.get("execution_id") or body.get("id")
+    execution_id = payload["execution_id"] or payload["body"].get("id")
     return guarded(conn, s, "status", execution_id, lambda: _status(conn, s, payload, execution_id))
 
 
 def _status(
-    conn: redis.Redis, s: Settings, payload: dict[str, Any], execution_id: str | None
+    conn: redis.Redis, s: Settings, payload: CallbackPayload, execution_id: str | None
 ) -> dict[str, Any]:
     publisher = Publisher(conn, s)
-    body: dict[str, Any] = payload.get("body") or {}
+    body = payload["body"]
     status = str(body.get("status") or "").upper()
     _received(publisher, payload, execution_id, status or None)
     if not execution_id:
@@ -246,9 +252,9 @@ def _status(
         Event(
             type=EventType.WORKFLOO_STATUS_CHANGED, execution_id=execution_id, source=Source.KIBAN,
             data={"status": status or None, "node_type": node_type, "node_name": body.get("currentNodeName"),
-                  "nip_phase": phase, "event_type": payload.get("event_type_header")},
+                  "nip_phase": phase, "event_type": payload["event_type_header"]},
         ),
-        once_key=f"status:{payload.get('event_id')}",
+        once_key=f"status:{payload['event_id']}",
         state_key=_key(execution_id),
         state_fields=fields or None,
     )  # fmt: skip
@@ -262,10 +268,9 @@ def _status(
 # --- end-of-workfloo API step, and the finish path shared with the reconciler --------------------
 
 
-def handle_finished(payload: dict[str, Any]) -> Any:
+def handle_finished(payload: CallbackPayload) -> Any:
     conn, s = connection(), settings()
-    body = payload.get("body") or {}
-    execution_id = payload.get("execution_id") or (body.get("id") if isinstance(body, dict) else None)
+    execution_id = payload["execution_id"] or payload["body"].get("id")
 
     def run() -> dict[str, Any]:
         _received(Publisher(conn, s), payload, execution_id, "finished")
@@ -276,11 +281,11 @@ def handle_finished(payload: dict[str, Any]) -> Any:
     return guarded(conn, s, "finished", execution_id, run)
 
 
-def finish_execution(command: dict[str, Any]) -> Any:
+def finish_execution(command: FinishCommand) -> Any:
     """The finish path as its own job (the reconciler enqueues it for executions it found terminal)."""
     conn, s = connection(), settings()
-    execution_id = str(command["execution_id"])
-    trigger = str(command.get("trigger") or "reconciler")
+    execution_id = command["execution_id"]
+    trigger = command["trigger"] or "reconciler"
     return guarded(conn, s, "finish", execution_id, lambda: finish(conn, s, execution_id, trigger=trigger))
 
 

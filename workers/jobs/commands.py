@@ -20,15 +20,21 @@ import redis
 from rq import get_current_job
 
 from workers.core import keys
+from workers.core.contract import ResendNipCommand, StartCommand, ValidateNipCommand
+from workers.core.errors import (
+    KibanConflictError,
+    KibanNipAlreadySentError,
+    KibanValidationError,
+    PermanentError,
+)
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
-from workers.jobs.retry import PermanentError, guarded, publish_action_failed, reason_of
+from workers.jobs.retry import guarded, publish_action_failed, reason_of
 from workers.runtime.worker import CRASH_REQUEUES
 from workers.vendors.kiban.client import get_kiban_client
-from workers.vendors.kiban.errors import KibanConflictError, KibanNipAlreadySent, KibanValidationError
 from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 
 log = get_logger(__name__)
@@ -62,20 +68,20 @@ def _checkpoints() -> dict[str, Any]:
 # --- start an application -----------------------------------------------------------------------
 
 
-def start_application(command: dict[str, Any]) -> Any:
+def start_application(command: StartCommand) -> Any:
     conn, s = connection(), settings()
     return guarded(conn, s, "start_application", None, lambda: _start(conn, s, command))
 
 
-def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str, Any]:
+def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, Any]:
     if not s.kiban_workfloo_definition_id:
         raise PermanentError("KIBAN_WORKFLOO_DEFINITION_ID is not set")
     kiban = get_kiban_client(s)
     publisher = Publisher(conn, s)
     done = _checkpoints()
-    command_id = command.get("command_id")
-    scenario = command.get("scenario_id") or None
-    form: dict[str, Any] = dict(command.get("form") or {})
+    command_id = command["command_id"]
+    scenario = command["scenario_id"] or None
+    form = dict(command["form"])
 
     execution_id = done.get("execution_id")
     if not execution_id:
@@ -89,7 +95,7 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
     state.set_fields(
         conn,
         execution_id,
-        {state.COMMAND_ID: str(command_id or ""), state.CREATED_AT: datetime.now(UTC).isoformat()},
+        {state.COMMAND_ID: command_id or "", state.CREATED_AT: datetime.now(UTC).isoformat()},
     )
     state.touch_open(conn, execution_id, refresh=False)
     publisher.publish(
@@ -111,7 +117,7 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
                     raise
         _checkpoint("form_submitted", True)
     if not done.get("nip_sent"):
-        with contextlib.suppress(KibanNipAlreadySent):  # sent by an earlier run of this job
+        with contextlib.suppress(KibanNipAlreadySentError):  # sent by an earlier run of this job
             kiban.send_nip(
                 execution_id,
                 url_callback=nip_callback_url(s, execution_id),
@@ -125,14 +131,16 @@ def _start(conn: redis.Redis, s: Settings, command: dict[str, Any]) -> dict[str,
 # --- validate a NIP -----------------------------------------------------------------------------
 
 
-def validate_nip(command: dict[str, Any]) -> Any:
+def validate_nip(command: ValidateNipCommand) -> Any:
     conn, s = connection(), settings()
-    execution_id = str(command["execution_id"])
+    execution_id = command["execution_id"]
     return guarded(conn, s, "validate_nip", execution_id, lambda: _validate(conn, s, command, execution_id))
 
 
-def _validate(conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str) -> dict[str, Any]:
-    ref = str(command["nip_ref"])
+def _validate(
+    conn: redis.Redis, s: Settings, command: ValidateNipCommand, execution_id: str
+) -> dict[str, Any]:
+    ref = command["nip_ref"]
     nip = state.take_nip(conn, ref)
     if nip is None:
         raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
@@ -166,16 +174,16 @@ def _past_the_nip_step(status: WorkflooStatus) -> bool:
 
 
 def _validated(
-    conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str, ref: str, phase: str
+    conn: redis.Redis, s: Settings, command: ValidateNipCommand, execution_id: str, ref: str, phase: str
 ) -> dict[str, Any]:
     state.drop_nip(conn, ref)
     Publisher(conn, s).publish(
         Event(
             type=EventType.NIP_VALIDATED,
             execution_id=execution_id,
-            data={"phase": phase, "command_id": command.get("command_id")},
+            data={"phase": phase, "command_id": command["command_id"]},
         ),
-        once_key=f"nip-validated:{execution_id}:{command.get('command_id')}",
+        once_key=f"nip-validated:{execution_id}:{command['command_id']}",
         state_key=keys.execution(execution_id),
         state_fields={state.NIP_PHASE: phase} if phase else None,
     )
@@ -185,14 +193,14 @@ def _validated(
 # --- resend a NIP -------------------------------------------------------------------------------
 
 
-def resend_nip(command: dict[str, Any]) -> Any:
+def resend_nip(command: ResendNipCommand) -> Any:
     conn, s = connection(), settings()
-    execution_id = str(command["execution_id"])
+    execution_id = command["execution_id"]
     return guarded(conn, s, "resend_nip", execution_id, lambda: _resend(conn, s, command, execution_id))
 
 
-def _resend(conn: redis.Redis, s: Settings, command: dict[str, Any], execution_id: str) -> dict[str, Any]:
-    number = command.get("resend")
+def _resend(conn: redis.Redis, s: Settings, command: ResendNipCommand, execution_id: str) -> dict[str, Any]:
+    number = command["resend"]
     marker = f"nip_resent:{number}" if number else None
     known = state.load(conn, execution_id)
     if marker and known.get(marker) == "1":
@@ -202,13 +210,13 @@ def _resend(conn: redis.Redis, s: Settings, command: dict[str, Any], execution_i
     get_kiban_client(s).resend_nip(
         execution_id, url_callback=nip_callback_url(s, execution_id), api_key_callback=callback_key(s)
     )
-    once = f"nip-resent:{execution_id}:{number or command.get('command_id')}"
+    once = f"nip-resent:{execution_id}:{number or command['command_id']}"
     Publisher(conn, s).publish(
         Event(
             type=EventType.NIP_RESENT,
             execution_id=execution_id,
             source=Source.BRIDGE,
-            data={"resend": number, "command_id": command.get("command_id")},
+            data={"resend": number, "command_id": command["command_id"]},
         ),
         once_key=once,
         state_key=keys.execution(execution_id),

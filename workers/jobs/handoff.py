@@ -29,15 +29,14 @@ from dataclasses import dataclass
 import redis
 
 from workers.core import keys
+from workers.core.errors import KompliantError, PermanentError, TransientError
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import state
 from workers.jobs.outcome import Applicant
-from workers.jobs.retry import PermanentError, TransientError
 from workers.vendors.kompliant.client import KompliantClient
-from workers.vendors.kompliant.errors import KompliantError
 
 log = get_logger(__name__)
 

@@ -27,7 +27,7 @@ from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
-from workers.jobs.callbacks import FINISH_FUNCTION, apply_link_events, job_options
+from workers.jobs.callbacks import FINISH_FUNCTION, FinishCommand, apply_link_events, job_options
 from workers.jobs.outcome import as_mapping
 from workers.vendors.kiban.client import get_kiban_client
 
@@ -71,9 +71,10 @@ def sweep(conn: redis.Redis, s: Settings, now: float | None = None) -> dict[str,
             _defer(conn, s, execution_id, now)
             continue
         if status.is_terminal:
+            command: FinishCommand = {"execution_id": execution_id, "trigger": "reconciler"}
             queue.enqueue(
                 FINISH_FUNCTION,
-                {"execution_id": execution_id, "trigger": "reconciler"},
+                command,
                 job_id=f"finish-{execution_id}",
                 **job_options(s),
             )

@@ -1,10 +1,11 @@
 """Retry policy for worker jobs: exponential backoff with full jitter and a cap, ``Retry-After`` honoured.
 
-Only errors that say they are retryable (``VendorError.retryable`` or a ``TransientError``) are retried,
-by *returning* ``rq.Retry`` from the job (RQ 3 re-schedules the same job id after the interval, so the
-job needs a worker started with the scheduler). Anything else, or a retryable error once
+Only a ``BridgeError`` whose ``retryable`` is true (a ``TransientError``, a vendor's 429/5xx/timeout…)
+and Redis connection trouble are retried, by *returning* ``rq.Retry`` from the job (RQ 3 re-schedules
+the same job id after the interval, so the job needs a worker started with the scheduler); the error's
+``retry_after`` is the floor of the wait. Anything else, or a retryable error once
 ``retry_max_attempts`` is used up, publishes ``action.failed`` with the reason and raises
-``JobFailed``: RQ moves the job into its ``FailedJobRegistry`` (the dead-letter list ``dlq`` shows).
+``JobFailedError``: RQ moves the job into its ``FailedJobRegistry`` (the dead-letter list ``dlq`` shows).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import redis
 from rq import Retry, get_current_job
 
+from workers.core.errors import BridgeError, JobFailedError, KompliantError, VendorError
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger, redactor
 from workers.core.settings import Settings
@@ -24,27 +26,6 @@ from workers.core.settings import Settings
 T = TypeVar("T")
 
 log = get_logger(__name__)
-
-
-class TransientError(Exception):
-    """A condition worth retrying that is not a vendor error (e.g. Kiban not terminal yet, lock busy)."""
-
-    retryable = True
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PermanentError(Exception):
-    """A condition retrying cannot fix (bad input, missing data): dead-letter at once."""
-
-    retryable = False
-    retry_after: float | None = None
-
-
-class JobFailed(Exception):
-    """Raised to move a job into RQ's FailedJobRegistry; the message is the (redacted) reason."""
 
 
 @dataclass(frozen=True)
@@ -82,17 +63,16 @@ class RetryPolicy:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for vendor errors flagged retryable, ``TransientError`` and Redis connection trouble."""
+    """True for a ``BridgeError`` flagged retryable and for Redis connection trouble."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return True
-    return bool(getattr(exc, "retryable", False)) and not isinstance(exc, PermanentError)
+    return isinstance(exc, BridgeError) and exc.retryable
 
 
 def reason_of(exc: BaseException) -> str:
     """A short, redacted reason for events and the dead-letter list."""
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "code", None)
-    sub_code = getattr(exc, "sub_code", None)
+    status = exc.status_code if isinstance(exc, VendorError) else None
+    code, sub_code = (exc.code, exc.sub_code) if isinstance(exc, KompliantError) else (None, None)
     parts = [type(exc).__name__]
     if status:
         parts.append(f"http {status}")
@@ -158,7 +138,7 @@ def guarded(
     execution_id: str | None,
     body: Callable[[], T],
 ) -> T | Retry:
-    """Run ``body`` under the retry policy; return its value, an ``rq.Retry``, or raise ``JobFailed``."""
+    """Run ``body`` under the retry policy; return its value, an ``rq.Retry``, or raise ``JobFailedError``."""
     policy = RetryPolicy.from_settings(settings)
     attempt = current_attempt()
     try:
@@ -167,7 +147,7 @@ def guarded(
         retryable = is_retryable(exc)
         reason = reason_of(exc)
         if retryable and policy.can_retry(attempt):
-            retry_after = getattr(exc, "retry_after", None)
+            retry_after = exc.retry_after if isinstance(exc, BridgeError) else None
             delay = policy.delay(attempt, retry_after)
             log.warning(
                 "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
@@ -183,7 +163,7 @@ def guarded(
             retryable=retryable, attempts=attempt + 1,
         )  # fmt: skip
         prefix = "retries exhausted: " if retryable else "permanent: "
-        raise JobFailed(prefix + reason) from exc
+        raise JobFailedError(prefix + reason) from exc
 
 
 def _interval(delay: float, honour_floor: bool = False) -> Any:

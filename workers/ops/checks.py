@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from workers.core.redis_client import RedisUrlError, redis_from_url
+from workers.core.redis_client import redis_from_url
 from workers.core.settings import Settings
 
 DUMMY_KIBAN_ID = "000000000000000000000000"
@@ -98,7 +98,7 @@ def check_redis(settings: Settings) -> CheckResult:
         client = redis_from_url(
             settings.redis_url, settings=settings, socket_timeout=3, socket_connect_timeout=3
         )
-    except (RedisUrlError, ValueError) as exc:
+    except ValueError as exc:  # RedisUrlError, and redis-py's own URL parsing errors
         return CheckResult("redis", False, f"REDIS_URL cannot be used: {_reason(exc)}")
     try:
         client.ping()
@@ -168,13 +168,13 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
     """workflow.get of an id that cannot exist: ENTITY_NOT_FOUND proves reachability and a valid signature."""
     import httpx
 
-    from workers.vendors.kompliant.client import KompliantClient
-    from workers.vendors.kompliant.errors import (
+    from workers.core.errors import (
         KompliantAuthError,
         KompliantError,
-        KompliantNotFound,
+        KompliantNotFoundError,
         KompliantRetryableError,
     )
+    from workers.vendors.kompliant.client import KompliantClient
 
     base = settings.kompliant_base_url
     try:
@@ -185,7 +185,7 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
         return CheckResult("kompliant", False, f"Kompliant credentials are unusable: {_reason(exc)}")
     try:
         client.get_workflow(DUMMY_KOMPLIANT_WORKFLOW)
-    except KompliantNotFound:
+    except KompliantNotFoundError:
         return CheckResult("kompliant", True, f"reachable at {base}, signature and credentials accepted")
     except KompliantAuthError as exc:
         return CheckResult(

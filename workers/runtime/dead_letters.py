@@ -48,7 +48,7 @@ def _reason(job: Job) -> str:
     if not lines:
         return "unknown"
     last = lines[-1]
-    for prefix in ("workers.jobs.retry.JobFailed: ", "JobFailed: "):
+    for prefix in ("workers.core.errors.JobFailedError: ", "JobFailedError: "):
         if last.startswith(prefix):
             return last[len(prefix) :]
     return last[:500]

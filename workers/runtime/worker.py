@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -38,6 +39,7 @@ from rq.scripts import release_lock
 from rq.utils import import_attribute, now, parse_composite_key, utcparse
 from rq.worker import WorkerStatus
 
+from workers.core.errors import SettingsError
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -136,7 +138,11 @@ class _BridgeWorkerMixin:
     queues: list[Queue]
 
     def _configure(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        s = get_settings()
+        try:
+            s = get_settings()
+        except SettingsError as exc:  # `rq worker -w workers.runtime.worker.…`: one line, exit 2
+            print(f"workfloo-bridge: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         self._bridge_settings = s
         if kwargs.get("worker_ttl") in (None, DEFAULT_WORKER_TTL):
             kwargs["worker_ttl"] = s.worker_ttl_seconds

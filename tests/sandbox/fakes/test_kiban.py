@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from workers.core.errors import KibanValidationError
 from workers.sandbox.fakes.delivery import wait_until
 from workers.sandbox.fakes.kiban import UNKNOWN_DESTINATION, create_app
-from workers.vendors.kiban import KibanValidationError
 
 if TYPE_CHECKING:
     from tests.support.vendor_rigs import KibanRig

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from workers.core.errors import (
+    KompliantBadRequestError,
+    KompliantConfigurationViolationError,
+    KompliantRuleViolationError,
+)
 from workers.sandbox.fakes.delivery import wait_until
 from workers.sandbox.fakes.kompliant import DEFAULT_API_KEY, DEFAULT_AUTH_TOKEN, DEFAULT_SECRET_KEY
-from workers.vendors.kompliant import (
-    KompliantBadRequest,
-    KompliantConfigurationViolation,
-    KompliantRuleViolation,
-)
 from workers.vendors.kompliant.signing import KSig1Signer
 
 if TYPE_CHECKING:
@@ -53,17 +53,17 @@ def test_success_envelope_shape(kompliant: KompliantRig) -> None:
 def test_type_rules(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
     person = client.create_subject_record("PERSON")
-    with pytest.raises(KompliantRuleViolation) as wrong_type:
+    with pytest.raises(KompliantRuleViolationError) as wrong_type:
         client.create_business_application(email="a@example.com", subject_record_id=person)
     assert wrong_type.value.sub_code == "INVALID_SUBJECT_RECORD_TYPE"
-    with pytest.raises(KompliantRuleViolation) as system_type:
+    with pytest.raises(KompliantRuleViolationError) as system_type:
         client.create_workflow("BUSINESS_UNDERWRITING")
     assert system_type.value.sub_code == "INVALID_WORKFLOW_TYPE"
     provisioning = client.create_account_provisioning()
-    with pytest.raises(KompliantRuleViolation) as update:
+    with pytest.raises(KompliantRuleViolationError) as update:
         client.update_workflow(provisioning.workflow_id, {"business_application_details": {}})
     assert update.value.sub_code == "INVALID_WORKFLOW_TYPE"
-    with pytest.raises(KompliantBadRequest):
+    with pytest.raises(KompliantBadRequestError):
         client.create_workflow("NOT_A_TYPE")
 
 
@@ -71,7 +71,7 @@ def test_update_keeps_email_unique(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
     client.create_business_application(email="taken@example.com")
     other = client.create_business_application(email="free@example.com")
-    with pytest.raises(KompliantConfigurationViolation) as caught:
+    with pytest.raises(KompliantConfigurationViolationError) as caught:
         client.update_workflow(
             other.workflow_id,
             {"business_application_details": {"applying_user": {"email": "taken@example.com"}}},

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from workers.core.settings import Settings
-from workers.vendors.kiban import (
+from workers.core.errors import (
     KibanAuthError,
     KibanConflictError,
     KibanError,
-    KibanNipAlreadySent,
+    KibanNipAlreadySentError,
     KibanNotFoundError,
     KibanRetryableError,
     KibanValidationError,
-    WorkflooStatus,
 )
+from workers.core.settings import Settings
+from workers.vendors.kiban import WorkflooStatus
 from workers.vendors.kiban.client import KibanClient, get_kiban_client
 from workers.vendors.kiban.errors import parse_error_body
 
@@ -178,7 +178,7 @@ def test_form_twice_is_a_conflict(kiban: KibanRig) -> None:
     execution_id = _to_link(kiban, client)
     with pytest.raises(KibanConflictError) as caught:
         client.submit_form(execution_id, FORM)
-    assert not isinstance(caught.value, KibanNipAlreadySent)
+    assert not isinstance(caught.value, KibanNipAlreadySentError)
 
 
 def test_missing_definition_parses_the_envelope(kiban: KibanRig) -> None:
@@ -198,7 +198,7 @@ def test_nip_sent_twice_is_already_sent(kiban: KibanRig) -> None:
     client = kiban.make_client()
     execution_id = _to_link(kiban, client)
     client.send_nip(execution_id)
-    with pytest.raises(KibanNipAlreadySent) as caught:
+    with pytest.raises(KibanNipAlreadySentError) as caught:
         client.send_nip(execution_id)
     assert isinstance(caught.value, KibanConflictError)
     assert caught.value.status_code == 400 and not caught.value.retryable
@@ -218,7 +218,7 @@ def test_other_400_on_nip_send_is_not_already_sent(kiban: KibanRig) -> None:
     execution_id = client.execute("def-1", scenario_id="approved")  # still on FORM
     with pytest.raises(KibanValidationError) as caught:
         client.send_nip(execution_id)
-    assert not isinstance(caught.value, KibanNipAlreadySent)
+    assert not isinstance(caught.value, KibanNipAlreadySentError)
     assert caught.value.type_error == "STEP_ERROR"
 
 
@@ -361,17 +361,17 @@ def _mocked(handler, **kwargs) -> KibanClient:  # type: ignore[no-untyped-def]
 
 def test_bare_400_on_nip_send_is_already_sent_by_setting() -> None:
     client = _mocked(lambda request: httpx.Response(400))
-    with pytest.raises(KibanNipAlreadySent):
+    with pytest.raises(KibanNipAlreadySentError):
         client.send_nip("657118e1d511b6e54fe2a969")
     strict = _mocked(lambda request: httpx.Response(400), nip_send_bare_400_is_sent=False)
     with pytest.raises(KibanValidationError) as caught:
         strict.send_nip("657118e1d511b6e54fe2a969")
-    assert not isinstance(caught.value, KibanNipAlreadySent)
+    assert not isinstance(caught.value, KibanNipAlreadySentError)
 
 
 def test_marker_text_in_any_body_shape_means_already_sent() -> None:
     client = _mocked(lambda request: httpx.Response(400, text="Error: NIP previously sent"))
-    with pytest.raises(KibanNipAlreadySent):
+    with pytest.raises(KibanNipAlreadySentError):
         client.send_nip("657118e1d511b6e54fe2a969")
 
 

@@ -22,7 +22,7 @@ from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS30Validator
 
-from workers.vendors.kiban import KibanError
+from workers.core.errors import KibanError
 
 if TYPE_CHECKING:
     from tests.support.vendor_rigs import KibanRig

@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from workers.core.errors import (
+    KompliantAuthError,
+    KompliantBadRequestError,
+    KompliantConfigurationViolationError,
+    KompliantNotFoundError,
+    KompliantRetryableError,
+    KompliantRuleViolationError,
+)
 from workers.core.settings import Settings
 from workers.sandbox.fakes.kompliant import DEFAULT_ACCOUNT_ID
 from workers.vendors.kompliant import (
-    KompliantAuthError,
-    KompliantBadRequest,
     KompliantClient,
-    KompliantConfigurationViolation,
-    KompliantNotFound,
-    KompliantRetryableError,
-    KompliantRuleViolation,
     business_application_details,
     get_kompliant_client,
 )
@@ -72,7 +74,7 @@ def test_subject_record_and_account_provisioning(kompliant: KompliantRig) -> Non
 def test_second_application_on_a_subject_record_is_a_rule_violation(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
     first = client.create_business_application(email="d@example.com")
-    with pytest.raises(KompliantRuleViolation) as caught:
+    with pytest.raises(KompliantRuleViolationError) as caught:
         client.create_business_application(email="e@example.com", subject_record_id=first.subject_record_id)
     error = caught.value
     assert (error.code, error.sub_code, error.entity_type) == (
@@ -87,7 +89,7 @@ def test_second_application_on_a_subject_record_is_a_rule_violation(kompliant: K
 def test_duplicate_email_is_a_configuration_violation(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
     client.create_business_application(email="dup@example.com")
-    with pytest.raises(KompliantConfigurationViolation) as caught:
+    with pytest.raises(KompliantConfigurationViolationError) as caught:
         client.create_business_application(email="DUP@example.com")
     assert caught.value.has_sub_code("duplicate_email") and not caught.value.retryable
 
@@ -104,35 +106,35 @@ def test_start_twice_and_update_after_start(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
     created = client.create_business_application(email="f@example.com")
     client.start_workflow(created.workflow_id)
-    with pytest.raises(KompliantRuleViolation) as started:
+    with pytest.raises(KompliantRuleViolationError) as started:
         client.start_workflow(created.workflow_id)
     assert started.value.sub_code == "WORKFLOW_STARTED"
-    with pytest.raises(KompliantRuleViolation) as update:
+    with pytest.raises(KompliantRuleViolationError) as update:
         client.update_workflow(created.workflow_id, business_application_details(first_name="x"))
     assert update.value.sub_code == "WORKFLOW_STARTED"
     kompliant.state.end_workflow(created.workflow_id)
-    with pytest.raises(KompliantRuleViolation) as ended:
+    with pytest.raises(KompliantRuleViolationError) as ended:
         client.start_workflow(created.workflow_id)
     assert ended.value.sub_code == "WORKFLOW_ENDED"
 
 
 def test_not_found_is_entity_not_found(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
-    with pytest.raises(KompliantNotFound) as caught:
+    with pytest.raises(KompliantNotFoundError) as caught:
         client.get_workflow("w_doesnotexist")
     assert caught.value.code == "ENTITY_NOT_FOUND" and caught.value.status_code == 400
-    with pytest.raises(KompliantNotFound):
+    with pytest.raises(KompliantNotFoundError):
         client.list_workflows("sr_doesnotexist")
-    with pytest.raises(KompliantNotFound):
+    with pytest.raises(KompliantNotFoundError):
         kompliant.make_client(account_id="sb_other").create_subject_record()
 
 
 def test_bad_request(kompliant: KompliantRig) -> None:
     client = kompliant.make_client()
-    with pytest.raises(KompliantBadRequest) as caught:
+    with pytest.raises(KompliantBadRequestError) as caught:
         client.create_business_application(email="not-an-email")
     assert caught.value.code == "BAD_REQUEST" and not caught.value.retryable
-    with pytest.raises(KompliantBadRequest):
+    with pytest.raises(KompliantBadRequestError):
         client.create_workflow("BUSINESS_APPLICATION")  # details required
     with pytest.raises(ValueError, match="100"):
         client.create_business_application(email="g@example.com", referrer_value="x" * 101)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from workers.core.settings import SettingsError, load_settings
+from workers.core.errors import SettingsError
+from workers.core.settings import load_settings
 from workers.ops.cli.helpers import EXIT_USAGE, fail
 
 

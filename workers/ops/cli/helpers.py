@@ -17,9 +17,10 @@ import orjson
 import redis
 from rich.console import Console
 
+from workers.core.errors import SettingsError
 from workers.core.log import configure_logging
-from workers.core.redis_client import RedisUrlError, redis_from_url
-from workers.core.settings import Settings, SettingsError, load_settings
+from workers.core.redis_client import redis_from_url
+from workers.core.settings import Settings, load_settings
 from workers.ops.checks import safe_url
 
 EXIT_OK = 0
@@ -60,7 +61,7 @@ def redis_or_exit(settings: Settings, **options: Any) -> Iterator[redis.Redis]:
         fail(REDIS_URL_NOT_SET, EXIT_USAGE)
     try:
         client = redis_from_url(settings.redis_url, settings=settings, **options)
-    except (RedisUrlError, ValueError) as exc:
+    except ValueError as exc:  # RedisUrlError, and redis-py's own URL parsing errors
         fail(f"invalid setting REDIS_URL: {exc}", EXIT_USAGE)
     try:
         yield client

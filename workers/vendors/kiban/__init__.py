@@ -1,16 +1,6 @@
-"""Kiban workfloo client, typed models and errors."""
+"""Kiban workfloo client and typed models (its exceptions live in ``workers.core.errors``)."""
 
 from workers.vendors.kiban.client import KibanClient, get_kiban_client
-from workers.vendors.kiban.errors import (
-    FieldError,
-    KibanAuthError,
-    KibanConflictError,
-    KibanError,
-    KibanNipAlreadySent,
-    KibanNotFoundError,
-    KibanRetryableError,
-    KibanValidationError,
-)
 from workers.vendors.kiban.models import (
     LinkEvent,
     LinkStatus,
@@ -23,15 +13,7 @@ from workers.vendors.kiban.models import (
 )
 
 __all__ = [
-    "FieldError",
-    "KibanAuthError",
     "KibanClient",
-    "KibanConflictError",
-    "KibanError",
-    "KibanNipAlreadySent",
-    "KibanNotFoundError",
-    "KibanRetryableError",
-    "KibanValidationError",
     "LinkEvent",
     "LinkStatus",
     "NipEventStatus",

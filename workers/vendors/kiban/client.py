@@ -1,7 +1,7 @@
 """Sync client for the Kiban workfloo API (``kiban-workfloo.openapi.yaml``).
 
 One pooled ``httpx.Client`` per client; ``get_kiban_client(settings)`` caches one client per process.
-No retries here: every failure is classified into ``workers.vendors.kiban.errors`` and raised; the RQ job
+No retries here: every failure is classified into ``workers.core.errors`` and raised; the RQ job
 layer decides whether to try again (``VendorError.retryable`` / ``retry_after``).
 """
 
@@ -14,21 +14,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from workers.core.errors import parse_retry_after
-from workers.core.log import get_logger
-from workers.core.settings import Settings
-from workers.vendors.http import ProcessLocal
-from workers.vendors.kiban.errors import (
+from workers.core.errors import (
     ErrorBody,
     KibanAuthError,
     KibanConflictError,
     KibanError,
-    KibanNipAlreadySent,
+    KibanNipAlreadySentError,
     KibanNotFoundError,
     KibanRetryableError,
     KibanValidationError,
-    parse_error_body,
+    parse_retry_after,
 )
+from workers.core.log import get_logger
+from workers.core.settings import Settings
+from workers.vendors.http import ProcessLocal
+from workers.vendors.kiban.errors import parse_error_body
 from workers.vendors.kiban.models import (
     ExecuteResult,
     NipPhase,
@@ -159,7 +159,7 @@ class KibanClient:
         country_code: str | None = None,
         phone_number: str | None = None,
     ) -> None:
-        """Send the NIP. ``KibanNipAlreadySent`` when Kiban says it was sent before (job code: success)."""
+        """Send the NIP. ``KibanNipAlreadySentError`` when Kiban says it was sent before (jobs: success)."""
         headers = _nip_headers(url_callback, api_key_callback)
         body = _phone_body(country_code, phone_number)
         self._call(
@@ -312,7 +312,7 @@ class KibanClient:
             return KibanConflictError(message, **common)
         if status == 400:
             if operation == "sendWorkflooNip" and self._nip_already_sent(response, body):
-                return KibanNipAlreadySent(message, **common)
+                return KibanNipAlreadySentError(message, **common)
             return KibanValidationError(message, **common)
         if status == 408:
             return KibanRetryableError(message, retryable=True, **common)

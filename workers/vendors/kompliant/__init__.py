@@ -1,31 +1,15 @@
-"""Kompliant client, KSig1 signing, models and errors."""
+"""Kompliant client, KSig1 signing and models (its exceptions live in ``workers.core.errors``)."""
 
 from workers.vendors.kompliant.client import (
     KompliantClient,
     business_application_details,
     get_kompliant_client,
 )
-from workers.vendors.kompliant.errors import (
-    KompliantAuthError,
-    KompliantBadRequest,
-    KompliantConfigurationViolation,
-    KompliantError,
-    KompliantNotFound,
-    KompliantRetryableError,
-    KompliantRuleViolation,
-)
 from workers.vendors.kompliant.models import CreatedWorkflow, Workflow, WorkflowState, WorkflowType
 
 __all__ = [
     "CreatedWorkflow",
-    "KompliantAuthError",
-    "KompliantBadRequest",
     "KompliantClient",
-    "KompliantConfigurationViolation",
-    "KompliantError",
-    "KompliantNotFound",
-    "KompliantRetryableError",
-    "KompliantRuleViolation",
     "Workflow",
     "WorkflowState",
     "WorkflowType",

@@ -12,16 +12,16 @@ from typing import Any
 
 import httpx
 
-from workers.core.errors import parse_retry_after
-from workers.core.log import get_logger
-from workers.core.settings import Settings
-from workers.vendors.http import ProcessLocal
-from workers.vendors.kompliant.errors import (
-    ERROR_CLASSES,
+from workers.core.errors import (
     KompliantAuthError,
     KompliantError,
     KompliantRetryableError,
+    parse_retry_after,
 )
+from workers.core.log import get_logger
+from workers.core.settings import Settings
+from workers.vendors.http import ProcessLocal
+from workers.vendors.kompliant.errors import ERROR_CLASSES
 from workers.vendors.kompliant.models import CreatedWorkflow, Workflow, WorkflowType
 from workers.vendors.kompliant.signing import KSig1Signer
 

@@ -129,3 +129,32 @@ def test_sigterm_right_after_registration_is_a_clean_stop(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert Worker.all(connection=redis_client) == []
+
+
+def test_a_child_forked_before_rqs_handlers_still_dies_on_sigterm(redis_client: redis.Redis) -> None:
+    """RQ forks its scheduler after ``bootstrap`` and before it installs its own signal handlers, so the
+    scheduler inherits the early-signal handler. On a stop in that window the worker SIGTERMs the
+    scheduler and joins it: the child must die as it would without the bridge, or the join hangs."""
+    from workers.runtime.worker import BridgeSimpleWorker
+
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.bootstrap()
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # stands in for the scheduler before RQScheduler.work() installs its handlers
+            os.write(ready_write, b"up")
+            time.sleep(10)
+            os._exit(0)
+        os.close(ready_write)
+        assert os.read(ready_read, 2) == b"up"  # past the interpreter's own after-fork set-up
+        os.close(ready_read)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert worker._early_stop is False  # the child's signal is not the worker's stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        worker.teardown()

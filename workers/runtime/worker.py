@@ -25,6 +25,7 @@ Every RQ hook overridden here, and all RQ state touched, is listed (and pinned b
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 import time
@@ -76,9 +77,18 @@ class _BridgeWorkerMixin:
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ hook. RQ installs its SIGTERM/SIGINT handlers only after registering and starting the
         scheduler; a signal in that window killed the process outright. Remember it instead, and stop
-        cleanly (warm shutdown, nothing taken) as soon as RQ's handlers are in place."""
+        cleanly (warm shutdown, nothing taken) as soon as RQ's handlers are in place.
+
+        The scheduler process is forked inside that window and inherits the handler; until it installs
+        its own, a signal to it takes RQ's default action (death), or the worker's teardown, which
+        SIGTERMs and joins the scheduler, would wait for it forever."""
+        worker_pid = os.getpid()
 
         def remember(signum: int, frame: Any) -> None:
+            if os.getpid() != worker_pid:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
             self._early_stop = True
 
         signal.signal(signal.SIGTERM, remember)

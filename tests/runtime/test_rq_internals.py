@@ -44,6 +44,12 @@ def test_rqs_work_loop_still_calls_the_hooks() -> None:
         "self.get_heartbeat_ttl(",
     ):
         assert call in source, call
+    work = inspect.getsource(BaseWorker.work)
+    order = [
+        work.index(step)
+        for step in ("self.bootstrap(", "self._start_scheduler(", "self._install_signal_handlers()")
+    ]
+    assert order == sorted(order), "the early-signal window no longer spans the scheduler's fork"
     simple = inspect.getsource(SimpleWorker.execute_job)
     assert "prepare_execution" in simple and "perform_job" in simple
 

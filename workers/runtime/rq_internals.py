@@ -8,7 +8,9 @@ listed in ``OVERRIDDEN_HOOKS``:
   maintenance step, between jobs and after each idle dequeue timeout; the reaper runs there;
 * ``BaseWorker.get_heartbeat_ttl(job, working_time)``: the TTL of the job's started-registry entry;
 * ``BaseWorker.bootstrap`` and ``BaseWorker._install_signal_handlers``: the window before RQ's signal
-  handlers exist; ``request_warm_stop`` sets the ``_stop_requested`` flag the loop checks before a dequeue;
+  handlers exist; ``request_warm_stop`` sets the ``_stop_requested`` flag the loop checks before a dequeue.
+  ``work()`` forks the scheduler (``_start_scheduler``) inside that window, so the scheduler inherits the
+  early-signal handler;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 

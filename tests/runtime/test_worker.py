@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
 from workers.runtime.reaper import CRASH_REQUEUES
+from workers.runtime.worker import BridgeSimpleWorker
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 QUEUE = "workfloo"
@@ -135,8 +136,6 @@ def test_a_child_forked_before_rqs_handlers_still_dies_on_sigterm(redis_client: 
     """RQ forks its scheduler after ``bootstrap`` and before it installs its own signal handlers, so the
     scheduler inherits the early-signal handler. On a stop in that window the worker SIGTERMs the
     scheduler and joins it: the child must die as it would without the bridge, or the join hangs."""
-    from workers.runtime.worker import BridgeSimpleWorker
-
     worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

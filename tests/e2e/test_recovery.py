@@ -10,7 +10,7 @@ from rq.job import Job, JobStatus
 from tests.support.workers_stack import Bridge, wait_for
 from workers.core.events import EventType as T
 from workers.jobs import state
-from workers.runtime.worker import CRASH_REQUEUES
+from workers.runtime.reaper import CRASH_REQUEUES
 
 
 def test_sigkill_mid_handoff_finishes_elsewhere_with_one_application(bare_bridge: Bridge) -> None:

@@ -1,5 +1,6 @@
-"""Crash recovery: a job whose worker process group is SIGKILLed mid-job runs again, same id, well
-within 30 s, on another worker; a job that keeps killing workers is dead-lettered."""
+"""Crash recovery end to end: a job whose worker process group is SIGKILLed mid-job runs again, same id,
+well within 30 s, on another worker; scheduled jobs outlive the scheduler's holder; an early SIGTERM is a
+clean stop. The reaper's decisions are in test_reaper.py."""
 
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 
-from workers.core.settings import load_settings
-from workers.runtime import dead_letters as dlq
-from workers.runtime.worker import CRASH_REQUEUES, RQ_CLEANUP_MARGIN_SECONDS, build_worker, reap_abandoned
+from workers.runtime.reaper import CRASH_REQUEUES
+from workers.runtime.worker import BridgeSimpleWorker
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 QUEUE = "workfloo"
@@ -93,75 +92,6 @@ def test_sigkilled_worker_job_finishes_on_another_worker(
     assert Job.fetch("crash-me", connection=redis_client).meta[CRASH_REQUEUES] == 1
 
 
-def test_poison_job_is_dead_lettered_after_max_requeues(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
-    job = queue.enqueue("time.sleep", 1, job_id="poison")
-    # Pretend a worker took it and died: STARTED, with an expired heartbeat entry.
-    job.set_status(JobStatus.STARTED)
-    redis_client.lrem(queue.key, 0, job.id)
-    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() - 5})
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=1, settings=load_settings()) == ["poison"]
-    assert redis_client.lrange(queue.key, 0, -1) == [b"poison"]
-    # It "kills" its worker again.
-    redis_client.lrem(queue.key, 0, job.id)
-    job.set_status(JobStatus.STARTED)
-    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec2": time.time() - 5})
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=1, settings=load_settings()) == []
-    letters = dlq.list_dead_letters(redis_client, QUEUE)
-    assert [letter.job_id for letter in letters] == ["poison"]
-    assert "abandoned 2 times" in letters[0].reason
-
-
-def test_job_killed_before_it_was_marked_started_is_requeued(redis_client: redis.Redis) -> None:
-    """SIGKILL between RQ's prepare_execution (started-registry entry) and prepare_job_execution (status
-    STARTED): the job is QUEUED, in the intermediate list and in no queue. It must be requeued, not left
-    for RQ's intermediate-queue clean-up to fail (found by tests/resilience/test_worker_crash.py)."""
-    queue = Queue(QUEUE, connection=redis_client)
-    job = queue.enqueue("time.sleep", 1, job_id="half-started")
-    redis_client.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")
-    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() - 5})
-    assert job.get_status(refresh=True) == JobStatus.QUEUED
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=load_settings()) == ["half-started"]
-    assert redis_client.lrange(queue.key, 0, -1) == [b"half-started"]
-    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
-    # A QUEUED job that is still in its queue is not touched (nothing to recover).
-    other = queue.enqueue("time.sleep", 1, job_id="waiting")
-    redis_client.zadd(queue.started_job_registry.key, {f"{other.id}:exec1": time.time() - 5})
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=load_settings()) == []
-    assert redis_client.lrange(queue.key, 0, -1).count(b"waiting") == 1
-
-
-def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
-    job = queue.enqueue("time.sleep", 1, job_id="alive")
-    job.set_status(JobStatus.STARTED)
-    beat_expires = time.time() + 30  # the last heartbeat is still valid for 30 s
-    redis_client.zadd(
-        queue.started_job_registry.key, {f"{job.id}:exec1": beat_expires + RQ_CLEANUP_MARGIN_SECONDS}
-    )
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3) == []
-
-
-def test_rq_registry_cleanup_leaves_a_dead_workers_job_to_the_reaper(redis_client: redis.Redis) -> None:
-    """RQ's ``StartedJobRegistry.cleanup`` (run by any ``count``, and by RQ's maintenance in every worker)
-    fails an expired entry's job; a dead bridge worker's job must be requeued by the reaper instead."""
-    settings = load_settings()
-    worker = build_worker(redis_client, settings)
-    queue = Queue(QUEUE, connection=redis_client)
-    job = queue.enqueue("time.sleep", 1, job_id="orphan")
-    job.set_status(JobStatus.STARTED)
-    redis_client.lrem(queue.key, 0, job.id)
-    # The worker's last heartbeat, written long enough ago that the worker counts as dead (by 5 s).
-    last_beat = time.time() - settings.worker_heartbeat_seconds - settings.worker_heartbeat_grace_seconds - 5
-    ttl = worker.get_heartbeat_ttl(job)
-    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": last_beat + ttl})
-    assert queue.started_job_registry.count == 1  # runs RQ's cleanup: the entry must survive it
-    assert job.get_status(refresh=True) == JobStatus.STARTED
-    assert FailedJobRegistry(QUEUE, connection=redis_client).count == 0
-    assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings) == ["orphan"]
-    assert redis_client.lrange(queue.key, 0, -1) == [b"orphan"]
-
-
 def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
     redis_url: str, redis_client: redis.Redis, spawn: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -200,3 +130,30 @@ def test_sigterm_right_after_registration_is_a_clean_stop(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert Worker.all(connection=redis_client) == []
+
+
+def test_a_child_forked_before_rqs_handlers_still_dies_on_sigterm(redis_client: redis.Redis) -> None:
+    """RQ forks its scheduler after ``bootstrap`` and before it installs its own signal handlers, so the
+    scheduler inherits the early-signal handler. On a stop in that window the worker SIGTERMs the
+    scheduler and joins it: the child must die as it would without the bridge, or the join hangs."""
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.bootstrap()
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # stands in for the scheduler before RQScheduler.work() installs its handlers
+            os.write(ready_write, b"up")
+            time.sleep(10)
+            os._exit(0)
+        os.close(ready_write)
+        assert os.read(ready_read, 2) == b"up"  # past the interpreter's own after-fork set-up
+        os.close(ready_read)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert worker._early_stop is False  # the child's signal is not the worker's stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        worker.teardown()

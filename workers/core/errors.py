@@ -1,4 +1,5 @@
-"""Every exception the bridge raises on purpose, in one tree, and the ``Retry-After`` parser.
+"""Every exception the bridge raises on purpose, in one tree (``Retry-After`` is parsed in
+``workers.vendors.http``).
 
 The retry layer (``workers.jobs.retry``) reads ``retryable`` and ``retry_after`` off any ``BridgeError``;
 anything else is a bug and dead-letters at once. Vendor clients never retry: they classify the failure
@@ -33,10 +34,7 @@ Hierarchy:
 
 from __future__ import annotations
 
-import email.utils
-import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 
@@ -263,31 +261,3 @@ class KompliantRetryableError(KompliantError):
     """429, 5xx, timeouts and connection failures."""
 
     retryable = True
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
-
-    Returns None when absent or unparseable; a date in the past gives 0.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if math.isnan(seconds) or math.isinf(seconds):
-            return None
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now or datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())

@@ -33,7 +33,7 @@ from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
 from workers.jobs.retry import guarded, publish_action_failed, reason_of
-from workers.runtime.worker import CRASH_REQUEUES
+from workers.runtime.reaper import CRASH_REQUEUES
 from workers.vendors.kiban.client import get_kiban_client
 from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 

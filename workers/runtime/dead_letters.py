@@ -1,7 +1,7 @@
 """Dead letters: RQ's ``FailedJobRegistry`` of the bridge queue, listed and replayed.
 
 A job lands there when it raised a permanent error, used up its retries, or kept killing workers
-(``workers.runtime.worker.reap_abandoned``). Replay requeues the **same job id** (so the job's own idempotency
+(``workers.runtime.reaper.reap_abandoned``). Replay requeues the **same job id** (so the job's own idempotency
 keys still apply), with its retry count reset; ``dlq_replays`` in the job's meta gives the replayed run a
 fresh ``action.failed`` once-key.
 """
@@ -18,7 +18,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers.runtime.worker import CRASH_REQUEUES
+from workers.runtime.reaper import CRASH_REQUEUES
 
 
 @dataclass(frozen=True)

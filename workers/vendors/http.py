@@ -1,13 +1,64 @@
-"""Objects that own sockets (pooled HTTP clients), shared within one process and never across a fork."""
+"""HTTP plumbing both vendor clients share: how their ``httpx.Client`` is built, the per-process cache
+of clients (pooled sockets must never cross a fork), and the ``Retry-After`` parser.
+
+The vendor settings (``VENDOR_CONNECT_TIMEOUT_SECONDS``, ``VENDOR_READ_TIMEOUT_SECONDS``,
+``VENDOR_MAX_CONNECTIONS``) are read here only, so the two clients cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import email.utils
+import math
 import os
 import threading
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from workers.core.settings import Settings
 
 T = TypeVar("T")
+C = TypeVar("C")
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+"""For a client built without settings (tests, the CLI): the settings' defaults."""
+
+DEFAULT_MAX_CONNECTIONS = 20
+
+
+def timeout_from_settings(settings: Settings) -> httpx.Timeout:
+    """Connect timeout, and the read timeout for read, write and pool waits alike."""
+    read = settings.vendor_read_timeout_seconds
+    return httpx.Timeout(connect=settings.vendor_connect_timeout_seconds, read=read, write=read, pool=read)
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """The ``timeout`` and ``max_connections`` keyword arguments of a vendor client's constructor."""
+    return {"timeout": timeout_from_settings(settings), "max_connections": settings.vendor_max_connections}
+
+
+def vendor_http_client(
+    base_url: str,
+    headers: Mapping[str, str],
+    *,
+    timeout: httpx.Timeout | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    transport: httpx.BaseTransport | None = None,
+    event_hooks: Mapping[str, list[Any]] | None = None,
+) -> httpx.Client:
+    """A keep-alive pool of ``max_connections`` to one vendor; redirects are never followed (a vendor
+    redirect is an error to classify, not a place to send credentials)."""
+    return httpx.Client(
+        base_url=base_url,
+        headers=dict(headers),
+        timeout=timeout or DEFAULT_TIMEOUT,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=transport,
+        event_hooks=dict(event_hooks or {}),
+        follow_redirects=False,
+    )
 
 
 class ProcessLocal(Generic[T]):
@@ -31,3 +82,55 @@ class ProcessLocal(Generic[T]):
                 item = factory()
                 self._items[(pid, key)] = item
             return item
+
+
+class SharedClients(Generic[C]):
+    """One vendor client per process for each distinct configuration.
+
+    ``identity(settings)`` names the vendor settings the client is built from (URL, credentials, flags);
+    the shared HTTP settings are added to the key here, so a change to any of them builds a new client.
+    """
+
+    def __init__(
+        self, build: Callable[[Settings], C], identity: Callable[[Settings], tuple[Hashable, ...]]
+    ) -> None:
+        self._build = build
+        self._identity = identity
+        self._cache: ProcessLocal[C] = ProcessLocal()
+
+    def get(self, settings: Settings) -> C:
+        key = (
+            *self._identity(settings),
+            settings.vendor_connect_timeout_seconds,
+            settings.vendor_read_timeout_seconds,
+            settings.vendor_max_connections,
+        )
+        return self._cache.get(key, lambda: self._build(settings))
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    Returns None when absent or unparseable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isnan(seconds) or math.isinf(seconds):
+            return None
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())

@@ -1,6 +1,7 @@
 """Sync client for the Kiban workfloo API (``kiban-workfloo.openapi.yaml``).
 
-One pooled ``httpx.Client`` per client; ``get_kiban_client(settings)`` caches one client per process.
+One pooled ``httpx.Client`` per client (``workers.vendors.http``); ``get_kiban_client(settings)`` caches one
+client per process.
 No retries here: every failure is classified into ``workers.core.errors`` and raised; the RQ job
 layer decides whether to try again (``VendorError.retryable`` / ``retry_after``).
 """
@@ -8,7 +9,7 @@ layer decides whether to try again (``VendorError.retryable`` / ``retry_after``)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,11 +24,16 @@ from workers.core.errors import (
     KibanNotFoundError,
     KibanRetryableError,
     KibanValidationError,
-    parse_retry_after,
 )
 from workers.core.log import get_logger
 from workers.core.settings import Settings
-from workers.vendors.http import ProcessLocal
+from workers.vendors.http import (
+    DEFAULT_MAX_CONNECTIONS,
+    SharedClients,
+    parse_retry_after,
+    pool_options,
+    vendor_http_client,
+)
 from workers.vendors.kiban.errors import parse_error_body
 from workers.vendors.kiban.models import (
     ExecuteResult,
@@ -42,11 +48,6 @@ log = get_logger(__name__)
 API = "/api/v1/workfloo"
 
 
-def _timeout(settings: Settings) -> httpx.Timeout:
-    read = settings.vendor_read_timeout_seconds
-    return httpx.Timeout(connect=settings.vendor_connect_timeout_seconds, read=read, write=read, pool=read)
-
-
 class KibanClient:
     """Every workfloo operation the bridge needs. Methods take the execution id first."""
 
@@ -59,7 +60,7 @@ class KibanClient:
         sandbox_host: str = "sandbox.workfloo.kiban.com",
         default_scenario_id: str = "",
         timeout: httpx.Timeout | None = None,
-        max_connections: int = 20,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         nip_sent_markers: Sequence[str] = ("previously sent", "already sent", "NIP_ALREADY_SENT"),
         nip_send_bare_400_is_sent: bool = True,
         transport: httpx.BaseTransport | None = None,
@@ -73,14 +74,13 @@ class KibanClient:
         self.default_scenario_id = default_scenario_id
         self._nip_markers = [m.lower() for m in nip_sent_markers if m]
         self._bare_400_is_sent = nip_send_bare_400_is_sent
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={"x-api-key": api_key, "accept": "application/json"},
-            timeout=timeout or httpx.Timeout(10.0, connect=3.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self._http = vendor_http_client(
+            self.base_url,
+            {"x-api-key": api_key, "accept": "application/json"},
+            timeout=timeout,
+            max_connections=max_connections,
             transport=transport,
-            event_hooks=dict(event_hooks or {}),
-            follow_redirects=False,
+            event_hooks=event_hooks,
         )
 
     @classmethod
@@ -91,8 +91,7 @@ class KibanClient:
             "sandbox": settings.kiban_sandbox,
             "sandbox_host": settings.kiban_sandbox_host,
             "default_scenario_id": settings.kiban_scenario_id,
-            "timeout": _timeout(settings),
-            "max_connections": settings.vendor_max_connections,
+            **pool_options(settings),
             "nip_sent_markers": settings.kiban_nip_sent_markers,
             "nip_send_bare_400_is_sent": settings.kiban_nip_send_bare_400_is_sent,
         }
@@ -160,10 +159,13 @@ class KibanClient:
         phone_number: str | None = None,
     ) -> None:
         """Send the NIP. ``KibanNipAlreadySentError`` when Kiban says it was sent before (jobs: success)."""
-        headers = _nip_headers(url_callback, api_key_callback)
-        body = _phone_body(country_code, phone_number)
-        self._call(
-            "sendWorkflooNip", "PATCH", f"{API}/{_id(execution_id)}/nip/send", json=body, headers=headers
+        self._nip_delivery(
+            "sendWorkflooNip",
+            f"{API}/{_id(execution_id)}/nip/send",
+            url_callback=url_callback,
+            api_key_callback=api_key_callback,
+            country_code=country_code,
+            phone_number=phone_number,
         )
 
     def resend_nip(
@@ -175,12 +177,35 @@ class KibanClient:
         country_code: str | None = None,
         phone_number: str | None = None,
     ) -> NipResendStatus:
-        headers = _nip_headers(url_callback, api_key_callback)
-        body = _phone_body(country_code, phone_number)
-        response = self._call(
-            "resendWorkflooNip", "PATCH", f"{API}/{_id(execution_id)}/nip/resend", json=body, headers=headers
+        """Send the NIP again (same options as ``send_nip``); returns the phase and where it went."""
+        response = self._nip_delivery(
+            "resendWorkflooNip",
+            f"{API}/{_id(execution_id)}/nip/resend",
+            url_callback=url_callback,
+            api_key_callback=api_key_callback,
+            country_code=country_code,
+            phone_number=phone_number,
         )
         return NipResendStatus.model_validate(self._json(response, "resendWorkflooNip"))
+
+    def _nip_delivery(
+        self,
+        operation: str,
+        path: str,
+        *,
+        url_callback: str | None,
+        api_key_callback: str | None,
+        country_code: str | None,
+        phone_number: str | None,
+    ) -> httpx.Response:
+        """``PATCH nip/send`` and ``nip/resend`` take the same callback headers and optional phone body."""
+        headers: dict[str, str] = {}
+        if url_callback:
+            headers["urlCallback"] = url_callback
+        if api_key_callback:
+            headers["xApiKeyCallback"] = api_key_callback
+        body = _phone_body(country_code, phone_number)
+        return self._call(operation, "PATCH", path, json=body, headers=headers)
 
     def validate_nip(self, execution_id: str, nip: str) -> str:
         """One nip/validate call; returns the resulting phase (``VALIDATE_2`` then ``VALIDATED``)."""
@@ -349,15 +374,6 @@ def _id(execution_id: str) -> str:
     return execution_id
 
 
-def _nip_headers(url_callback: str | None, api_key_callback: str | None) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if url_callback:
-        headers["urlCallback"] = url_callback
-    if api_key_callback:
-        headers["xApiKeyCallback"] = api_key_callback
-    return headers
-
-
 def _phone_body(country_code: str | None, phone_number: str | None) -> dict[str, str] | None:
     if (country_code is None) != (phone_number is None):
         raise ValueError("country_code and phone_number go together (both or neither)")
@@ -378,19 +394,19 @@ def _describe(body: ErrorBody) -> str:
     return "; ".join(parts)
 
 
-_clients: ProcessLocal[KibanClient] = ProcessLocal()
+def _identity(settings: Settings) -> tuple[Hashable, ...]:
+    return (
+        settings.kiban_base_url,
+        settings.kiban_api_key.get_secret_value() if settings.kiban_api_key else "",
+        settings.kiban_sandbox,
+        settings.kiban_sandbox_host,
+        settings.kiban_scenario_id,
+    )
+
+
+_clients: SharedClients[KibanClient] = SharedClients(KibanClient.from_settings, _identity)
 
 
 def get_kiban_client(settings: Settings) -> KibanClient:
     """The process's shared client for these settings (one connection pool per process, fork-safe)."""
-    key_value = settings.kiban_api_key.get_secret_value() if settings.kiban_api_key else ""
-    cache_key = (
-        settings.kiban_base_url,
-        key_value,
-        settings.kiban_sandbox,
-        settings.kiban_sandbox_host,
-        settings.kiban_scenario_id,
-        settings.vendor_connect_timeout_seconds,
-        settings.vendor_read_timeout_seconds,
-    )
-    return _clients.get(cache_key, lambda: KibanClient.from_settings(settings))
+    return _clients.get(settings)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import httpx
@@ -16,11 +16,16 @@ from workers.core.errors import (
     KompliantAuthError,
     KompliantError,
     KompliantRetryableError,
-    parse_retry_after,
 )
 from workers.core.log import get_logger
 from workers.core.settings import Settings
-from workers.vendors.http import ProcessLocal
+from workers.vendors.http import (
+    DEFAULT_MAX_CONNECTIONS,
+    SharedClients,
+    parse_retry_after,
+    pool_options,
+    vendor_http_client,
+)
 from workers.vendors.kompliant.errors import ERROR_CLASSES
 from workers.vendors.kompliant.models import CreatedWorkflow, Workflow, WorkflowType
 from workers.vendors.kompliant.signing import KSig1Signer
@@ -43,7 +48,7 @@ class KompliantClient:
         api_version: str = "2025-03-24",
         api_version_header: str = "X-API-Version",
         timeout: httpx.Timeout | None = None,
-        max_connections: int = 20,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
         event_hooks: Mapping[str, list[Any]] | None = None,
     ) -> None:
@@ -53,14 +58,13 @@ class KompliantClient:
         headers = {"accept": "application/json", "content-type": "application/json"}
         if api_version_header and api_version:
             headers[api_version_header] = api_version
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=timeout or httpx.Timeout(10.0, connect=3.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self._http = vendor_http_client(
+            self.base_url,
+            headers,
+            timeout=timeout,
+            max_connections=max_connections,
             transport=transport,
-            event_hooks=dict(event_hooks or {}),
-            follow_redirects=False,
+            event_hooks=event_hooks,
         )
 
     @classmethod
@@ -73,7 +77,6 @@ class KompliantClient:
         if missing:
             raise ValueError("not set: " + ", ".join(m.upper() for m in missing))
         assert settings.kompliant_api_key and settings.kompliant_secret_key and settings.kompliant_auth_token
-        read = settings.vendor_read_timeout_seconds
         options: dict[str, Any] = {
             "api_key": settings.kompliant_api_key.get_secret_value(),
             "secret_key": settings.kompliant_secret_key.get_secret_value(),
@@ -82,10 +85,7 @@ class KompliantClient:
             "signed_elements": settings.kompliant_signed_elements,
             "api_version": settings.kompliant_api_version,
             "api_version_header": settings.kompliant_api_version_header,
-            "timeout": httpx.Timeout(
-                connect=settings.vendor_connect_timeout_seconds, read=read, write=read, pool=read
-            ),
-            "max_connections": settings.vendor_max_connections,
+            **pool_options(settings),
         }
         options.update(kwargs)
         return cls(settings.kompliant_base_url, **options)
@@ -299,23 +299,24 @@ def _classify(
     return KompliantError(message, **common)
 
 
-_clients: ProcessLocal[KompliantClient] = ProcessLocal()
-
-
-def get_kompliant_client(settings: Settings) -> KompliantClient:
-    """The process's shared client for these settings (one connection pool per process, fork-safe)."""
+def _identity(settings: Settings) -> tuple[Hashable, ...]:
     secrets = tuple(
         s.get_secret_value() if s else ""
         for s in (settings.kompliant_api_key, settings.kompliant_secret_key, settings.kompliant_auth_token)
     )
-    cache_key = (
+    return (
         settings.kompliant_base_url,
         settings.kompliant_account_id,
         settings.kompliant_signed_elements,
         settings.kompliant_api_version,
         settings.kompliant_api_version_header,
-        settings.vendor_connect_timeout_seconds,
-        settings.vendor_read_timeout_seconds,
         *secrets,
     )
-    return _clients.get(cache_key, lambda: KompliantClient.from_settings(settings))
+
+
+_clients: SharedClients[KompliantClient] = SharedClients(KompliantClient.from_settings, _identity)
+
+
+def get_kompliant_client(settings: Settings) -> KompliantClient:
+    """The process's shared client for these settings (one connection pool per process, fork-safe)."""
+    return _clients.get(settings)

@@ -1,0 +1,132 @@
+"""The RQ internals ``workers.runtime.rq_internals`` lists still exist and behave as the bridge expects,
+and both worker classes take the one maintenance path (reaper, then RQ's maintenance when due)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.utils import now, utcformat
+from rq.worker import BaseWorker
+
+from workers.core.settings import load_settings
+from workers.runtime import rq_internals
+from workers.runtime.worker import BridgeSimpleWorker, BridgeWorker
+
+QUEUE = "workfloo"
+WORKER_CLASSES = [BridgeSimpleWorker, BridgeWorker]
+
+
+def test_every_overridden_hook_is_rqs_and_is_overridden() -> None:
+    for rq_class, names in rq_internals.OVERRIDDEN_HOOKS.items():
+        bridge_classes = [c for c in WORKER_CLASSES if issubclass(c, rq_class)]
+        assert bridge_classes, rq_class
+        for name in names:
+            assert name in vars(rq_class), f"RQ no longer defines {rq_class.__name__}.{name}"
+            for bridge in bridge_classes:
+                owner = next(c for c in bridge.__mro__ if name in vars(c))
+                assert owner.__module__ == "workers.runtime.worker", (bridge.__name__, name)
+
+
+def test_rqs_work_loop_still_calls_the_hooks() -> None:
+    source = inspect.getsource(BaseWorker)
+    for call in (
+        "self.should_run_maintenance_tasks",
+        "self.run_maintenance_tasks()",
+        "self._install_signal_handlers()",
+        "if self._stop_requested",
+        "self.get_heartbeat_ttl(",
+    ):
+        assert call in source, call
+    work = inspect.getsource(BaseWorker.work)
+    order = [
+        work.index(step)
+        for step in ("self.bootstrap(", "self._start_scheduler(", "self._install_signal_handlers()")
+    ]
+    assert order == sorted(order), "the early-signal window no longer spans the scheduler's fork"
+    simple = inspect.getsource(SimpleWorker.execute_job)
+    assert "prepare_execution" in simple and "perform_job" in simple
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_rq_defaults_take_the_bridge_settings(redis_client: redis.Redis, worker_class: type[Worker]) -> None:
+    settings = load_settings()
+    worker = worker_class([QUEUE], connection=redis_client)
+    assert worker.worker_ttl == settings.worker_ttl_seconds
+    assert worker.job_monitoring_interval == settings.worker_heartbeat_seconds
+    assert worker.maintenance_interval == settings.worker_maintenance_seconds
+
+
+def test_warm_stop_sets_the_flag_the_loop_checks(redis_client: redis.Redis) -> None:
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    assert worker._stop_requested is False
+    rq_internals.request_warm_stop(worker)
+    assert worker._stop_requested is True
+
+
+def test_scheduler_lock_helpers(redis_client: redis.Redis) -> None:
+    assert rq_internals.scheduler_running(RQScheduler([QUEUE], connection=redis_client)) is False
+    assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) is None
+    redis_client.set(RQScheduler.get_locking_key(QUEUE), "dead-holder")
+    assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) == "dead-holder"
+    assert rq_internals.scheduler_heartbeat_age(redis_client, "dead-holder") is None
+    redis_client.hset(SCHEDULER_KEY_TEMPLATE % "dead-holder", "last_heartbeat", utcformat(now()))
+    age = rq_internals.scheduler_heartbeat_age(redis_client, "dead-holder")
+    assert age is not None and 0 <= age < 5
+    assert rq_internals.release_scheduler_lock(redis_client, QUEUE, "someone-else") is False
+    assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) == "dead-holder"
+    assert rq_internals.release_scheduler_lock(redis_client, QUEUE, "dead-holder") is True
+    assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) is None
+
+
+def test_started_registry_entries_are_found_and_claimed_once(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client)
+    queue.enqueue("time.sleep", 0, job_id="dead")
+    queue.enqueue("time.sleep", 0, job_id="alive")
+    key = queue.started_job_registry.key
+    redis_client.zadd(key, {"dead:exec1": time.time() - 5, "alive:exec1": time.time() + 60})
+    assert rq_internals.expired_started_entries(redis_client, queue) == ["dead:exec1"]
+    assert rq_internals.claim_started_entry(redis_client, queue, "dead:exec1") == "dead"
+    assert rq_internals.claim_started_entry(redis_client, queue, "dead:exec1") is None
+    assert rq_internals.expired_started_entries(redis_client, queue, time.time() + 120) == ["alive:exec1"]
+
+
+def test_leaving_the_intermediate_queue(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client)
+    redis_client.lpush(queue.intermediate_queue_key, "stuck", "other")
+    rq_internals.leave_intermediate_queue(redis_client, queue, "stuck")
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [b"other"]
+
+
+def test_fail_job_is_a_dead_letter_with_the_reason(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client)
+    job = queue.enqueue("time.sleep", 0, job_id="doomed")
+    rq_internals.fail_job(redis_client, job, "gave up")
+    assert "doomed" in FailedJobRegistry(QUEUE, connection=redis_client)
+    fetched = Job.fetch("doomed", connection=redis_client)
+    assert fetched.get_status(refresh=True) == JobStatus.FAILED
+    result = fetched.latest_result()
+    assert result is not None and result.exc_string == "gave up"
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_maintenance_runs_the_reaper_then_rqs_maintenance(
+    redis_client: redis.Redis, worker_class: type[Worker]
+) -> None:
+    worker = worker_class([QUEUE], connection=redis_client)
+    assert worker.should_run_maintenance_tasks  # both due at start
+    queue = Queue(QUEUE, connection=redis_client)
+    job = queue.enqueue("time.sleep", 0, job_id="abandoned")
+    job.set_status(JobStatus.STARTED)
+    redis_client.lrem(queue.key, 0, job.id)
+    redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() - 5})
+    worker.run_maintenance_tasks()
+    assert redis_client.lrange(queue.key, 0, -1) == [b"abandoned"]  # the reaper ran
+    assert worker.last_cleaned_at is not None  # so did RQ's maintenance
+    assert not worker.should_run_maintenance_tasks  # neither is due right after

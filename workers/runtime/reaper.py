@@ -1,0 +1,105 @@
+"""The reaper: jobs of dead workers go back to the front of their queue, same job id.
+
+A started-registry entry whose heartbeat expired belongs to a worker that died mid-job (SIGKILL, OOM,
+a lost node). RQ would *fail* such a job minutes later; the bridge's jobs are idempotent, so running it
+again is the recovery. ``ZREM`` of the entry decides which reaper owns it. A job that keeps killing
+workers is dead-lettered after ``max_requeues`` crashes, with ``action.failed``; ``CRASH_REQUEUES`` in the
+job's meta counts them (jobs read it to know a run is a crash re-run).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from workers.core.events import Event, EventType
+from workers.core.log import get_logger
+from workers.core.settings import Settings, get_settings
+from workers.fanout.publisher import Publisher
+from workers.runtime import rq_internals
+
+log = get_logger(__name__)
+
+CRASH_REQUEUES = "crash_requeues"
+
+RQ_CLEANUP_MARGIN_SECONDS = 60
+"""Added to every started-registry entry's TTL, and added back by the reaper when it looks for dead ones.
+
+RQ's own ``StartedJobRegistry.cleanup`` runs on any ``count`` / ``get_job_ids`` of the registry (a
+dashboard, ``rq info``-style tooling, a test) and in every worker's maintenance, and it *fails* an expired
+entry's job (a dead letter) instead of requeuing it. With entries expiring at heartbeat + grace, that
+cleanup raced the reaper after each crash and sometimes won. With the margin, the reaper (every few
+seconds) sees the entry dead at heartbeat + grace as before, and RQ's cleanup only 60 s later."""
+
+
+def reap_abandoned(
+    connection: redis.Redis,
+    queue_names: list[str],
+    *,
+    max_requeues: int,
+    settings: Settings | None = None,
+    now: float | None = None,
+) -> list[str]:
+    """Requeue jobs whose worker stopped heart-beating; return their ids."""
+    requeued: list[str] = []
+    # Entries carry RQ_CLEANUP_MARGIN_SECONDS on top of heartbeat + grace: dead = within the margin.
+    cutoff = (time.time() if now is None else now) + RQ_CLEANUP_MARGIN_SECONDS
+    for name in queue_names:
+        queue = Queue(name, connection=connection)
+        for entry in rq_internals.expired_started_entries(connection, queue, cutoff):
+            job = _abandoned_job(connection, queue, entry)
+            if job is None:
+                continue
+            rq_internals.leave_intermediate_queue(connection, queue, job.id)
+            crashes = int(job.meta.get(CRASH_REQUEUES, 0)) + 1
+            if crashes > max_requeues:
+                reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"
+                rq_internals.fail_job(connection, job, reason)
+                _publish_abandoned(connection, settings, job, reason)
+                log.error("job_dead_lettered_after_crashes", job_id=job.id, crashes=crashes)
+                continue
+            job.meta[CRASH_REQUEUES] = crashes
+            job.save_meta()  # type: ignore[no-untyped-call]
+            queue.enqueue_job(job, at_front=True)
+            requeued.append(job.id)
+            log.warning("job_requeued_after_worker_death", job_id=job.id, crashes=crashes, queue=name)
+    return requeued
+
+
+def _abandoned_job(connection: redis.Redis, queue: Queue, entry: str) -> Job | None:
+    """The job of an expired entry when this reaper claimed it and it needs recovering, else None."""
+    job_id = rq_internals.claim_started_entry(connection, queue, entry)
+    if job_id is None:
+        return None  # another reaper (or RQ's own cleanup) took it
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=True)
+    if status == JobStatus.QUEUED:
+        # Killed between RQ's prepare_execution (this registry entry) and prepare_job_execution
+        # (status STARTED): the job is left in the intermediate list and in no queue, and RQ's
+        # own clean-up would *fail* it minutes later. Requeue it like any abandoned job.
+        return None if connection.lpos(queue.key, job_id) is not None else job
+    return job if status == JobStatus.STARTED else None
+
+
+def _publish_abandoned(connection: redis.Redis, settings: Settings | None, job: Job, reason: str) -> None:
+    execution_id = None
+    if job.args and isinstance(job.args[0], dict):
+        execution_id = job.args[0].get("execution_id")
+    try:
+        Publisher(connection, settings or get_settings()).publish(
+            Event(
+                type=EventType.ACTION_FAILED,
+                execution_id=execution_id,
+                data={"action": job.func_name, "job_id": job.id, "reason": reason, "retryable": False},
+            ),
+            once_key=f"action-failed:{job.id}:abandoned:{int(job.meta.get('dlq_replays', 0))}",
+        )
+    except redis.RedisError:
+        log.warning("action_failed_not_published", job_id=job.id)

@@ -43,3 +43,20 @@ def test_listed_job_paths_resolve() -> None:
     for path in paths:
         module, name = path.rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), name)), path
+
+
+def test_every_job_path_the_code_enqueues_is_listed() -> None:
+    from workers.core import contract
+    from workers.fanout import webhooks
+    from workers.jobs import callbacks
+
+    used = {
+        *contract.JOB_FUNCTIONS.values(),
+        contract.START_FUNCTION,
+        contract.VALIDATE_FUNCTION,
+        contract.RESEND_FUNCTION,
+        callbacks.FINISH_FUNCTION,
+        webhooks.DELIVER_FUNC,
+    }
+    section = DOC.split("## Job functions", 1)[1].split("\n## ", 1)[0]
+    assert used <= set(re.findall(r"`(workers\.[a-z_.]+)`", section))

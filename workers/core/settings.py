@@ -351,6 +351,11 @@ class Settings(BaseSettings):
         description="Share Redis round trips between concurrent callbacks (false: one call per request, "
         "kept for the benchmark comparison).",
     )
+    bridge_intake_transport: Literal["stream", "redis-py"] = Field(
+        default="stream",
+        description="How the intake talks to Redis: stream (pipelined bytes on the connection's asyncio "
+        "streams, fastest) or redis-py (redis-py's public send_packed_command/read_response).",
+    )
 
     # --- Resilience ---
     bridge_body_read_timeout_seconds: float = Field(

@@ -30,7 +30,7 @@ from receiver.http import (
     route,
     validation_error,
 )
-from receiver.intake import Intake, IntakeUnavailable
+from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import utc_stamp
 from receiver.openapi import unavailable
 from workers.core import contract, keys
@@ -69,7 +69,7 @@ class CommandEndpoints:
             accepted = await intake.enqueue(
                 command_id, func, payload, description=f"command {command_id}", stamp=utc_stamp()
             )
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             raise self.unavailable from None
         status = "accepted" if accepted else "duplicate"
         return JSONBytes({"command_id": command_id, "status": status}, 202)
@@ -111,7 +111,7 @@ class CommandEndpoints:
         intake: Intake = request.app.state.intake
         try:
             await intake.call("SET", keys.nip_ref(command_id), nip, "EX", str(keys.NIP_REF_TTL_SECONDS))
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             raise self.unavailable from None
         payload = contract.validate_command(command_id, execution_id)
         return await self._enqueue(request, command_id, contract.VALIDATE_FUNCTION, payload)

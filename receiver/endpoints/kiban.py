@@ -23,7 +23,7 @@ from receiver.http import (
     route,
     validation_error,
 )
-from receiver.intake import Intake, IntakeUnavailable
+from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import utc_stamp
 from receiver.metrics import ReceiverMetrics
 from workers.core import keys
@@ -108,7 +108,7 @@ class CallbackEndpoints:
                     event.event_id, JOB_FUNCTIONS[event.kind], payload,
                     description=f"{event.kind} callback {event.event_id}", stamp=received_at,
                 )  # fmt: skip
-            except IntakeUnavailable as exc:
+            except IntakeUnavailableError as exc:
                 self.metrics.unavailable.inc()
                 log.warning(
                     "receiver.redis_unavailable", kind=event.kind, event_id=event.event_id, reason=str(exc)
@@ -133,7 +133,7 @@ class CallbackEndpoints:
             raise validation_error("linkId", "required when the URL has no execution id")
         try:
             known = await request.app.state.intake.call("GET", keys.link(nip.linkId))
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             self.metrics.unavailable.inc()
             raise self.unavailable from None
         execution_id = known.decode() if isinstance(known, bytes) else None

@@ -23,7 +23,7 @@ from receiver.http import (
     redis_unavailable,
     route,
 )
-from receiver.intake import Intake, IntakeUnavailable
+from receiver.intake import Intake, IntakeUnavailableError
 from receiver.openapi import unavailable
 from workers.core import keys
 from workers.core.contract import EXECUTION_ID_RE
@@ -44,7 +44,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         intake: Intake = request.app.state.intake
         try:
             raw = await intake.call("LRANGE", keys.timeline(execution_id), 0, MAX_TIMELINE_EVENTS - 1)
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             raise unavailable from None
         if not raw:
             raise HTTPError(404, "not_found", f"no events for execution {execution_id}")

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 
 from receiver.intake import Intake, IntakeUnavailableError, resp
 from receiver.intake.batching import GroupCommitter
-from receiver.intake.rqjob import JobRecorder, _lua_string, utc_stamp
+from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
 from workers.core import keys
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
@@ -268,3 +268,20 @@ def test_job_script_rejects_ids_rq_would_reject() -> None:
 def test_lua_literals_carry_every_byte(redis_client: redis.Redis) -> None:
     every_byte = bytes(range(256)) + b"\\1\\0123"
     assert redis_client.eval(f"return {_lua_string(every_byte)}", 0) == every_byte
+
+
+def test_evalsha_follows_the_one_keys_and_argv_table() -> None:
+    """The EVALSHA framing and the Lua header both come from rqjob.SCRIPT_KEYS / SCRIPT_ARGV."""
+    script = JobRecorder("workfloo").script("builtins.len")
+    template = script.evalsha({"ttl": b"60"})
+    slots = {name.encode(): resp.bulk(b"<" + name.encode() + b">") for name in (*SCRIPT_KEYS, *SCRIPT_ARGV)}
+    command = template % slots
+    count, _, rest = command.partition(b"\r\n")
+    args = rest.split(b"\r\n")[1::2]
+    assert count == b"*%d" % len(args)
+    static = list(script.static_keys)
+    assert args == [
+        b"EVALSHA", script.sha.encode(), b"%d" % (2 + len(static)), b"<dedupe>", b"<job_key>", *static,
+        b"60", b"<stamp>", b"<job_id>", b"<created_at>", b"<enqueued_at>", b"<data>", b"<description>",
+    ]  # fmt: skip
+    assert script.source.startswith(f"-- KEYS: {', '.join(SCRIPT_KEYS)}. ARGV: {', '.join(SCRIPT_ARGV)}\n")

@@ -6,17 +6,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from receiver.intake.batching import GroupCommitter, IntakeUnavailableError
 from receiver.intake.resp import bulk, intake_client
-from receiver.intake.rqjob import JOB_KEY_PREFIX, JobRecorder, JobScript
+from receiver.intake.rqjob import JOB_KEY_PREFIX, Framing, JobRecorder, JobScript
 from workers.core import keys
 from workers.core.settings import Settings
 
 __all__ = ["Intake", "IntakeUnavailableError"]
 
-_JOB_KEY_PREFIX = JOB_KEY_PREFIX.encode()
+_JOB_KEY_PREFIX: Final = JOB_KEY_PREFIX.encode()
+# Where each per-job script argument sits in the values ``Intake.enqueue`` frames; where it goes in the
+# command is rqjob's SCRIPT_KEYS/SCRIPT_ARGV. The job's created_at and enqueued_at are the stamp.
+_PER_JOB: Final = {
+    "dedupe": 0,
+    "job_key": 1,
+    "stamp": 2,
+    "created_at": 2,
+    "enqueued_at": 2,
+    "job_id": 3,
+    "data": 4,
+    "description": 5,
+}
 
 
 class Intake:
@@ -45,13 +57,13 @@ class Intake:
         self.queue_key = self.recorder.queue.key
         self._ttl = str(settings.bridge_dedupe_ttl_seconds).encode()
         self._scripts: dict[str, JobScript] = {}
-        self._commands: dict[str, bytes] = {}
+        self._commands: dict[str, Framing] = {}
         for script in scripts:
             self._add(script)
 
     def _add(self, script: JobScript) -> JobScript:
         self._scripts[script.func] = script
-        self._commands[script.func] = script.evalsha({"ttl": self._ttl})
+        self._commands[script.func] = script.evalsha({"ttl": self._ttl}, _PER_JOB)
         self._sources.append(script.source)
         return script
 
@@ -80,18 +92,16 @@ class Intake:
         Raises ``IntakeUnavailableError`` when Redis did not confirm either way."""
         script = self.script(func)
         job = job_id.encode()
-        when = bulk(stamp.encode())
-        # The slots of rqjob.SCRIPT_KEYS/SCRIPT_ARGV that change per job (ttl is framed in already).
-        command = self._commands[func] % {
-            b"dedupe": bulk(keys.dedupe(job_id).encode()),
-            b"job_key": bulk(_JOB_KEY_PREFIX + job),
-            b"stamp": when,
-            b"job_id": bulk(job),
-            b"created_at": when,
-            b"enqueued_at": when,
-            b"data": bulk(script.data(payload)),
-            b"description": bulk(description.encode()),
-        }
+        command = self._commands[func](
+            (  # in _PER_JOB order
+                bulk(keys.dedupe(job_id).encode()),
+                bulk(_JOB_KEY_PREFIX + job),
+                bulk(stamp.encode()),
+                bulk(job),
+                bulk(script.data(payload)),
+                bulk(description.encode()),
+            )
+        )
         result = await self.committer.submit_packed(command)
         return bool(result == 1)
 

@@ -17,9 +17,10 @@ enqueued cannot silently produce jobs RQ would not understand. Per request only 
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -75,6 +76,9 @@ def _lua_string(value: bytes) -> str:
     return '"' + "".join(chr(b) if b in _LUA_PLAIN else f"\\{b:03d}" for b in value) + '"'
 
 
+# Frames one EVALSHA from the per-job arguments (``JobScript.evalsha``).
+Framing = Callable[[Sequence[bytes]], bytes]
+
 # A command argument in a template: static bytes, a KEYS index ("k", n) or an ARGV index ("a", n).
 Slot = bytes | tuple[str, int]
 
@@ -89,20 +93,34 @@ class JobScript:
     static_keys: tuple[bytes, ...]
     serialize: Callable[[Any], bytes]
 
-    def evalsha(self, fixed: dict[str, bytes]) -> bytes:
-        """This script's EVALSHA command as a bytes ``%``-template in ``SCRIPT_KEYS``/``SCRIPT_ARGV``
-        order: the static keys and the arguments named in ``fixed`` are framed in; every other argument
-        is a ``%(name)b`` slot for its framed bulk string (``resp.bulk``)."""
-
-        def part(name: str) -> bytes:
-            return _literal(fixed[name]) if name in fixed else b"%%(%b)b" % name.encode()
-
+    def evalsha(self, fixed: Mapping[str, bytes], positions: Mapping[str, int]) -> Framing:
+        """This script's EVALSHA command builder, arguments in ``SCRIPT_KEYS``/``SCRIPT_ARGV`` order. The
+        static keys and the arguments in ``fixed`` are framed once; every other argument ``name`` is
+        taken, already framed (``resp.bulk``), from ``values[positions[name]]`` of each call."""
         numkeys = len(SCRIPT_KEYS) - 1 + len(self.static_keys)
         parts = [bulk(b"EVALSHA"), bulk(self.sha.encode()), bulk(b"%d" % numkeys)]
-        parts += [part(name) for name in SCRIPT_KEYS[:-1]]
+        order: list[int] = []
+
+        def add(name: str) -> None:
+            if name in fixed:
+                parts.append(_literal(fixed[name]))
+            else:
+                parts.append(b"%b")
+                order.append(positions[name])
+
+        for name in SCRIPT_KEYS[:-1]:
+            add(name)
         parts += [_literal(key) for key in self.static_keys]
-        parts += [part(name) for name in SCRIPT_ARGV]
-        return b"*%d\r\n" % len(parts) + b"".join(parts)
+        for name in SCRIPT_ARGV:
+            add(name)
+        template = b"*%d\r\n" % len(parts) + b"".join(parts)
+        pick = operator.itemgetter(*order)  # C-level reordering: this runs per request
+
+        def frame(values: Sequence[bytes]) -> bytes:
+            command: bytes = template % pick(values)
+            return command
+
+        return frame
 
     def data(self, payload: dict[str, Any]) -> bytes:
         """``Job.data`` as ``Job.to_dict`` stores it: serializer((func, None, args, kwargs)) in a zlib

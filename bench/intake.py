@@ -11,7 +11,8 @@ A load generator in another process drives authenticated NIP callbacks (every on
 keep-alive loopback connections with a raw-socket HTTP/1.1 client: first closed-loop at saturation
 (accepted callbacks/s), then open-loop at a fixed 1,000 req/s (latency measured from each request's
 scheduled send time, so queueing is counted). All figures come from the same run; ratios are against
-the no-op endpoint. Bounded: about 40 s in total.
+the no-op endpoint. Bounded: about 40 s in total. The receivers inherit the environment, so
+``BRIDGE_INTAKE_TRANSPORT=redis-py python -m bench.intake`` measures the other intake transport.
 """
 
 from __future__ import annotations

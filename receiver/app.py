@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from receiver.endpoints import commands, timeline
 from receiver.endpoints.kiban import CallbackEndpoints
 from receiver.http import JSONBytes
-from receiver.intake import Intake, IntakeUnavailable, intake_client
+from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import JobRecorder
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
@@ -47,9 +47,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = intake_client(settings)
-        intake = Intake(settings, client, recorder, job_scripts)
-        app.state.redis = client
+        intake = Intake(settings, recorder, job_scripts)
         app.state.intake = intake
         metrics.round_trip_counts = lambda: (intake.committer.batches, intake.committer.commands)
         await intake.start()
@@ -60,7 +58,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await intake.stop()
-            await client.aclose()
 
     async def healthz(request: Request) -> Response:
         return JSONBytes({"status": "ok"})
@@ -68,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def readyz(request: Request) -> Response:
         try:
             await request.app.state.intake.call("PING")
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             return JSONBytes({"status": "unavailable", "redis": False}, status_code=503)
         return JSONBytes({"status": "ready", "redis": True})
 
@@ -76,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         intake: Intake = request.app.state.intake
         try:
             depth = float(await intake.call("LLEN", intake.queue_key))
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             depth = float("nan")
         metrics.queue_depth.labels(settings.bridge_queue).set(depth)
         body = await asyncio.to_thread(generate_latest, metrics.registry)

@@ -1,19 +1,24 @@
-"""Small HTTP pieces of the receiver: JSON responses, the error type, key check, content type and a body
-reader that counts bytes while streaming."""
+"""Small HTTP pieces of the receiver: the endpoint adapter and its error type, JSON responses, the 503,
+key check, content type and a body reader that counts bytes while streaming."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from pydantic import SecretStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from workers.core.contract import EXECUTION_ID_RE
+from workers.core.settings import Settings
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class JSONBytes(Response):
@@ -37,6 +42,36 @@ class HTTPError(Exception):
 
     def response(self) -> Response:
         return JSONBytes({"error": self.code, "detail": self.detail}, self.status, headers=self.headers)
+
+
+class Endpoint:
+    """ASGI app of one route: runs the handler and answers the ``HTTPError`` it raises, so handlers
+    state their errors and never build error responses. Starlette's per-request exception-handler
+    wrapping is skipped (anything unexpected still reaches the app's server-error handler)."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.handler(Request(scope, receive))
+        except HTTPError as exc:
+            response = exc.response()
+        await response(scope, receive, send)
+
+
+def route(path: str, handler: Handler, method: str = "POST") -> Route:
+    """A route answered through ``Endpoint``."""
+    return Route(path, Endpoint(handler), methods=[method])
+
+
+def redis_unavailable(settings: Settings, detail: str) -> HTTPError:
+    """The 503 of every endpoint when Redis did not confirm in time: the client retries after
+    ``BRIDGE_RETRY_AFTER_SECONDS``."""
+    retry_after = {"Retry-After": str(settings.bridge_retry_after_seconds)}
+    return HTTPError(503, "redis_unavailable", detail, headers=retry_after)
 
 
 def validation_error(field: str, message: str) -> HTTPError:

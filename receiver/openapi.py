@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from workers.core.contract import EXECUTION_ID_RE
 from workers.core.settings import Settings
 
-_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+_ID = {"type": "string", "pattern": f"^{EXECUTION_ID_RE.pattern}$"}
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -19,6 +20,13 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     if headers:
         response["headers"] = headers
     return response
+
+
+def unavailable(description: str) -> dict[str, Any]:
+    """The 503 every endpoint answers when Redis did not confirm (``receiver.http.redis_unavailable``)."""
+    return _error(
+        description, {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+    )
 
 
 def _callback_responses() -> dict[str, Any]:
@@ -36,10 +44,7 @@ def _callback_responses() -> dict[str, Any]:
         "413": _error("Body larger than BRIDGE_MAX_BODY_BYTES (declared or counted while streaming)."),
         "415": _error("Content type is not application/json or application/*+json."),
         "422": _error("Schema violation; detail names each failing field."),
-        "503": _error(
-            "Redis did not confirm the write in time; nothing was stored.",
-            {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
-        ),
+        "503": unavailable("Redis did not confirm the write in time; nothing was stored."),
     }
 
 

@@ -9,7 +9,7 @@
 
 Each answers ``202 {"command_id", "status": "accepted"|"duplicate"}``; progress arrives as events.
 Errors follow the receiver's rules: 401 key, 415 content type, 413 size, 400 JSON, 422 schema (field
-named), 503 when Redis did not confirm the write.
+named), 503 with ``Retry-After`` when Redis did not confirm the write.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from receiver.http import (
-    HTTPError,
     JSONBytes,
     KeyChecker,
     execution_id_param,
     read_json_object,
+    redis_unavailable,
+    route,
     validation_error,
 )
-from receiver.intake import Intake, IntakeUnavailable
+from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import utc_stamp
+from receiver.openapi import unavailable
 from workers.core import contract, keys
 from workers.core.log import get_logger
 from workers.core.settings import Settings
@@ -48,13 +50,13 @@ class CommandEndpoints:
         self.keys = KeyChecker(settings.bridge_internal_keys, ["x-api-key"])
         self.limit = settings.bridge_max_body_bytes
         self.body_timeout = settings.bridge_body_read_timeout_seconds
-        self.unavailable = HTTPError(503, "redis_unavailable", "the command was not stored; retry later")
+        self.unavailable = redis_unavailable(settings, "the command was not stored; retry later")
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/applications", self.start, methods=["POST"]),
-            Route("/v1/applications/{execution_id}/nip", self.validate_nip, methods=["POST"]),
-            Route("/v1/applications/{execution_id}/nip/resend", self.resend_nip, methods=["POST"]),
+            route("/v1/applications", self.start),
+            route("/v1/applications/{execution_id}/nip", self.validate_nip),
+            route("/v1/applications/{execution_id}/nip/resend", self.resend_nip),
         ]
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
@@ -68,68 +70,59 @@ class CommandEndpoints:
             accepted = await intake.enqueue(
                 command_id, func, payload, description=f"command {command_id}", stamp=utc_stamp()
             )
-        except IntakeUnavailable:
+        except IntakeUnavailableError:
             raise self.unavailable from None
         status = "accepted" if accepted else "duplicate"
         return JSONBytes({"command_id": command_id, "status": status}, 202)
 
     async def start(self, request: Request) -> Response:
-        try:
-            body = await self._body(request)
-            scenario = body.get("scenarioId")
-            if scenario is not None and (not isinstance(scenario, str) or not 0 < len(scenario) <= 128):
-                raise validation_error("scenarioId", "must be a non-empty string of at most 128 characters")
-            if "form" in body:
-                form = body["form"]
-                if not isinstance(form, dict):
-                    raise validation_error("form", "must be an object of field id to value")
-                prefix = "form."
-            else:
-                form = {k: v for k, v in body.items() if k != "scenarioId"}
-                prefix = ""
-            if not form:
-                raise validation_error("form", "must name at least one field")
-            if len(form) > MAX_FORM_FIELDS:
-                raise validation_error("form", f"at most {MAX_FORM_FIELDS} fields")
-            for name, value in form.items():
-                if not isinstance(value, str | int | float | bool) or value is None:
-                    raise validation_error(prefix + name, "must be a string, number or boolean")
-            key = request.headers.get("idempotency-key")
-            if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
-                raise validation_error("Idempotency-Key", f"must be 1-{IDEMPOTENCY_KEY_MAX} characters")
-            command_id = contract.new_command_id("start", key)
-            payload = contract.start_command(command_id, form, scenario)
-            return await self._enqueue(request, command_id, contract.START_FUNCTION, payload)
-        except HTTPError as exc:
-            return exc.response()
+        body = await self._body(request)
+        scenario = body.get("scenarioId")
+        if scenario is not None and (not isinstance(scenario, str) or not 0 < len(scenario) <= 128):
+            raise validation_error("scenarioId", "must be a non-empty string of at most 128 characters")
+        if "form" in body:
+            form = body["form"]
+            if not isinstance(form, dict):
+                raise validation_error("form", "must be an object of field id to value")
+            prefix = "form."
+        else:
+            form = {k: v for k, v in body.items() if k != "scenarioId"}
+            prefix = ""
+        if not form:
+            raise validation_error("form", "must name at least one field")
+        if len(form) > MAX_FORM_FIELDS:
+            raise validation_error("form", f"at most {MAX_FORM_FIELDS} fields")
+        for name, value in form.items():
+            if not isinstance(value, str | int | float | bool) or value is None:
+                raise validation_error(prefix + name, "must be a string, number or boolean")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+            raise validation_error("Idempotency-Key", f"must be 1-{IDEMPOTENCY_KEY_MAX} characters")
+        command_id = contract.new_command_id("start", key)
+        payload = contract.start_command(command_id, form, scenario)
+        return await self._enqueue(request, command_id, contract.START_FUNCTION, payload)
 
     async def validate_nip(self, request: Request) -> Response:
+        body = await self._body(request)
+        execution_id = execution_id_param(request.path_params["execution_id"])
+        nip = body.get("nip")
+        if not isinstance(nip, str) or not NIP_RE.fullmatch(nip):
+            raise validation_error("nip", "must be a string of 4-8 digits")
+        command_id = contract.new_command_id("nip")
+        intake: Intake = request.app.state.intake
         try:
-            body = await self._body(request)
-            execution_id = execution_id_param(request.path_params["execution_id"])
-            nip = body.get("nip")
-            if not isinstance(nip, str) or not NIP_RE.fullmatch(nip):
-                raise validation_error("nip", "must be a string of 4-8 digits")
-            command_id = contract.new_command_id("nip")
-            intake: Intake = request.app.state.intake
-            try:
-                await intake.call("SET", keys.nip_ref(command_id), nip, "EX", str(keys.NIP_REF_TTL_SECONDS))
-            except IntakeUnavailable:
-                raise self.unavailable from None
-            payload = contract.validate_command(command_id, execution_id)
-            return await self._enqueue(request, command_id, contract.VALIDATE_FUNCTION, payload)
-        except HTTPError as exc:
-            return exc.response()
+            await intake.call("SET", keys.nip_ref(command_id), nip, "EX", str(keys.NIP_REF_TTL_SECONDS))
+        except IntakeUnavailableError:
+            raise self.unavailable from None
+        payload = contract.validate_command(command_id, execution_id)
+        return await self._enqueue(request, command_id, contract.VALIDATE_FUNCTION, payload)
 
     async def resend_nip(self, request: Request) -> Response:
-        try:
-            await self._body(request, empty_ok=True)
-            execution_id = execution_id_param(request.path_params["execution_id"])
-            command_id = contract.new_command_id("resend")
-            payload = contract.resend_command(command_id, execution_id)
-            return await self._enqueue(request, command_id, contract.RESEND_FUNCTION, payload)
-        except HTTPError as exc:
-            return exc.response()
+        await self._body(request, empty_ok=True)
+        execution_id = execution_id_param(request.path_params["execution_id"])
+        command_id = contract.new_command_id("resend")
+        payload = contract.resend_command(command_id, execution_id)
+        return await self._enqueue(request, command_id, contract.RESEND_FUNCTION, payload)
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -145,7 +138,7 @@ def _op(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
             "202": {"description": "accepted: {command_id, status}"},
             "401": {"description": "missing or invalid x-api-key"},
             "422": {"description": "schema error, field named"},
-            "503": {"description": "Redis unavailable; nothing stored"},
+            "503": unavailable("Redis unavailable; nothing stored"),
         },
     }
     if body is not None:

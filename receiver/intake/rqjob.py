@@ -17,9 +17,10 @@ enqueued cannot silently produce jobs RQ would not understand. Per request only 
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,6 +30,8 @@ from redis._parsers.encoders import Encoder
 from rq import Queue
 from rq.job import Job
 
+from receiver.intake.resp import bulk
+
 ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
 DYNAMIC_FIELDS: Final = (b"created_at", b"enqueued_at", b"data", b"description")
 JOB_KEY_PREFIX: Final[str] = Job.redis_job_namespace_prefix  # "rq:job:"
@@ -36,14 +39,16 @@ TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"  # rq.utils._TIMESTAMP_FORMAT
 
 _ENCODER: Final = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
 
-# ARGV slots of every generated script.
-ARGV_TTL, ARGV_STAMP, ARGV_JOB_ID, ARGV_CREATED, ARGV_ENQUEUED, ARGV_DATA, ARGV_DESCRIPTION = range(1, 8)
-_FIELD_SLOTS: Final = {
-    b"created_at": ARGV_CREATED,
-    b"enqueued_at": ARGV_ENQUEUED,
-    b"data": ARGV_DATA,
-    b"description": ARGV_DESCRIPTION,
-}
+# KEYS and ARGV of every generated script, in order: the Lua (``_lua``), its verification and the EVALSHA
+# framing (``JobScript.evalsha``, filled per request by ``Intake.enqueue``) all follow this one table.
+# STATIC_KEYS stands for the script's fixed RQ keys (``JobScript.static_keys``) and comes last.
+STATIC_KEYS: Final = "static_keys"
+SCRIPT_KEYS: Final = ("dedupe", "job_key", STATIC_KEYS)
+SCRIPT_ARGV: Final = ("ttl", "stamp", "job_id", "created_at", "enqueued_at", "data", "description")
+_KEY: Final = {name: n for n, name in enumerate(SCRIPT_KEYS, 1)}
+_ARG: Final = {name: n for n, name in enumerate(SCRIPT_ARGV, 1)}
+# HSET fields of RQ's job hash that take a per-job value, and the ARGV slot carrying it.
+_FIELD_SLOTS: Final = {field: _ARG[field.decode()] for field in DYNAMIC_FIELDS}
 
 
 def utc_stamp() -> str:
@@ -71,6 +76,9 @@ def _lua_string(value: bytes) -> str:
     return '"' + "".join(chr(b) if b in _LUA_PLAIN else f"\\{b:03d}" for b in value) + '"'
 
 
+# Frames one EVALSHA from the per-job arguments (``JobScript.evalsha``).
+Framing = Callable[[Sequence[bytes]], bytes]
+
 # A command argument in a template: static bytes, a KEYS index ("k", n) or an ARGV index ("a", n).
 Slot = bytes | tuple[str, int]
 
@@ -85,10 +93,44 @@ class JobScript:
     static_keys: tuple[bytes, ...]
     serialize: Callable[[Any], bytes]
 
+    def evalsha(self, fixed: Mapping[str, bytes], positions: Mapping[str, int]) -> Framing:
+        """This script's EVALSHA command builder, arguments in ``SCRIPT_KEYS``/``SCRIPT_ARGV`` order. The
+        static keys and the arguments in ``fixed`` are framed once; every other argument ``name`` is
+        taken, already framed (``resp.bulk``), from ``values[positions[name]]`` of each call."""
+        numkeys = len(SCRIPT_KEYS) - 1 + len(self.static_keys)
+        parts = [bulk(b"EVALSHA"), bulk(self.sha.encode()), bulk(b"%d" % numkeys)]
+        order: list[int] = []
+
+        def add(name: str) -> None:
+            if name in fixed:
+                parts.append(_literal(fixed[name]))
+            else:
+                parts.append(b"%b")
+                order.append(positions[name])
+
+        for name in SCRIPT_KEYS[:-1]:
+            add(name)
+        parts += [_literal(key) for key in self.static_keys]
+        for name in SCRIPT_ARGV:
+            add(name)
+        template = b"*%d\r\n" % len(parts) + b"".join(parts)
+        pick = operator.itemgetter(*order)  # C-level reordering: this runs per request
+
+        def frame(values: Sequence[bytes]) -> bytes:
+            command: bytes = template % pick(values)
+            return command
+
+        return frame
+
     def data(self, payload: Mapping[str, Any]) -> bytes:
         """``Job.data`` as ``Job.to_dict`` stores it: serializer((func, None, args, kwargs)) in a zlib
         stream (RQ reads it with ``zlib.decompress``; see ``zlib_stored``)."""
         return zlib_stored(self.serialize((self.func, None, (payload,), {})))
+
+
+def _literal(value: bytes) -> bytes:
+    """A bulk string inside a ``%``-template."""
+    return bulk(value).replace(b"%", b"%%")
 
 
 def zlib_stored(raw: bytes) -> bytes:
@@ -141,11 +183,11 @@ class JobRecorder:
                 raise RuntimeError("RQ enqueue commands differ between jobs; review receiver.intake.rqjob")
             key: Slot
             if (a[1], b[1]) == (job_key_a, job_key_b):
-                key = ("k", 2)
+                key = ("k", _KEY["job_key"])
             elif a[1] == b[1]:
                 if a[1] not in static_keys:
                     static_keys.append(a[1])
-                key = ("k", 3 + static_keys.index(a[1]))
+                key = ("k", _KEY[STATIC_KEYS] + static_keys.index(a[1]))
             else:
                 raise RuntimeError(f"unexpected per-job key in {a[0]!r}; review receiver.intake.rqjob")
             row: list[Slot] = [a[0], key]
@@ -153,7 +195,7 @@ class JobRecorder:
                 if a[0].upper() == b"HSET" and i % 2 == 1 and a[i - 1] in _FIELD_SLOTS:
                     row.append(("a", _FIELD_SLOTS[a[i - 1]]))
                 elif (a[i], b[i]) == (b"probe-job-a", b"probe-job-b"):
-                    row.append(("a", ARGV_JOB_ID))
+                    row.append(("a", _ARG["job_id"]))
                 elif a[i] == b[i]:
                     row.append(a[i])
                 else:
@@ -175,16 +217,19 @@ class JobRecorder:
         payload = {"event_id": "verify", "body": {"nested": [1, 2.5, None, "ü"]}}
         expected = self.record(script.func, payload, "verify-job", "verify description")
         fields = {c[i - 1]: c[i] for c in expected if c[0].upper() == b"HSET" for i in range(3, len(c), 2)}
-        keys = [b"dedupe", (JOB_KEY_PREFIX + "verify-job").encode(), *script.static_keys]
-        argv = [
-            b"ttl",
-            b"stamp",
-            b"verify-job",
-            fields[b"created_at"],
-            fields[b"enqueued_at"],
-            script.data(payload),
-            b"verify description",
-        ]
+        values = {
+            "dedupe": b"dedupe",
+            "job_key": (JOB_KEY_PREFIX + "verify-job").encode(),
+            "ttl": b"ttl",
+            "stamp": b"stamp",
+            "job_id": b"verify-job",
+            "created_at": fields[b"created_at"],
+            "enqueued_at": fields[b"enqueued_at"],
+            "data": script.data(payload),
+            "description": b"verify description",
+        }
+        keys = [values[name] for name in SCRIPT_KEYS[:-1]] + list(script.static_keys)
+        argv = [values[name] for name in SCRIPT_ARGV]
 
         def value(slot: Slot) -> bytes:
             if isinstance(slot, bytes):
@@ -209,14 +254,14 @@ def _lua(template: list[list[Slot]]) -> str:
             return _lua_string(slot)
         return f"{'KEYS' if slot[0] == 'k' else 'ARGV'}[{slot[1]}]"
 
+    dedupe, stamp, ttl = f"KEYS[{_KEY['dedupe']}]", f"ARGV[{_ARG['stamp']}]", f"ARGV[{_ARG['ttl']}]"
     lines = [
-        "-- KEYS: dedupe key, job key, RQ's static keys. ARGV: ttl, stamp, job id, created_at, "
-        "enqueued_at, data, description",
+        f"-- KEYS: {', '.join(SCRIPT_KEYS)}. ARGV: {', '.join(SCRIPT_ARGV)}",
         # Dedupe key checked first and written LAST: a command failing half-way (only possible with a
         # corrupted key type) leaves no dedupe key, so the delivery can be retried. Under maxmemory
         # Redis refuses the script at its first write, so an OOM writes nothing.
-        "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end",
+        f"if redis.call('EXISTS', {dedupe}) == 1 then return 0 end",
     ]
     lines += [f"redis.call({', '.join(arg(slot) for slot in row)})" for row in template]
-    lines += ["redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])", "return 1"]
+    lines += [f"redis.call('SET', {dedupe}, {stamp}, 'EX', {ttl})", "return 1"]
     return "\n".join(lines) + "\n"

@@ -53,6 +53,11 @@ def test_timeline_in_order_with_steps(serve, redis_url: str, redis_client: redis
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     bad = httpx.get(f"{server.url}/v1/applications/a%20b/timeline", headers={"x-api-key": INTERNAL})
     assert bad.status_code == 422
+    assert bad.json()["detail"][0]["field"] == "execution_id"
+    # One id rule for every endpoint (workers.core.contract.EXECUTION_ID_RE, whole string).
+    for wrong in ("e1%0A", "x" * 65):
+        url_wrong = f"{server.url}/v1/applications/{wrong}/timeline"
+        assert httpx.get(url_wrong, headers={"x-api-key": INTERNAL}).status_code == 422
     assert (
         "/v1/applications/{execution_id}/timeline" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     )
@@ -69,8 +74,8 @@ def test_timeline_answers_503_while_redis_is_down_and_recovers(serve, private_re
     private_redis.stop()
     down = httpx.get(url, headers={"x-api-key": INTERNAL}, timeout=10)
     assert down.status_code == 503
-    assert down.headers["retry-after"] == "1"
-    assert down.json()["error"] == "unavailable"
+    assert down.headers["retry-after"] == "5"  # BRIDGE_RETRY_AFTER_SECONDS, as on every endpoint
+    assert down.json()["error"] == "redis_unavailable"
 
     private_redis.start()
     ok = httpx.get(url, headers={"x-api-key": INTERNAL}, timeout=10)

@@ -15,8 +15,9 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from receiver.intake import GroupCommitter, Intake, IntakeUnavailable, intake_client
-from receiver.intake.rqjob import JobRecorder, _lua_string, utc_stamp
+from receiver.intake import Intake, IntakeUnavailableError, resp
+from receiver.intake.batching import GroupCommitter
+from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
 from workers.core import keys
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
@@ -33,10 +34,16 @@ def nip(n: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("group_commit", [True, False])
 def test_redis_down_gives_503_then_recovers_without_restart(
-    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer, group_commit: bool
+    start_receiver: Callable[..., httpx.Client],
+    private_redis: RedisServer,
+    group_commit: bool,
+    transport: str,
 ) -> None:
     client = start_receiver(
-        private_redis.url, bridge_retry_after_seconds=7, bridge_intake_group_commit=group_commit
+        private_redis.url,
+        bridge_retry_after_seconds=7,
+        bridge_intake_group_commit=group_commit,
+        bridge_intake_transport=transport,
     )
     assert client.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
 
@@ -58,9 +65,11 @@ def test_redis_down_gives_503_then_recovers_without_restart(
 
 
 def test_slow_redis_gives_503_within_the_timeout_and_recovers(
-    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer
+    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer, transport: str
 ) -> None:
-    client = start_receiver(private_redis.url, bridge_intake_timeout_seconds=0.3)
+    client = start_receiver(
+        private_redis.url, bridge_intake_timeout_seconds=0.3, bridge_intake_transport=transport
+    )
     assert client.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
     assert private_redis.process is not None
     private_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
@@ -75,16 +84,22 @@ def test_slow_redis_gives_503_within_the_timeout_and_recovers(
     assert [a["status"] for a in answers] == ["accepted", "duplicate", "accepted"]
 
 
-def test_script_flush_is_survived(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+def test_script_flush_is_survived(
+    start_receiver: Callable[..., httpx.Client], redis_url: str, redis_client: redis.Redis, transport: str
+) -> None:
+    receiver = start_receiver(redis_url, bridge_intake_transport=transport)
     assert receiver.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
     redis_client.script_flush()
     assert receiver.post(NIP_PATH, json=nip(2), headers=AUTH).json()["status"] == "accepted"
     assert redis_client.llen("rq:queue:workfloo") == 2
 
 
-def test_a_failing_write_leaves_no_dedupe_key(receiver: httpx.Client, redis_client: redis.Redis) -> None:
+def test_a_failing_write_leaves_no_dedupe_key(
+    start_receiver: Callable[..., httpx.Client], redis_url: str, redis_client: redis.Redis, transport: str
+) -> None:
     """If a replayed command fails (here: rq:queues has the wrong type), the delivery is refused and can
     be retried later: the dedupe key is written last."""
+    receiver = start_receiver(redis_url, bridge_intake_transport=transport)
     redis_client.set("rq:queues", "not a set")
     failed = receiver.post(NIP_PATH, json=nip(1), headers=AUTH)
     assert failed.status_code == 503
@@ -94,12 +109,11 @@ def test_a_failing_write_leaves_no_dedupe_key(receiver: httpx.Client, redis_clie
     assert receiver.post(NIP_PATH, json=nip(1), headers=AUTH).json()["status"] == "accepted"
 
 
-def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str) -> None:
-    settings = load_settings(redis_url=redis_url)
+def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str, transport: str) -> None:
+    settings = load_settings(redis_url=redis_url, bridge_intake_transport=transport)
 
     async def enqueue() -> bool:
-        client = intake_client(settings)
-        intake = Intake(settings, client)
+        intake = Intake(settings)
         await intake.start()
         try:
             return await intake.enqueue(
@@ -107,7 +121,6 @@ def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str) -> N
             )
         finally:
             await intake.stop()
-            await client.aclose()
 
     assert asyncio.run(enqueue()) is True
     connection = redis.Redis.from_url(redis_url)
@@ -120,22 +133,20 @@ def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str) -> N
     assert queue.count == 0
 
 
-def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str) -> None:
+def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport: str) -> None:
     """Same keys, fields and types as ``Queue.enqueue`` (timestamps aside)."""
     connection = redis.Redis.from_url(redis_url)
     Queue("reference", connection=connection).enqueue_call("builtins.len", args=({"a": 1},), job_id="ref-1")
     reference = connection.hgetall("rq:job:ref-1")
-    settings = load_settings(redis_url=redis_url, bridge_queue="reference")
+    settings = load_settings(redis_url=redis_url, bridge_queue="reference", bridge_intake_transport=transport)
 
     async def enqueue() -> None:
-        client = intake_client(settings)
-        intake = Intake(settings, client)
+        intake = Intake(settings)
         await intake.start()
         try:
             await intake.enqueue("ours-1", "builtins.len", {"a": 1}, description="x", stamp=utc_stamp())
         finally:
             await intake.stop()
-            await client.aclose()
 
     asyncio.run(enqueue())
     ours = connection.hgetall("rq:job:ours-1")
@@ -149,10 +160,13 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str) -> None:
 
 
 @pytest.mark.parametrize("group_commit", [True, False])
-async def test_concurrent_requests_share_round_trips(redis_url: str, group_commit: bool) -> None:
-    settings = load_settings(redis_url=redis_url, bridge_intake_group_commit=group_commit)
-    client = intake_client(settings)
-    intake = Intake(settings, client)
+async def test_concurrent_requests_share_round_trips(
+    redis_url: str, group_commit: bool, transport: str
+) -> None:
+    settings = load_settings(
+        redis_url=redis_url, bridge_intake_group_commit=group_commit, bridge_intake_transport=transport
+    )
+    intake = Intake(settings)
     await intake.start()
     try:
         results = await asyncio.gather(
@@ -163,7 +177,6 @@ async def test_concurrent_requests_share_round_trips(redis_url: str, group_commi
         )
     finally:
         await intake.stop()
-        await client.aclose()
     assert results.count(True) == 50
     assert intake.committer.commands == 200
     if group_commit:
@@ -173,18 +186,18 @@ async def test_concurrent_requests_share_round_trips(redis_url: str, group_commi
     assert await asyncio.to_thread(redis.Redis.from_url(redis_url).llen, "rq:queue:workfloo") == 50
 
 
-async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisServer) -> None:
+async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisServer, transport: str) -> None:
     client = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=0.5)
-    committer = GroupCommitter(client, timeout=0.5, max_batch=2)
-    with pytest.raises(IntakeUnavailable):
+    committer = GroupCommitter(client, timeout=0.5, max_batch=2, transport=transport)
+    with pytest.raises(IntakeUnavailableError):
         await committer.submit("PING")  # not started
     committer.start()
     try:
         assert await asyncio.gather(*(committer.submit("PING") for _ in range(5))) == [b"PONG"] * 5
         bad = await asyncio.gather(committer.submit("NOSUCHCOMMAND"), return_exceptions=True)
-        assert isinstance(bad[0], IntakeUnavailable)
+        assert isinstance(bad[0], IntakeUnavailableError)
         private_redis.stop()
-        with pytest.raises(IntakeUnavailable):
+        with pytest.raises(IntakeUnavailableError):
             await committer.submit("PING")
         private_redis.start()
         assert await committer.submit("PING") == b"PONG"
@@ -193,12 +206,13 @@ async def test_flusher_survives_errors_and_stops_cleanly(private_redis: RedisSer
         await client.aclose()
 
 
-async def test_call_reads_array_replies_and_keeps_the_connection_in_step(redis_url: str) -> None:
+async def test_call_reads_array_replies_and_keeps_the_connection_in_step(
+    redis_url: str, transport: str
+) -> None:
     """Arrays (LRANGE, nested ones too) are read whole, so the next command on the same pipelined
     connection gets its own reply, not the rest of the array."""
-    settings = load_settings(redis_url=redis_url)
-    client = intake_client(settings)
-    intake = Intake(settings, client)
+    settings = load_settings(redis_url=redis_url, bridge_intake_transport=transport)
+    intake = Intake(settings)
     await intake.start()
     try:
         await intake.call("RPUSH", "list", "a", "b", "c")
@@ -209,7 +223,32 @@ async def test_call_reads_array_replies_and_keeps_the_connection_in_step(redis_u
         assert await intake.call("PING") == b"PONG"
     finally:
         await intake.stop()
-        await client.aclose()
+
+
+async def test_the_transport_setting_picks_the_raw_io(
+    redis_url: str, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each transport carries the intake on its own: the one not chosen is never called."""
+    calls: list[str] = []
+    for name, exchange in resp.TRANSPORTS.items():
+
+        async def spy(*args: Any, _name: str = name, _exchange: Any = exchange) -> list[Any]:
+            calls.append(_name)
+            result: list[Any] = await _exchange(*args)
+            return result
+
+        monkeypatch.setitem(resp.TRANSPORTS, name, spy)
+    # The stream transport reads replies itself; the redis-py one never does.
+    if transport == "redis-py":
+        monkeypatch.setattr(resp, "read_reply", None)
+    intake = Intake(load_settings(redis_url=redis_url, bridge_intake_transport=transport))
+    await intake.start()
+    try:
+        assert await intake.call("PING") == b"PONG"
+        assert await intake.enqueue("job-1", "builtins.len", {}, description="x", stamp=utc_stamp())
+    finally:
+        await intake.stop()
+    assert calls and set(calls) == {transport}
 
 
 def test_recorder_never_touches_the_network() -> None:
@@ -229,3 +268,20 @@ def test_job_script_rejects_ids_rq_would_reject() -> None:
 def test_lua_literals_carry_every_byte(redis_client: redis.Redis) -> None:
     every_byte = bytes(range(256)) + b"\\1\\0123"
     assert redis_client.eval(f"return {_lua_string(every_byte)}", 0) == every_byte
+
+
+def test_evalsha_follows_the_one_keys_and_argv_table() -> None:
+    """The EVALSHA framing and the Lua header both come from rqjob.SCRIPT_KEYS / SCRIPT_ARGV."""
+    script = JobRecorder("workfloo").script("builtins.len")
+    names = [name for name in (*SCRIPT_KEYS, *SCRIPT_ARGV) if name not in ("static_keys", "ttl")]
+    frame = script.evalsha({"ttl": b"60"}, {name: n for n, name in enumerate(names)})
+    command = frame([resp.bulk(b"<" + name.encode() + b">") for name in names])
+    count, _, rest = command.partition(b"\r\n")
+    args = rest.split(b"\r\n")[1::2]
+    assert count == b"*%d" % len(args)
+    static = list(script.static_keys)
+    assert args == [
+        b"EVALSHA", script.sha.encode(), b"%d" % (2 + len(static)), b"<dedupe>", b"<job_key>", *static,
+        b"60", b"<stamp>", b"<job_id>", b"<created_at>", b"<enqueued_at>", b"<data>", b"<description>",
+    ]  # fmt: skip
+    assert script.source.startswith(f"-- KEYS: {', '.join(SCRIPT_KEYS)}. ARGV: {', '.join(SCRIPT_ARGV)}\n")

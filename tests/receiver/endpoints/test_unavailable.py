@@ -1,0 +1,55 @@
+"""One 503 on every endpoint while Redis is down: ``redis_unavailable`` with ``Retry-After``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from receiver.app import create_app
+from workers.core.settings import load_settings
+from workers.sandbox.redis_server import RedisServer
+from workers.sandbox.serving import ServerThread
+
+CALLBACK = "callback-key-0123456789"
+INTERNAL = "internal-key-0123456789"
+EXECUTION_ID = "657118e1d511b6e54fe2a969"
+NIP = {"event": "SENT", "date": "2026-11-22T23:00:00Z", "linkId": "L1"}
+
+REQUESTS = [
+    ("POST", f"/v1/kiban/executions/{EXECUTION_ID}/nip-events", NIP, CALLBACK),
+    ("POST", "/v1/kiban/nip-events", NIP, CALLBACK),
+    ("POST", "/v1/kiban/status", {"id": EXECUTION_ID, "status": "PROGRESS"}, CALLBACK),
+    ("POST", f"/v1/kiban/executions/{EXECUTION_ID}/finished", {}, CALLBACK),
+    ("POST", "/v1/kiban/finished", {"id": EXECUTION_ID}, CALLBACK),
+    ("POST", "/v1/applications", {"form": {"a": "b"}}, INTERNAL),
+    ("POST", f"/v1/applications/{EXECUTION_ID}/nip", {"nip": "1234"}, INTERNAL),
+    ("POST", f"/v1/applications/{EXECUTION_ID}/nip/resend", {}, INTERNAL),
+    ("GET", f"/v1/applications/{EXECUTION_ID}/timeline", None, INTERNAL),
+]
+
+
+@pytest.fixture
+def down_receiver(serve: Callable[..., ServerThread], private_redis: RedisServer) -> Iterator[httpx.Client]:
+    settings = load_settings(
+        redis_url=private_redis.url,
+        bridge_callback_keys=CALLBACK,
+        bridge_internal_keys=INTERNAL,
+        bridge_retry_after_seconds=9,
+    )
+    server = serve(create_app(settings))
+    private_redis.stop(kill=True)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("method", "path", "body", "key"), REQUESTS)
+def test_every_endpoint_answers_the_same_503(
+    down_receiver: httpx.Client, method: str, path: str, body: object, key: str
+) -> None:
+    response = down_receiver.request(method, path, json=body, headers={"x-api-key": key})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "9"
+    assert response.json()["error"] == "redis_unavailable"
+    assert set(response.json()) == {"error", "detail"}

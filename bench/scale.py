@@ -55,9 +55,10 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from workers.sandbox.demo.supervisor import Child, Supervisor, child_popen_kwargs, wait_http, wait_until
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.supervisor import Child, Supervisor, child_popen_kwargs
+from workers.sandbox.wait import wait_http, wait_until
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent

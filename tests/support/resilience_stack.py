@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,23 +19,13 @@ import redis
 
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.wait import WaitTimeout, wait_until
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 CALLBACK_KEY = "cb-key-resilience-5e1d0c2b9a"
 INTERNAL_KEY = "internal-key-resilience-77c1d3e0"
 KIBAN_KEY = "kiban-key-resilience-0f4a8e6d"
 DEFINITION = "def-resilience"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _up(url: str) -> bool:
@@ -151,9 +140,11 @@ def process_stack(
             ],
         )  # fmt: skip
         stack.spawn("receiver", [str(BIN), "serve", "--port", str(ports["receiver"])])
-        wait_for(lambda: _up(f"{receiver_url}/healthz"), 20, "the receiver")
-        wait_for(lambda: _up(f"{stack.kiban_url}/_fake/executions"), 20, "the fake Kiban")
-        wait_for(lambda: _up(f"{stack.kompliant_url}/_fake/workflows"), 20, "the fake Kompliant")
+        wait_until(lambda: _up(f"{receiver_url}/healthz"), timeout=20, what="the receiver")
+        wait_until(lambda: _up(f"{stack.kiban_url}/_fake/executions"), timeout=20, what="the fake Kiban")
+        wait_until(
+            lambda: _up(f"{stack.kompliant_url}/_fake/workflows"), timeout=20, what="the fake Kompliant"
+        )
         yield stack
     finally:
         stack.stop_all()
@@ -290,18 +281,20 @@ class Bridge:
             return len(found) == len(commands)
 
         try:
-            wait_for(all_started, timeout, f"{len(commands)} applications to start", 0.1)
-        except AssertionError as exc:
+            wait_until(
+                all_started, timeout=timeout, what=f"{len(commands)} applications to start", interval=0.1
+            )
+        except WaitTimeout as exc:
             raise AssertionError(f"{exc} ({len(found)} did)") from None
         return list(found.values())
 
     def wait_nip_phase(self, execution_ids: list[str], timeout: float = 60) -> None:
         fake = self.kiban.server.config.app.state.fake
-        wait_for(
+        wait_until(
             lambda: all(fake.execution(e).phase in {"VALIDATE", "VALIDATE_2"} for e in execution_ids),
-            timeout,
-            "the NIP phase",
-            0.1,
+            timeout=timeout,
+            what="the NIP phase",
+            interval=0.1,
         )
 
     def validate_all(self, execution_ids: list[str], timeout: float = 60) -> None:
@@ -318,7 +311,7 @@ class Bridge:
                     pending.discard(execution_id)
             return not pending
 
-        wait_for(step, timeout, f"NIP phase of {len(pending)} executions", 0.1)
+        wait_until(step, timeout=timeout, what=f"NIP phase of {len(pending)} executions", interval=0.1)
 
     def wait_callbacks_processed(self, timeout: float = 60) -> int:
         """Wait until every acknowledged callback (a dedupe key) has been processed by a worker (its
@@ -333,8 +326,10 @@ class Bridge:
             return not left
 
         try:
-            wait_for(processed, timeout, "acknowledged callbacks to be processed", 0.1)
-        except AssertionError:
+            wait_until(
+                processed, timeout=timeout, what="acknowledged callbacks to be processed", interval=0.1
+            )
+        except WaitTimeout:
             raise AssertionError(f"{len(left)} acknowledged callbacks never processed: {left[:5]}") from None
         return len(acked)
 
@@ -346,8 +341,8 @@ class Bridge:
             return not left
 
         try:
-            wait_for(done, timeout, what, 0.25)
-        except AssertionError:
+            wait_until(done, timeout=timeout, what=what, interval=0.25)
+        except WaitTimeout:
             detail = {e: self.types(e)[-3:] for e in left[:5]}
             raise AssertionError(
                 f"{len(left)} of {len(execution_ids)} not done ({what}); last events: {detail}"

@@ -7,8 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,23 +25,13 @@ from workers.sandbox.fakes import kiban as fake_kiban
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
+from workers.sandbox.wait import wait_until
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 CALLBACK_KEY = "cb-key-e2e-0123456789"
 INTERNAL_KEY = "internal-key-e2e-0123456789"
 KIBAN_KEY = "kiban-test-key"
 DEFINITION = "def-e2e"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -138,13 +127,13 @@ class Bridge:
                 return str(result["result"]["execution_id"])
             return None
 
-        return str(wait_for(execution_id, 15, f"start_application {scenario}"))
+        return str(wait_until(execution_id, timeout=15, what=f"start_application {scenario}"))
 
     def validate_nip(self, execution_id: str, nip: str = "123456") -> str:
-        wait_for(
+        wait_until(
             lambda: self.kiban_state.execution(execution_id).phase in {"VALIDATE", "VALIDATE_2"},
-            10,
-            "the NIP phase",
+            timeout=10,
+            what="the NIP phase",
         )
         return commands_api.validate_nip(self.redis, execution_id, nip, settings=self.settings)
 
@@ -159,10 +148,10 @@ class Bridge:
 
     def wait_types(self, execution_id: str, *wanted: str, timeout: float = 20) -> list[str]:
         return list(
-            wait_for(
+            wait_until(
                 lambda: (t := self.types(execution_id)) and all(w in t for w in wanted) and t,
-                timeout,
-                f"events {wanted} for {execution_id}",
+                timeout=timeout,
+                what=f"events {wanted} for {execution_id}",
             )
         )
 

@@ -16,8 +16,8 @@ from tests import ROOT
 from workers.sandbox.demo.model import AppRun
 from workers.sandbox.demo.scenario import ScenarioRunner
 from workers.sandbox.demo.stack import DemoStack, StackConfig
-from workers.sandbox.demo.supervisor import wait_http, wait_until
 from workers.sandbox.redis_server import free_port
+from workers.sandbox.wait import wait_http, wait_until
 
 
 @dataclass

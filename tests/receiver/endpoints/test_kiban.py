@@ -466,8 +466,8 @@ def test_command_routes_extension_point(
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from receiver.endpoints import commands
     from receiver.app import create_app
+    from receiver.endpoints import commands
     from receiver.intake.rqjob import utc_stamp
     from workers.core.settings import load_settings
 

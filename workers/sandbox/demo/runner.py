@@ -15,7 +15,7 @@ from workers.sandbox.demo.display import LiveProgress, print_report, progress_ta
 from workers.sandbox.demo.model import AppRun, Summary, scenarios_for
 from workers.sandbox.demo.scenario import ScenarioRunner
 from workers.sandbox.demo.stack import DemoStack, StackConfig
-from workers.sandbox.demo.supervisor import Terminated, signals_as_exceptions, signals_ignored
+from workers.sandbox.supervisor import Terminated, signals_as_exceptions, signals_ignored
 
 EXIT_INTERRUPTED = 130
 READY_LINE = "demo stack is running"

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +20,9 @@ from types import TracebackType
 
 import redis
 
-from workers.sandbox.demo.supervisor import (
-    Child,
-    Supervisor,
-    child_popen_kwargs,
-    wait_http,
-    wait_port,
-    wait_until,
-)
 from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.supervisor import Child, Supervisor, child_popen_kwargs
+from workers.sandbox.wait import WaitTimeout, wait_http, wait_port, wait_until
 
 DEFINITION_ID = "demo-credit-origination"
 
@@ -242,22 +235,17 @@ class DemoStack:
             for child in workers:
                 if not child.alive():
                     code = child.process.returncode
-                    raise RuntimeError(f"{child.name} exited with code {code}:\n{child.log_tail()}")
+                    raise WaitTimeout(f"{child.name} exited with code {code}:\n{child.log_tail()}")
             return len(Worker.all(connection=client)) >= count
 
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if _registered():
-                        return
-                except RuntimeError:
-                    raise
-                except Exception:  # noqa: S110 - Redis still starting
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {count} workers")
-                time.sleep(0.1)
+            wait_until(
+                _registered,
+                timeout=timeout,
+                interval=0.1,
+                what=f"{count} workers",
+                ignore=(redis.RedisError, OSError),
+            )
         finally:
             client.close()
 

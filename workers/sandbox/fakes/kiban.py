@@ -37,8 +37,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workers.sandbox.fakes.delivery import CallbackSender, Delivery, mask_headers, wait_until
+from workers.sandbox.fakes.delivery import CallbackSender, Delivery, mask_headers
 from workers.sandbox.fakes.faults import FaultMiddleware, Faults, fault_routes
+from workers.sandbox.wait import holds_within
 
 SANDBOX_NIP = "123456"
 SCENARIOS = ("approved", "rejected", "nip-error", "nip-invalid", "abandoned", "error")
@@ -174,14 +175,14 @@ class FakeKibanState:
         ]
 
     def wait_for_status(self, execution_id: str, statuses: Collection[str], timeout: float = 5.0) -> bool:
-        return wait_until(
+        return holds_within(
             lambda: execution_id in self.executions and self.executions[execution_id].status in statuses,
             timeout,
         )
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """True once no state change is scheduled and every queued callback went out."""
-        return wait_until(lambda: not self._tasks and self.sender.idle, timeout)
+        return holds_within(lambda: not self._tasks and self.sender.idle, timeout)
 
     def reset(self) -> None:
         with self.lock:

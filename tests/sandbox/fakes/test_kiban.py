@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from workers.sandbox.fakes.kiban import UNKNOWN_DESTINATION, create_app
+from workers.sandbox.fakes.kiban import create_app
+from workers.sandbox.fakes.kiban.state import UNKNOWN_DESTINATION
 from workers.sandbox.wait import holds_within
 from workers.vendors.kiban import KibanValidationError
 

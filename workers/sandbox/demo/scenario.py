@@ -26,7 +26,7 @@ import redis
 from workers.core import keys
 from workers.core.timeline import MAX_TIMELINE_EVENTS, build_timeline
 from workers.sandbox.demo.model import KIBAN_SCENARIO, AppRun
-from workers.sandbox.demo.stack import DemoStack
+from workers.sandbox.stack import Stack
 from workers.sandbox.wait import WaitTimeout, wait_until
 
 SANDBOX_NIP = "123456"
@@ -135,9 +135,9 @@ def _job_result(client: redis.Redis, job_id: str) -> tuple[Any, str | None]:
 
 
 class ScenarioRunner:
-    """Runs every application concurrently (one thread each) against a started ``DemoStack``."""
+    """Runs every application concurrently (one thread each) against a started ``Stack``."""
 
-    def __init__(self, stack: DemoStack, runs: Sequence[AppRun], *, timeout: float = 45.0) -> None:
+    def __init__(self, stack: Stack, runs: Sequence[AppRun], *, timeout: float = 45.0) -> None:
         self.stack = stack
         self.runs = list(runs)
         self.timeout = timeout

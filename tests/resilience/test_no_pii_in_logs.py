@@ -23,7 +23,7 @@ from tests.support.resilience_stack import (
     CALLBACK_KEY,
     INTERNAL_KEY,
     KIBAN_KEY,
-    ProcessStack,
+    Bridge,
     process_stack,
 )
 from workers.core.settings import load_settings
@@ -115,7 +115,7 @@ def _abuse_with_pii(receiver_url: str) -> None:
         )
 
 
-def _run_applications(stack: ProcessStack) -> list[str]:
+def _run_applications(stack: Bridge) -> list[str]:
     """Applications through the bridge's own command API (HTTP on the receiver, and the Python API),
     including a DUPLICATE_EMAIL rejection at Kompliant, a NIP delivery error with a resend and a wrong
     NIP, until each has its outcome."""

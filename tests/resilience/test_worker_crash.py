@@ -16,7 +16,8 @@ import pytest
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, Proc, bridge_stack
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
+from workers.sandbox.supervisor import Child
 from workers.sandbox.wait import holds_within, wait_until
 
 SCENARIOS = ["approved"] * 7 + ["rejected"] * 2 + ["abandoned"]
@@ -27,7 +28,7 @@ class Killer(threading.Thread):
     the dead worker was running has run to its end (or asked for a retry) on another worker."""
 
     def __init__(
-        self, bridge: Bridge, pool: dict[str, Proc], kills: int, gap: float, schedulers: bool
+        self, bridge: Bridge, pool: dict[str, Child], kills: int, gap: float, schedulers: bool
     ) -> None:
         super().__init__(daemon=True)
         self.bridge, self.pool, self.kills, self.gap, self.schedulers = bridge, pool, kills, gap, schedulers

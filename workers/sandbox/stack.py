@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -415,12 +416,14 @@ class Stack:
         return self.supervisor.failed()
 
     def log_lines(self) -> list[tuple[str, str]]:
-        """(process name, line) for every line every child wrote, plus redis-server's own log."""
+        """(role, line) for every line every child wrote, plus redis-server's own log; the role is the
+        child's name without its ``-N`` index (``worker-2`` -> ``worker``)."""
         lines: list[tuple[str, str]] = []
         for child in self.supervisor.children:
             if child.log_path is not None and child.log_path.exists():
+                role = re.sub(r"-\d+$", "", child.name)
                 text = child.log_path.read_text(errors="replace")
-                lines.extend((child.name, line) for line in text.splitlines())
+                lines.extend((role, line) for line in text.splitlines())
         if self.redis_server is not None:
             redis_log = self.redis_server.dir / "redis.log"
             if redis_log.exists():

@@ -35,6 +35,7 @@ from workers.core.settings import Settings, load_settings
 from workers.fanout.consumer import Consumer
 from workers.fanout.publisher import Publisher
 from workers.sandbox.redis_server import RedisServer
+from workers.sandbox.wait import holds_within
 
 STREAM = "workfloo:events"
 
@@ -58,9 +59,8 @@ def summary(latencies_ms: list[float]) -> dict[str, float]:
 
 
 def _wait_for(count: Callable[[], int], expected: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while count() < expected and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """Until ``expected`` arrived or ``timeout`` passed: a short count shows in the figures."""
+    holds_within(lambda: count() >= expected, timeout)
 
 
 def baseline(url: str, rate: float, seconds: float) -> list[float]:

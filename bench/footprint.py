@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.wait import wait_http
 
 CALLBACK_KEY = "footprint-key"
 
@@ -50,18 +51,6 @@ def _bin(name: str) -> str:
     if not found:
         raise SystemExit(f"{name} not found")
     return found
-
-
-def _wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
 
 
 async def _load(base: str, seconds: float, concurrency: int, pid: int) -> tuple[int, float, float]:
@@ -126,7 +115,7 @@ def main() -> None:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_http(base + "/healthz")
+            wait_http(base + "/healthz", timeout=15.0)
             time.sleep(2)
             receiver_idle = rss_mib(receiver.pid)
             worker_idle = tree_rss_mib(worker.pid)

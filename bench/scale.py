@@ -36,10 +36,7 @@ import argparse
 import itertools
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -50,14 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from workers.sandbox.demo.supervisor import Child, Supervisor, child_popen_kwargs, wait_http, wait_until
-from workers.sandbox.fakes import kompliant as fake_kompliant
-from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.stack import Stack, StackConfig, StackKeys
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,101 +212,49 @@ class ScaleCheckFailed(AssertionError):
 # --- processes --------------------------------------------------------------------------------------
 
 
-class Stack:
-    """Redis, both fakes, two receivers and N workers: each its own process group under the demo's
-    ``Supervisor`` (log file per process, killed with the bench even if the bench itself is killed)."""
+class ScaleStack(Stack):
+    """Redis, both fakes, two receivers and the workers the phases add, each its own process group
+    (log file per process, killed with the bench even if the bench itself is killed)."""
 
     def __init__(self, config: ScaleConfig) -> None:
-        self.config = config
-        self.logdir = Path(tempfile.mkdtemp(prefix="workfloo-scale-"))
-        self.supervisor = Supervisor(log_dir=self.logdir, grace_seconds=10.0)
-        self.redis_server = RedisServer(appendonly=True, popen_kwargs=child_popen_kwargs())
-        self.redis_server.start()
-        self.redis = redis.Redis.from_url(self.redis_server.url)
-        self.children: dict[str, Child] = {}
-        self.kiban_port, self.kompliant_port = free_port(), free_port()
-        self.receiver_ports = [free_port(), free_port()]
-        self.kiban_url = f"http://127.0.0.1:{self.kiban_port}"
-        self.kompliant_url = f"http://127.0.0.1:{self.kompliant_port}"
-        self.receivers = [f"http://127.0.0.1:{port}" for port in self.receiver_ports]
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "REDIS_URL": self.redis_server.url,
-            "BRIDGE_CALLBACK_KEYS": CALLBACK_KEY,
-            "BRIDGE_INTERNAL_KEYS": INTERNAL_KEY,
-            "KIBAN_BASE_URL": self.kiban_url,
-            "KIBAN_API_KEY": KIBAN_KEY,
-            "KIBAN_WORKFLOO_DEFINITION_ID": DEFINITION,
-            "KOMPLIANT_BASE_URL": self.kompliant_url,
-            "KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
-            "KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
-            "KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
-            "KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
-            "LOG_LEVEL": "WARNING",
-            **WORKER_ENV,
-        }
+        super().__init__(
+            StackConfig(
+                receivers=2,
+                workers=0,
+                scheduler=False,
+                appendonly=True,
+                keys=StackKeys(callback=CALLBACK_KEY, internal=INTERNAL_KEY, kiban=KIBAN_KEY),
+                definition_id=DEFINITION,
+                tuning={"LOG_LEVEL": "WARNING", **WORKER_ENV},
+                extra_env={"PYTHONPATH": str(ROOT)},
+                decision_delay=config.decision_delay,
+                nip_event_delay=config.nip_event_delay,
+                end_callback_receiver=1,  # callbacks arrive on both receivers (see the module docstring)
+                start_timeout=20,
+                cwd=ROOT,
+            )
+        )
         self.workers: list[str] = []
         self._cpu_last: dict[str, float] = {}
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        child = self.supervisor.start(name, argv, env={**self.env, **(env or {})}, cwd=ROOT)
-        self.children[name] = child
-        return child
-
-    def start(self) -> None:
-        python = sys.executable
-        self.spawn(
-            "kompliant", [python, "-m", "workers.sandbox.fakes.kompliant", "--port", str(self.kompliant_port)]
-        )
-        end_url = f"{self.receivers[1]}/v1/kiban/executions/{{execution_id}}/finished"
-        self.spawn(
-            "kiban",
-            [
-                python, "-m", "workers.sandbox.fakes.kiban", "--port", str(self.kiban_port),
-                "--api-key", KIBAN_KEY, "--end-callback-url", end_url, "--end-callback-api-key", CALLBACK_KEY,
-                "--decision-delay", str(self.config.decision_delay),
-                "--nip-event-delay", str(self.config.nip_event_delay),
-            ],
-        )  # fmt: skip
-        for index, port in enumerate(self.receiver_ports):
-            self.spawn(f"receiver-{'AB'[index]}", [str(BIN), "serve", "--port", str(port)])
-        wait_http(f"{self.kiban_url}/_fake/faults", timeout=20, child=self.children["kiban"])
-        wait_http(f"{self.kompliant_url}/_fake/faults", timeout=20, child=self.children["kompliant"])
-        for index, url in enumerate(self.receivers):
-            wait_http(f"{url}/readyz", timeout=20, child=self.children[f"receiver-{'AB'[index]}"])
-
-    def add_worker(self) -> str:
+    def grow(self) -> str:
         """One more ``workfloo-bridge worker``; worker i hands Kiban receiver i % 2 as its callback URL."""
         index = len(self.workers)
         name = f"scale-w{index}-{os.getpid()}"
-        child = self.spawn(
-            name, [str(BIN), "worker", "--name", name], env={"BRIDGE_PUBLIC_URL": self.receivers[index % 2]}
-        )
+        self.add_worker(name, env={"BRIDGE_PUBLIC_URL": self.receiver_urls[index % 2]}, wait=True)
         self.workers.append(name)
-        wait_until(
-            lambda: any(w.name == name for w in Worker.all(connection=self.redis)),
-            timeout=20,
-            what=f"worker {name} to register",
-            child=child,
-        )
         return name
 
-    def kill(self, name: str) -> None:
-        """SIGKILL one worker's process group: no warm shutdown, its current job is abandoned."""
-        os.killpg(self.children[name].pid, signal.SIGKILL)
-        self.children[name].process.wait(timeout=10)
-
     def set_latency(self, ms: float) -> None:
-        for url in (self.kiban_url, self.kompliant_url):
-            httpx.post(f"{url}/_fake/faults", json={"latency_ms": ms}).raise_for_status()
+        for which in ("kiban", "kompliant"):
+            self.set_faults(which, latency_ms=ms)
 
     def cpu_seconds(self) -> dict[str, float]:
         """User+system CPU of each process (from /proc; a dead one keeps its last reading)."""
         tick = os.sysconf("SC_CLK_TCK")
         out = self._cpu_last
         pids = {name: child.pid for name, child in self.children.items() if child.alive()}
-        if self.redis_server.process is not None:
+        if self.redis_server is not None and self.redis_server.process is not None:
             pids["redis"] = self.redis_server.process.pid
         for name, pid in pids.items():
             try:
@@ -323,11 +265,9 @@ class Stack:
         return dict(out)
 
     def close(self, keep_logs: bool = False) -> None:
-        self.supervisor.stop_all()
-        self.redis.close()
-        self.redis_server.close()
+        self.stop()
         if not keep_logs:
-            shutil.rmtree(self.logdir, ignore_errors=True)
+            self.cleanup_logs()
 
 
 # --- cross-receiver duplicates ----------------------------------------------------------------------
@@ -336,7 +276,7 @@ class Stack:
 class Reposter(threading.Thread):
     """Re-POST every callback the fake Kiban delivered to the *other* receiver (same body and event id)."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: ScaleStack) -> None:
         super().__init__(name="scale-reposter", daemon=True)
         self.stack = stack
         self.seen = 0
@@ -347,7 +287,7 @@ class Reposter(threading.Thread):
         self.errors: list[str] = []
 
     def other(self, url: str) -> str | None:
-        a, b = self.stack.receivers
+        a, b = self.stack.receiver_urls
         if url.startswith(a):
             return b + url[len(a) :]
         if url.startswith(b):
@@ -405,7 +345,7 @@ class Reposter(threading.Thread):
 class Driver:
     """Starts applications, answers NIP deliveries, and watches the stream for each one's last event."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: ScaleStack) -> None:
         self.stack = stack
         self.apps: dict[str, App] = {}  # command id → app
         self.by_execution: dict[str, App] = {}
@@ -418,7 +358,7 @@ class Driver:
         self.nip_commands: list[str] = []
 
     def receiver(self) -> str:
-        return self.stack.receivers[next(self._round_robin)]
+        return self.stack.receiver_urls[next(self._round_robin)]
 
     def submit(self, phase: str, count: int) -> list[App]:
         batch = []
@@ -441,7 +381,7 @@ class Driver:
         return batch
 
     def pump(self, block_ms: int = 100) -> None:
-        reply = self.stack.redis.xread({STREAM: self.last_id}, count=1000, block=block_ms)
+        reply = self.stack.client.xread({STREAM: self.last_id}, count=1000, block=block_ms)
         now = time.monotonic()
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -495,7 +435,7 @@ class Driver:
 
     def wait_quiet(self, timeout: float = 30.0) -> None:
         """Queue empty, nothing started or scheduled, for half a second (duplicate triggers drained)."""
-        connection = self.stack.redis
+        connection = self.stack.client
         queue = Queue(QUEUE, connection=connection)
         registries = [
             StartedJobRegistry(QUEUE, connection=connection),
@@ -521,9 +461,9 @@ class Driver:
 # --- checks ------------------------------------------------------------------------------------------
 
 
-def verify(stack: Stack, driver: Driver, reposter: Reposter, report: ScaleReport) -> None:
+def verify(stack: ScaleStack, driver: Driver, reposter: Reposter, report: ScaleReport) -> None:
     fail = report.failures.append
-    conn = stack.redis
+    conn = stack.client
     apps = list(driver.apps.values())
     report.applications = len(apps)
     report.approved = sum(app.scenario in APPROVED for app in apps)
@@ -565,7 +505,7 @@ def verify(stack: Stack, driver: Driver, reposter: Reposter, report: ScaleReport
     repeated = [event_id for event_id, n in received_ids.items() if n > 1]
     if repeated:
         fail(f"callback.received twice for {len(repeated)} deliveries, e.g. {repeated[:3]}")
-    for name, url in zip("AB", stack.receivers, strict=True):
+    for name, url in zip("AB", stack.receiver_urls, strict=True):
         report.accepted_by_receiver[name] = _metric_sum(url, "receiver_callbacks_accepted_total")
         report.duplicate_by_receiver[name] = _metric_sum(url, "receiver_callbacks_duplicate_total")
     if sum(report.accepted_by_receiver.values()) != len(accepted):
@@ -644,28 +584,28 @@ def _metric_sum(base_url: str, name: str) -> int:
     return int(total)
 
 
-def _total_cpu(stack: Stack) -> float:
+def _total_cpu(stack: ScaleStack) -> float:
     own = os.times()
     return sum(stack.cpu_seconds().values()) + own.user + own.system
 
 
-def _job_durations(stack: Stack, seen: set[str]) -> dict[str, tuple[int, float]]:
+def _job_durations(stack: ScaleStack, seen: set[str]) -> dict[str, tuple[int, float]]:
     """Mean run time per job function of the finished jobs not in ``seen`` (which is updated)."""
-    registry = FinishedJobRegistry(QUEUE, connection=stack.redis)
+    registry = FinishedJobRegistry(QUEUE, connection=stack.client)
     new = [job_id for job_id in registry.get_job_ids() if job_id not in seen]
     seen.update(new)
     times: dict[str, list[float]] = defaultdict(list)
-    for job in Job.fetch_many(new, connection=stack.redis):
+    for job in Job.fetch_many(new, connection=stack.client):
         if job is not None and job.started_at and job.ended_at:
             name = (job.func_name or "?").rsplit(".", 1)[-1]
             times[name].append((job.ended_at - job.started_at).total_seconds())
     return {name: (len(v), sum(v) / len(v)) for name, v in sorted(times.items())}
 
 
-def _worker_totals(stack: Stack) -> tuple[int, float]:
+def _worker_totals(stack: ScaleStack) -> tuple[int, float]:
     """(jobs finished, seconds inside jobs) summed over this run's live workers (RQ's worker counters)."""
     jobs, seconds = 0, 0.0
-    for worker in Worker.all(connection=stack.redis):
+    for worker in Worker.all(connection=stack.client):
         if worker.name in stack.workers:
             jobs += worker.successful_job_count + worker.failed_job_count
             seconds += worker.total_working_time
@@ -693,8 +633,8 @@ def _measure(
 # --- orchestration -----------------------------------------------------------------------------------
 
 
-def _busy_job(stack: Stack, names: list[str]) -> tuple[str, str] | None:
-    for worker in Worker.all(connection=stack.redis):
+def _busy_job(stack: ScaleStack, names: list[str]) -> tuple[str, str] | None:
+    for worker in Worker.all(connection=stack.client):
         if worker.name in names:
             job_id = worker.get_current_job_id()
             if job_id:
@@ -703,8 +643,8 @@ def _busy_job(stack: Stack, names: list[str]) -> tuple[str, str] | None:
 
 
 @contextmanager
-def running_stack(config: ScaleConfig) -> Iterator[tuple[Stack, Driver, Reposter]]:
-    stack = Stack(config)
+def running_stack(config: ScaleConfig) -> Iterator[tuple[ScaleStack, Driver, Reposter]]:
+    stack = ScaleStack(config)
     reposter: Reposter | None = None
     driver: Driver | None = None
     keep_logs = True
@@ -728,12 +668,13 @@ def run(config: ScaleConfig) -> ScaleReport:
     report = ScaleReport()
     log = config.log
     with running_stack(config) as (stack, driver, reposter):
-        log(f"stack up: redis {stack.redis_server.url}, receivers {stack.receivers}, logs in {stack.logdir}")
+        receivers = ", ".join(stack.receiver_urls)
+        log(f"stack up: redis {stack.redis_url}, receivers {receivers}, logs in {stack.log_dir}")
         stack.set_latency(config.latency_ms)
         finished_seen: set[str] = set()
         for count in config.worker_counts:
             while len(stack.workers) < count:
-                stack.add_worker()
+                stack.grow()
             apps = config.apps_per_worker * count
             posts_before = reposter.seen + sum(reposter.statuses.values())
             cpu_before, work_before = _total_cpu(stack), _worker_totals(stack)
@@ -759,7 +700,7 @@ def run(config: ScaleConfig) -> ScaleReport:
                 f"{stack.kiban_url}/_fake/faults", json={"duplicate_callbacks": config.proof_duplicates}
             ).raise_for_status()
             while len(stack.workers) < config.proof_workers:
-                stack.add_worker()
+                stack.grow()
             live = list(stack.workers)
             kill_at = int(config.proof_apps * 0.4) if config.kill else None
 
@@ -769,7 +710,7 @@ def run(config: ScaleConfig) -> ScaleReport:
                 busy = _busy_job(stack, live)
                 if busy is not None:
                     report.killed_worker, report.killed_job = busy
-                    stack.kill(busy[0])
+                    stack.kill(stack.children[busy[0]])
                     log(f"  SIGKILL {busy[0]} while it ran {busy[1]} ({done} of {config.proof_apps} done)")
 
             cpu_before = _total_cpu(stack)
@@ -791,7 +732,7 @@ def run(config: ScaleConfig) -> ScaleReport:
         report.cpu_seconds = stack.cpu_seconds()
         verify(stack, driver, reposter, report)
         if not report.ok:
-            raise ScaleCheckFailed(report, stack.logdir)
+            raise ScaleCheckFailed(report, stack.log_dir)
     return report
 
 

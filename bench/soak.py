@@ -14,41 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import deque
-from pathlib import Path
 
 import httpx
 import psutil
 import redis
 
 from workers.jobs import api as commands_api
-from workers.sandbox.fakes import kompliant as fake_kompliant
-from workers.sandbox.redis_server import RedisServer, free_port
+from workers.sandbox.stack import Stack, StackConfig, StackKeys
 
-BIN = Path(sys.executable).parent / "workfloo-bridge"
 CALLBACK_KEY = "soak-callback-key-0123456789"
 INTERNAL_KEY = "soak-internal-key-0123456789"
 KIBAN_KEY = "soak-kiban-key-0123456789"
 TERMINAL = {"workfloo.completed", "workfloo.failed", "workfloo.abandoned"}
 SCENARIOS = ["approved", "approved", "approved", "rejected", "abandoned"]
-
-
-def _wait_up(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=0.5).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"soak: {url} did not come up")
 
 
 def _rss(pid: int) -> int:
@@ -72,71 +52,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the start RSS is taken")
     args = parser.parse_args(argv)
 
-    logdir = Path(tempfile.mkdtemp(prefix="workfloo-soak-"))
-    server = RedisServer(appendonly=True)
-    server.start()
-    client = redis.Redis.from_url(server.url)
-    ports = {name: free_port() for name in ("receiver", "kiban", "kompliant")}
-    receiver = f"http://127.0.0.1:{ports['receiver']}"
-    kiban = f"http://127.0.0.1:{ports['kiban']}"
-    kompliant = f"http://127.0.0.1:{ports['kompliant']}"
-    env = {
-        **os.environ,
-        "REDIS_URL": server.url,
-        "BRIDGE_PUBLIC_URL": receiver,
-        "BRIDGE_CALLBACK_KEYS": CALLBACK_KEY,
-        "BRIDGE_INTERNAL_KEYS": INTERNAL_KEY,
-        "KIBAN_BASE_URL": kiban,
-        "KIBAN_API_KEY": KIBAN_KEY,
-        "KIBAN_WORKFLOO_DEFINITION_ID": "def-soak",
-        "KOMPLIANT_BASE_URL": kompliant,
-        "KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
-        "KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
-        "KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
-        "KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
-        "LOG_LEVEL": "WARNING",
-    }
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(name: str, command: list[str]) -> None:
-        with (logdir / f"{name}.log").open("wb") as out:
-            procs[name] = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
-
-    try:
-        spawn(
-            "kompliant",
-            [sys.executable, "-m", "workers.sandbox.fakes.kompliant", "--port", str(ports["kompliant"])],
-        )
-        spawn("kiban", [
-            sys.executable, "-m", "workers.sandbox.fakes.kiban", "--port", str(ports["kiban"]),
-            "--api-key", KIBAN_KEY,
-            "--end-callback-url", f"{receiver}/v1/kiban/executions/{{execution_id}}/finished",
-            "--end-callback-api-key", CALLBACK_KEY, "--decision-delay", "0.2", "--nip-event-delay", "0.05",
-        ])  # fmt: skip
-        spawn("receiver", [str(BIN), "serve", "--port", str(ports["receiver"])])
+    config = StackConfig(
+        workers=0,
+        scheduler=False,
+        appendonly=True,
+        keys=StackKeys(callback=CALLBACK_KEY, internal=INTERNAL_KEY, kiban=KIBAN_KEY),
+        definition_id="def-soak",
+        tuning={"LOG_LEVEL": "WARNING"},
+        decision_delay=0.2,
+        nip_event_delay=0.05,
+    )
+    with Stack(config) as stack:
         for n in range(args.workers):
-            spawn(f"worker-{n}", [str(BIN), "worker", "--name", f"soak-{n}"])
-        _wait_up(f"{receiver}/healthz")
-        _wait_up(f"{kiban}/_fake/executions")
-        _wait_up(f"{kompliant}/_fake/workflows")
-        pids = {"redis-server": server.process.pid if server.process else 0} | {
-            n: p.pid for n, p in procs.items()
-        }
+            stack.add_worker(f"soak-{n}")
         print(
-            f"soak: {args.minutes} min at {args.rate}/s, {args.workers} workers; logs in {logdir}", flush=True
+            f"soak: {args.minutes} min at {args.rate}/s, {args.workers} workers; logs in {stack.log_dir}",
+            flush=True,
         )
-        run(args, client, receiver, kiban, pids)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        client.close()
-        server.close()
+        assert stack.client is not None
+        run(args, stack.client, stack.receiver_url, stack.kiban_url, stack.pids())
 
 
 def run(

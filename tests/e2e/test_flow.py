@@ -11,9 +11,10 @@ import time
 
 from rq import Queue
 
-from tests.support.workers_stack import BIN, DEFINITION, KIBAN_KEY, Bridge, wait_for
+from tests.support.workers_stack import BIN, DEFINITION, KIBAN_KEY, Bridge
 from workers.core.events import EventType as T
 from workers.jobs import state
+from workers.sandbox.wait import wait_until
 
 
 def run_cli(bridge: Bridge, *args: str) -> str:
@@ -101,11 +102,17 @@ def test_duplicate_and_out_of_order_callbacks(bridge: Bridge) -> None:
     assert (
         bridge.post(f"/v1/kiban/executions/{execution_id}/finished", {"id": execution_id}).status_code < 300
     )
-    wait_for(
-        lambda: len(bridge.events(execution_id, T.NIP_SENT)) >= 2, 10, "the late NIP event to be processed"
+    wait_until(
+        lambda: len(bridge.events(execution_id, T.NIP_SENT)) >= 2,
+        timeout=10,
+        what="the late NIP event to be processed",
     )
     queue = Queue("workfloo", connection=bridge.redis)
-    wait_for(lambda: queue.count == 0 and queue.started_job_registry.count == 0, 10, "the queue to drain")
+    wait_until(
+        lambda: queue.count == 0 and queue.started_job_registry.count == 0,
+        timeout=10,
+        what="the queue to drain",
+    )
     types = bridge.types(execution_id)
     assert types.count(T.WORKFLOO_COMPLETED) == 1
     assert types.count(T.KOMPLIANT_WORKFLOW_CREATED) == 1
@@ -147,7 +154,7 @@ def test_permanent_4xx_dead_letters_then_replays(bridge: Bridge) -> None:
         letters = json.loads(run_cli(bridge, "dlq", "list", "--json"))
         return [x for x in letters if x["execution_id"] == execution_id]
 
-    letters = wait_for(dead_letters, 15, "a dead letter for the execution")
+    letters = wait_until(dead_letters, timeout=15, what="a dead letter for the execution")
     assert "permanent" in str(letters[0]["reason"])
     assert bridge.business_applications(execution_id) == 0
     failed = bridge.events(execution_id, T.ACTION_FAILED)[0].data
@@ -170,7 +177,7 @@ def _rerun_validate(bridge: Bridge, execution_id: str, command_id: str, crashed:
         job_id=f"rerun-{command_id}",
         meta={"crash_requeues": 1} if crashed else {},
     )
-    wait_for(lambda: job.get_status(refresh=True) == "finished", 20, "the validate job")
+    wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=20, what="the validate job")
     result: dict[str, object] = job.return_value()
     return result
 
@@ -203,6 +210,8 @@ def test_start_rerun_after_the_form_was_accepted_finishes(bridge: Bridge) -> Non
         job_id="rerun-start",
         meta={"execution_id": execution_id},  # the checkpoint the first run wrote before it died
     )
-    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), 20, "the start job")
+    wait_until(
+        lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=20, what="the start job"
+    )
     assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else None
     assert job.return_value() == {"execution_id": execution_id}

@@ -7,10 +7,11 @@ import time
 
 from rq.job import Job, JobStatus
 
-from tests.support.workers_stack import Bridge, wait_for
+from tests.support.workers_stack import Bridge
 from workers.core.events import EventType as T
 from workers.jobs import state
 from workers.runtime.reaper import CRASH_REQUEUES
+from workers.sandbox.wait import wait_until
 
 
 def test_sigkill_mid_handoff_finishes_elsewhere_with_one_application(bare_bridge: Bridge) -> None:
@@ -21,7 +22,11 @@ def test_sigkill_mid_handoff_finishes_elsewhere_with_one_application(bare_bridge
     # exists at Kompliant, while the worker persists its id, publishes, and waits on workflow.start.
     bridge.kompliant_faults(latency_ms=1500)
     bridge.validate_nip(execution_id)
-    wait_for(lambda: bridge.business_applications(execution_id) == 1, 20, "workflow.create at Kompliant")
+    wait_until(
+        lambda: bridge.business_applications(execution_id) == 1,
+        timeout=20,
+        what="workflow.create at Kompliant",
+    )
     bridge.kill(worker)  # SIGKILL to the whole process group
     killed_at = time.monotonic()
     persisted = bridge.field(execution_id, state.KOMPLIANT_WORKFLOW)
@@ -43,7 +48,7 @@ def test_sigkill_mid_handoff_finishes_elsewhere_with_one_application(bare_bridge
                 return True
         return False
 
-    wait_for(recovered, 30, "the killed job to be requeued and finished")
+    wait_until(recovered, timeout=30, what="the killed job to be requeued and finished")
     assert time.monotonic() - killed_at < 30
     assert bridge.business_applications(execution_id) == 1
     [workflow] = bridge.workflows_of(execution_id)
@@ -63,7 +68,9 @@ def test_dropped_end_callbacks_are_healed_by_the_reconciler(bare_bridge: Bridge)
     # From now on Kiban loses every callback: the terminal status webhook and the end-of-workfloo call.
     bridge.kiban_faults(drop_callbacks_probability=1.0)
     bridge.validate_nip(execution_id)
-    wait_for(lambda: bridge.kiban_state.execution(execution_id).is_terminal, 10, "Kiban to finish")
+    wait_until(
+        lambda: bridge.kiban_state.execution(execution_id).is_terminal, timeout=10, what="Kiban to finish"
+    )
     time.sleep(1.5)
     assert T.WORKFLOO_COMPLETED not in bridge.types(execution_id)
     assert bridge.is_open(execution_id)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.workers_stack import Bridge, wait_for
+from tests.support.workers_stack import Bridge
 from workers.core.events import EventType as T
+from workers.sandbox.wait import wait_until
 
 SCENARIOS = ["approved", "rejected", "nip-error", "abandoned"] * 4
 
@@ -23,12 +24,12 @@ def test_many_applications_under_faults(bare_bridge: Bridge) -> None:
     executions = {bridge.start_application(s): s for s in SCENARIOS}
     for index, execution_id in enumerate(executions):
         # The applicant types the NIP once it arrived (Kiban refuses it before: NIP_NOT_DELIVERED).
-        wait_for(
+        wait_until(
             lambda e=execution_id: any(
                 ev.get("status") == "SUCCESS" for ev in bridge.kiban_state.execution(e).link_events
             ),
-            20,
-            "the NIP delivery",
+            timeout=20,
+            what="the NIP delivery",
         )
         bridge.validate_nip(execution_id)
         if index == len(executions) // 2:
@@ -51,4 +52,8 @@ def test_many_applications_under_faults(bare_bridge: Bridge) -> None:
             if t.startswith("workfloo.") and t != T.WORKFLOO_STATUS_CHANGED
         ]
         assert len(finished) == 1, (scenario, finished)
-    wait_for(lambda: not any(bridge.is_open(e) for e in executions), 30, "every execution to be closed")
+    wait_until(
+        lambda: not any(bridge.is_open(e) for e in executions),
+        timeout=30,
+        what="every execution to be closed",
+    )

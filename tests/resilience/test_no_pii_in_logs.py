@@ -23,13 +23,13 @@ from tests.support.resilience_stack import (
     CALLBACK_KEY,
     INTERNAL_KEY,
     KIBAN_KEY,
-    ProcessStack,
+    Bridge,
     process_stack,
-    wait_for,
 )
 from workers.core.settings import load_settings
 from workers.jobs import api as commands_api
 from workers.sandbox.fakes import kompliant as fake_kompliant
+from workers.sandbox.wait import wait_until
 
 NIP = "123456"  # the sandbox NIP
 WRONG_NIP = "918273"
@@ -115,7 +115,7 @@ def _abuse_with_pii(receiver_url: str) -> None:
         )
 
 
-def _run_applications(stack: ProcessStack) -> list[str]:
+def _run_applications(stack: Bridge) -> list[str]:
     """Applications through the bridge's own command API (HTTP on the receiver, and the Python API),
     including a DUPLICATE_EMAIL rejection at Kompliant, a NIP delivery error with a resend and a wrong
     NIP, until each has its outcome."""
@@ -150,14 +150,17 @@ def _run_applications(stack: ProcessStack) -> list[str]:
             str(result["result"]["execution_id"]) if result and isinstance(result["result"], dict) else None
         )
 
-    executions = [wait_for(lambda c=c: execution_of(c), 30, "an application to start") for c, _ in commands]
+    executions = [
+        wait_until(lambda c=c: execution_of(c), timeout=30, what="an application to start")
+        for c, _ in commands
+    ]
     for execution_id, (_, nips) in zip(executions, commands, strict=True):
 
         def ready(e: str = execution_id) -> bool:
             fake = httpx.get(f"{stack.kiban_url}/_fake/executions/{e}", timeout=10).json()
             return fake["phase"] in ("VALIDATE", "VALIDATE_2") and fake["link_events"][-1:] == ["SUCCESS"]
 
-        wait_for(ready, 30, "the NIP to be delivered")
+        wait_until(ready, timeout=30, what="the NIP to be delivered")
         for nip in nips:
             answer = internal.post(f"/v1/applications/{execution_id}/nip", json={"nip": nip})
             assert answer.status_code == 202, answer.text
@@ -168,7 +171,7 @@ def _run_applications(stack: ProcessStack) -> list[str]:
         return bool(types & {"kompliant.workflow.started", "kompliant.workflow.rejected"})
 
     for execution_id in executions:
-        wait_for(lambda e=execution_id: outcome(e), 60, f"the outcome of {execution_id}")
+        wait_until(lambda e=execution_id: outcome(e), timeout=60, what=f"the outcome of {execution_id}")
     internal.close()
     return executions
 

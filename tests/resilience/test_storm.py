@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.support.resilience_stack import ONCE_PER_EXECUTION, bridge_stack, wait_for
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, bridge_stack
 from workers.sandbox.serving import ServerThread
+from workers.sandbox.wait import wait_until
 
 # nip-error is left out: its resend needs the bridge to see the ERROR callback while the flow runs, and
 # here every callback is held back until the flow has ended.
@@ -75,10 +76,10 @@ def test_duplicate_and_reorder_storm(
         executions = bridge.start_applications(scenarios, timeout=120)
         bridge.validate_all(executions, timeout=120)
         fake = bridge.kiban.server.config.app.state.fake
-        wait_for(
+        wait_until(
             lambda: all(fake.execution(e).status in {"SUCCESS", "ERROR", "ABANDONED"} for e in executions),
-            60,
-            "every execution to end at the fake Kiban",
+            timeout=60,
+            what="every execution to end at the fake Kiban",
         )
         assert fake.wait_idle(30), "the fake Kiban still has callbacks to send"
         captured = list(recording.deliveries)

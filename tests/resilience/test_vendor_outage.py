@@ -39,7 +39,7 @@ def _retries(bridge: Bridge) -> list[dict[str, Any]]:
     starts: dict[str, list[float]] = {}
     for proc in bridge.procs:
         current = None
-        for line in proc.log.read_text(errors="replace").splitlines():
+        for line in proc.log_path.read_text(errors="replace").splitlines():
             if not line.startswith("{"):
                 continue
             record = json.loads(line)

@@ -16,7 +16,9 @@ import pytest
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, Proc, bridge_stack, wait_for
+from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
+from workers.sandbox.supervisor import Child
+from workers.sandbox.wait import holds_within, wait_until
 
 SCENARIOS = ["approved"] * 7 + ["rejected"] * 2 + ["abandoned"]
 
@@ -26,7 +28,7 @@ class Killer(threading.Thread):
     the dead worker was running has run to its end (or asked for a retry) on another worker."""
 
     def __init__(
-        self, bridge: Bridge, pool: dict[str, Proc], kills: int, gap: float, schedulers: bool
+        self, bridge: Bridge, pool: dict[str, Child], kills: int, gap: float, schedulers: bool
     ) -> None:
         super().__init__(daemon=True)
         self.bridge, self.pool, self.kills, self.gap, self.schedulers = bridge, pool, kills, gap, schedulers
@@ -40,12 +42,13 @@ class Killer(threading.Thread):
         for n in range(self.kills):
             if self.stop.wait(self.gap):
                 return
-            deadline = time.monotonic() + 10
-            while True:  # prefer a worker that is running a job right now
-                busy = [(name, job) for name in self.pool if (job := self.bridge.current_job(name))]
-                if busy or time.monotonic() > deadline or self.stop.is_set():
-                    break
-                time.sleep(0.01)
+            busy: list[tuple[str, str]] = []
+
+            def found(busy: list[tuple[str, str]] = busy) -> bool:  # prefer a worker running a job now
+                busy[:] = [(name, job) for name in self.pool if (job := self.bridge.current_job(name))]
+                return bool(busy) or self.stop.is_set()
+
+            holds_within(found, 10)
             name, job_id = rng.choice(busy) if busy else (rng.choice(sorted(self.pool)), None)
             self.bridge.kill(self.pool.pop(name))
             killed_at = time.monotonic()
@@ -55,8 +58,11 @@ class Killer(threading.Thread):
                 self.idle_kills += 1
                 continue
             try:
-                wait_for(
-                    lambda j=job_id: self._recovered(j), 90, f"job {job_id} killed with its worker", 0.05
+                wait_until(
+                    lambda j=job_id: self._recovered(j),
+                    timeout=90,
+                    what=f"job {job_id} killed with its worker",
+                    interval=0.05,
                 )
             except AssertionError as exc:
                 self.errors.append(f"{exc}; {self._describe(job_id)}")

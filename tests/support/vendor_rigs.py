@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from workers.sandbox.fakes import kiban as fake_kiban
 from workers.sandbox.fakes import kompliant as fake_kompliant
-from workers.sandbox.fakes.delivery import wait_until
 from workers.sandbox.serving import ServerThread
+from workers.sandbox.wait import holds_within
 from workers.vendors.kiban.client import KibanClient
 from workers.vendors.kompliant.client import KompliantClient
 
@@ -46,7 +46,7 @@ class Sink:
             return [r for r in self.received if path_part in r.path]
 
     def wait(self, path_part: str, count: int, timeout: float = 5.0) -> list[Received]:
-        wait_until(lambda: len(self.on(path_part)) >= count, timeout)
+        holds_within(lambda: len(self.on(path_part)) >= count, timeout)
         return self.on(path_part)
 
 
@@ -110,7 +110,7 @@ def kiban(_kiban_server: tuple[Starlette, ServerThread], sink: Sink) -> Iterator
     """The session's fake Kiban (over loopback), reset for this test, and a client factory."""
     app, server = _kiban_server
     state: fake_kiban.FakeKibanState = app.state.fake
-    wait_until(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
+    holds_within(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
     state.wait_idle(2.0)
     state.reset()
     with sink.lock:
@@ -154,7 +154,7 @@ def kompliant(_kompliant_server: tuple[Starlette, ServerThread]) -> Iterator[Kom
     """The session's fake Kompliant (over loopback), reset for this test, and a client factory."""
     app, server = _kompliant_server
     state: fake_kompliant.FakeKompliantState = app.state.fake
-    wait_until(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
+    holds_within(lambda: state.faults.in_flight == 0, 5.0)  # a timed-out request may still be sleeping
     state.reset()
     state.allow_duplicate_emails = False
     clients: list[KompliantClient] = []

@@ -11,11 +11,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from workers.sandbox.wait import WaitTimeout, wait_until
 
 
 def find_redis_server() -> str:
@@ -91,16 +92,19 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self.popen_kwargs
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}")
-            if self.ping():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+                raise RuntimeError(f"redis-server exited with {process.returncode}: {log}")
+            return self.ping()
+
+        try:
+            wait_until(answers, timeout=timeout, interval=0.02, what=f"redis-server on port {self.port}")
+        except WaitTimeout:
+            self.stop()
+            raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s") from None
 
     def ping(self) -> bool:
         try:

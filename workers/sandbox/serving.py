@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+
+from workers.sandbox.wait import WaitTimeout, wait_until
 
 
 class ServerThread:
@@ -36,11 +37,16 @@ class ServerThread:
 
     def start(self, timeout: float = 10.0) -> ServerThread:
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+
+        def started() -> bool:
+            if not self._thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
+            return bool(self.server.started)
+
+        try:
+            wait_until(started, timeout=timeout, interval=0.01, what="uvicorn to start")
+        except WaitTimeout:
+            raise RuntimeError("uvicorn did not start") from None
         return self
 
     def stop(self) -> None:

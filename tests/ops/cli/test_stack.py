@@ -15,21 +15,21 @@ import pytest
 from tests import ROOT
 from workers.sandbox.demo.model import AppRun
 from workers.sandbox.demo.scenario import ScenarioRunner
-from workers.sandbox.demo.stack import DemoStack, StackConfig
-from workers.sandbox.demo.supervisor import wait_http, wait_until
 from workers.sandbox.redis_server import free_port
+from workers.sandbox.stack import Stack, StackConfig
+from workers.sandbox.wait import wait_http, wait_until
 
 
 @dataclass
 class Running:
-    stack: DemoStack
+    stack: Stack
     execution_id: str
     run: AppRun
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    stack = DemoStack(StackConfig(workers=1, log_dir=tmp_path_factory.mktemp("stack-logs")))
+    stack = Stack(StackConfig(workers=1, log_dir=tmp_path_factory.mktemp("stack-logs")))
     stack.start()
     try:
         run = AppRun(index=1, scenario="approved")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tests import ROOT
 from workers.sandbox.demo.runner import READY_LINE
-from workers.sandbox.demo.supervisor import pid_alive
+from workers.sandbox.supervisor import pid_alive
+from workers.sandbox.wait import holds_within
 
 _ENV_PREFIXES = ("REDIS_", "BRIDGE_", "KIBAN_", "KOMPLIANT_", "EVENTS_", "LOG_")
 
@@ -30,12 +31,8 @@ def _demo(*args: str) -> list[str]:
 
 
 def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if pid_alive(pid)]
-        time.sleep(0.1)
-    return alive
+    holds_within(lambda: not any(pid_alive(pid) for pid in pids), timeout, interval=0.1)
+    return [pid for pid in pids if pid_alive(pid)]
 
 
 def test_demo_runs_every_scenario_to_its_expected_outcome(tmp_path: Path) -> None:

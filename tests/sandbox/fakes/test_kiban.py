@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from workers.core.errors import KibanValidationError
-from workers.sandbox.fakes.delivery import wait_until
-from workers.sandbox.fakes.kiban import UNKNOWN_DESTINATION, create_app
+from workers.sandbox.fakes.kiban import create_app
+from workers.sandbox.fakes.kiban.state import UNKNOWN_DESTINATION
+from workers.sandbox.wait import holds_within
 
 if TYPE_CHECKING:
     from tests.support.vendor_rigs import KibanRig
@@ -73,7 +74,7 @@ def test_end_of_workfloo_callback(kiban: KibanRig) -> None:
     assert finished[0].path == f"/v1/kiban/executions/{execution_id}/finished"
     assert finished[0].headers["x-api-key"] == "end-key"
     assert finished[0].body["status"] == "SUCCESS"
-    assert wait_until(lambda: kiban.state.execution(execution_id).end_callback_status == 200)
+    assert holds_within(lambda: kiban.state.execution(execution_id).end_callback_status == 200)
     api_node = kiban.make_client().get_detail(execution_id).nodes_of_type("API")[0]
     assert api_node.api_data is not None and api_node.api_data["response"]["httpCode"] == 200
 
@@ -303,7 +304,7 @@ def test_runs_as_a_process(sink) -> None:  # type: ignore[no-untyped-def]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: _up(url), timeout=15), process.stderr.read() if process.stderr else ""
+        assert holds_within(lambda: _up(url), timeout=15), process.stderr.read() if process.stderr else ""
         body = {"idWorkflooDefinition": "d", "scenarioId": "approved"}
         first = httpx.post(url + "/api/v1/workfloo", json=body, headers={"x-api-key": "proc-key"})
         assert first.status_code == 503  # the --faults knob

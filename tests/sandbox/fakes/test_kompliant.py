@@ -15,8 +15,8 @@ from workers.core.errors import (
     KompliantConfigurationViolationError,
     KompliantRuleViolationError,
 )
-from workers.sandbox.fakes.delivery import wait_until
 from workers.sandbox.fakes.kompliant import DEFAULT_API_KEY, DEFAULT_AUTH_TOKEN, DEFAULT_SECRET_KEY
+from workers.sandbox.wait import holds_within
 from workers.vendors.kompliant.signing import KSig1Signer
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def test_runs_as_a_process() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_until(lambda: _up(url), timeout=15)
+        assert holds_within(lambda: _up(url), timeout=15)
         body = b'{"account_id":"sb_fakeaccount","subject_record":{"type":"BUSINESS"}}'
         assert _signed_post(url + "/subjectRecord.create", body).status_code == 200
         assert len(httpx.get(url + "/_fake/workflows").json()["subject_records"]) == 1

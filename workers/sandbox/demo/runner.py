@@ -14,14 +14,14 @@ from rich.console import Console
 from workers.sandbox.demo.display import LiveProgress, print_report, progress_table
 from workers.sandbox.demo.model import AppRun, Summary, scenarios_for
 from workers.sandbox.demo.scenario import ScenarioRunner
-from workers.sandbox.demo.stack import DemoStack, StackConfig
-from workers.sandbox.demo.supervisor import Terminated, signals_as_exceptions, signals_ignored
+from workers.sandbox.stack import Stack, StackConfig
+from workers.sandbox.supervisor import Terminated, signals_as_exceptions, signals_ignored
 
 EXIT_INTERRUPTED = 130
 READY_LINE = "demo stack is running"
 
 
-def _keep_running_text(stack: DemoStack) -> str:
+def _keep_running_text(stack: Stack) -> str:
     env = stack.env()
     pids = " ".join(str(pid) for pid in stack.pids().values())
     exports = " ".join(
@@ -65,7 +65,7 @@ def _keep_running_text(stack: DemoStack) -> str:
     )
 
 
-def _wait_until_interrupted(stack: DemoStack) -> None:
+def _wait_until_interrupted(stack: Stack) -> None:
     while True:
         dead = stack.dead_children()
         if dead:
@@ -92,7 +92,7 @@ def run_demo(
     config = StackConfig(
         workers=workers, redis_url=redis_url, log_dir=log_dir, extra_env=dict(extra_env or {})
     )
-    stack = DemoStack(config)
+    stack = Stack(config)
     console.print(f"process logs: {stack.log_dir}")
     code = EXIT_INTERRUPTED
     finished = False

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -26,13 +26,15 @@ import redis
 from workers.core import keys
 from workers.core.timeline import MAX_TIMELINE_EVENTS, build_timeline
 from workers.sandbox.demo.model import KIBAN_SCENARIO, AppRun
-from workers.sandbox.demo.stack import DemoStack
+from workers.sandbox.stack import Stack
+from workers.sandbox.wait import WaitTimeout, wait_until
 
 SANDBOX_NIP = "123456"
 STORM_COPIES = 40
 POLL_SECONDS = 0.1
 
 APPROVED_EVENT = "kompliant.workflow.started"
+T = TypeVar("T")
 TERMINAL_EVENTS = ("workfloo.completed", "workfloo.failed", "workfloo.abandoned")
 
 
@@ -133,9 +135,9 @@ def _job_result(client: redis.Redis, job_id: str) -> tuple[Any, str | None]:
 
 
 class ScenarioRunner:
-    """Runs every application concurrently (one thread each) against a started ``DemoStack``."""
+    """Runs every application concurrently (one thread each) against a started ``Stack``."""
 
-    def __init__(self, stack: DemoStack, runs: Sequence[AppRun], *, timeout: float = 45.0) -> None:
+    def __init__(self, stack: Stack, runs: Sequence[AppRun], *, timeout: float = 45.0) -> None:
         self.stack = stack
         self.runs = list(runs)
         self.timeout = timeout
@@ -160,17 +162,16 @@ class ScenarioRunner:
             raise RuntimeError(f"start failed: HTTP {response.status_code} {response.text[:200]}")
         command_id = str(response.json()["command_id"])
         run.stage = "start queued"
-        while True:
+
+        def execution_id() -> str | None:
             value, status = _job_result(self._redis, command_id)
             if isinstance(value, dict) and value.get("execution_id"):
                 return str(value["execution_id"])
             if status == "failed":
                 raise RuntimeError(f"the start command {command_id} failed (see `workfloo-bridge dlq list`)")
-            if self.stop_event.is_set():
-                raise Stopped("interrupted")
-            if time.monotonic() > self._deadline:
-                raise Stopped(f"timed out waiting for the start command {command_id} to run")
-            time.sleep(POLL_SECONDS)
+            return None
+
+        return str(self._poll(execution_id, f"the start command {command_id} to run"))
 
     def validate_nip(self, run: AppRun) -> None:
         """``POST /v1/applications/{id}/nip`` with the sandbox NIP (the bridge does both steps)."""
@@ -228,16 +229,26 @@ class ScenarioRunner:
             pass
         self.refresh_events(run)
 
-    def _wait_for(self, run: AppRun, predicate: Callable[[list[str]], bool], what: str) -> None:
-        while True:
+    def _poll(self, predicate: Callable[[], T], what: str, detail: Callable[[], str] = lambda: "") -> T:
+        """``wait_until`` against the run's shared deadline; a stop request or the deadline is ``Stopped``."""
+
+        def check() -> T:
             if self.stop_event.is_set():
                 raise Stopped("interrupted")
+            return predicate()
+
+        remaining = max(0.0, self._deadline - time.monotonic())
+        try:
+            return wait_until(check, timeout=remaining, interval=POLL_SECONDS, what=what)
+        except WaitTimeout:
+            raise Stopped(f"timed out waiting for {what}{detail()}") from None
+
+    def _wait_for(self, run: AppRun, predicate: Callable[[list[str]], bool], what: str) -> None:
+        def seen() -> bool:
             self.refresh_events(run)
-            if predicate(run.event_types()):
-                return
-            if time.monotonic() > self._deadline:
-                raise Stopped(f"timed out waiting for {what} (last stage: {run.stage})")
-            time.sleep(POLL_SECONDS)
+            return predicate(run.event_types())
+
+        self._poll(seen, what, lambda: f" (last stage: {run.stage})")
 
     # -- one application ---------------------------------------------------------------------
 

@@ -146,16 +146,5 @@ class CallbackSender:
             delivery.on_result(first_status)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if "key" in k.lower() else v) for k, v in headers.items()}

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workers.sandbox.fakes.faults import FaultMiddleware, Faults, fault_routes
+from workers.sandbox.fakes.common import fake_app, serve_main
+from workers.sandbox.fakes.faults import Faults
 from workers.vendors.kompliant.signing import verify
 
 VERSION = "2025-03-24"
@@ -396,52 +397,48 @@ def create_app(
         state.allow_duplicate_emails = value
         return JSONResponse({"allow_duplicate_emails": value})
 
-    async def fake_reset(request: Request) -> Response:
-        state.reset()
-        return JSONResponse({"reset": True})
-
-    app = Starlette(
-        routes=[
+    return fake_app(
+        state,
+        faults,
+        control_routes=[
             Route("/_fake/workflows", fake_workflows, methods=["GET"]),
             Route("/_fake/workflows/{id}/end", fake_end, methods=["POST"]),
             Route("/_fake/config", fake_config, methods=["POST"]),
-            Route("/_fake/reset", fake_reset, methods=["POST"]),
-            *fault_routes(faults),
-            Route("/{method}", rpc, methods=["POST"]),
-        ]
+        ],
+        api_routes=[Route("/{method}", rpc, methods=["POST"])],
+        error_body=_fault_body,
     )
-    app.state.fake = state
-    app.add_middleware(FaultMiddleware, faults=faults, error_body=_fault_body)
-    return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m workers.sandbox.fakes.kompliant --port 8102 --api-key ... --secret-key ...``"""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(
-        prog="python -m workers.sandbox.fakes.kompliant", description="Fake Kompliant API"
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8102)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
     parser.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID)
     parser.add_argument("--allow-duplicate-emails", action="store_true")
-    parser.add_argument("--latency-ms", type=float, default=0)
-    parser.add_argument("--faults", default="{}", help='initial fault knobs as JSON, e.g. {"fail_next": 2}')
-    args = parser.parse_args(argv)
-    knobs = {"latency_ms": args.latency_ms, **json.loads(args.faults)}
-    app = create_app(
+
+
+def _build(args: argparse.Namespace, faults: Faults) -> Starlette:
+    return create_app(
         args.api_key,
         args.secret_key,
         args.auth_token,
         args.account_id,
         allow_duplicate_emails=args.allow_duplicate_emails,
-        faults=Faults(**knobs),
+        faults=faults,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m workers.sandbox.fakes.kompliant --port 8102 --api-key ... --secret-key ...``"""
+    serve_main(
+        argv,
+        prog="python -m workers.sandbox.fakes.kompliant",
+        description="Fake Kompliant API",
+        port=8102,
+        add_arguments=_arguments,
+        build=_build,
+    )
 
 
 if __name__ == "__main__":

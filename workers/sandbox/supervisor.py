@@ -24,8 +24,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-import httpx
-
 _PR_SET_PDEATHSIG = 1
 
 
@@ -35,10 +33,6 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-class ReadinessError(RuntimeError):
-    """A child did not become ready (or exited) within its time limit."""
 
 
 @contextlib.contextmanager
@@ -110,6 +104,9 @@ class Child:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
 
     def log_tail(self, chars: int = 2000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -217,50 +214,3 @@ class Supervisor:
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    child: Child | None = None,
-    interval: float = 0.05,
-) -> None:
-    """Poll ``predicate`` until true; fail early, with the log tail, if ``child`` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if child is not None and not child.alive():
-            raise ReadinessError(
-                f"{child.name} exited with code {child.process.returncode} before {what}:\n{child.log_tail()}"
-            )
-        try:
-            if predicate():
-                return
-        except Exception:  # noqa: S110 - "not ready yet" takes many shapes
-            pass
-        if time.monotonic() > deadline:
-            tail = f"\n{child.log_tail()}" if child is not None else ""
-            raise ReadinessError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        time.sleep(interval)
-
-
-def wait_http(url: str, *, timeout: float, child: Child | None = None, ok: Sequence[int] = (200,)) -> None:
-    """Wait until GET ``url`` answers with one of ``ok`` (any status when ``ok`` is empty)."""
-
-    def _check() -> bool:
-        response = httpx.get(url, timeout=1.0)
-        return not ok or response.status_code in ok
-
-    wait_until(_check, timeout=timeout, what=f"GET {url}", child=child)
-
-
-def wait_port(port: int, *, timeout: float, child: Child | None = None, host: str = "127.0.0.1") -> None:
-    """Wait until something accepts TCP connections on ``host:port``."""
-    import socket
-
-    def _check() -> bool:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-
-    wait_until(_check, timeout=timeout, what=f"{host}:{port} to accept connections", child=child)

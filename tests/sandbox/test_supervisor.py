@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.sandbox.demo.supervisor import (
-    ReadinessError,
-    Supervisor,
-    pid_alive,
-    wait_http,
-    wait_port,
-    wait_until,
-)
+from workers.sandbox.supervisor import Supervisor, pid_alive
+from workers.sandbox.wait import WaitTimeout, holds_within, wait_http, wait_port, wait_until
 
 # A child that starts a grandchild (like an RQ worker forking a work horse) and prints both pids.
 PARENT_WITH_GRANDCHILD = textwrap.dedent(
@@ -42,23 +36,16 @@ IGNORES_SIGTERM = textwrap.dedent(
 
 
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if pid_alive(pid)]
-        time.sleep(0.05)
-    return alive
+    holds_within(lambda: not any(pid_alive(pid) for pid in pids), timeout, interval=0.05)
+    return [pid for pid in pids if pid_alive(pid)]
 
 
 def _read_line(path: Path, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            text = path.read_text()
-            if text.endswith("\n"):
-                return text.strip().splitlines()[0]
-        time.sleep(0.05)
-    raise AssertionError(f"nothing written to {path}")
+    def line() -> str:
+        text = path.read_text() if path.exists() else ""
+        return text.strip().splitlines()[0] if text.endswith("\n") else ""
+
+    return wait_until(line, timeout=timeout, what=f"a line in {path}")
 
 
 def test_stop_all_ends_children_and_grandchildren(tmp_path: Path) -> None:
@@ -98,14 +85,14 @@ def test_wait_until_fails_fast_with_the_log_tail_when_the_child_exits(tmp_path: 
             "crasher", [sys.executable, "-c", "import sys; print('boom: bad config'); sys.exit(3)"]
         )
         started = time.monotonic()
-        with pytest.raises(ReadinessError, match="crasher exited with code 3") as info:
+        with pytest.raises(WaitTimeout, match="crasher exited with code 3") as info:
             wait_until(lambda: False, timeout=30, what="never", child=child)
         assert "boom: bad config" in str(info.value)
         assert time.monotonic() - started < 25  # it did not sit out the whole timeout
 
 
 def test_wait_until_times_out_with_the_name_of_what_it_waited_for() -> None:
-    with pytest.raises(ReadinessError, match="timed out after 0s waiting for the moon"):
+    with pytest.raises(WaitTimeout, match="timed out after 0s waiting for the moon"):
         wait_until(lambda: False, timeout=0.2, what="the moon")
 
 
@@ -120,7 +107,7 @@ def test_wait_port_and_wait_http(tmp_path: Path, serve) -> None:  # type: ignore
     server = serve(Starlette(routes=[Route("/ok", ok)]))
     wait_port(server.port, timeout=5)
     wait_http(f"{server.url}/ok", timeout=5)
-    with pytest.raises(ReadinessError):
+    with pytest.raises(WaitTimeout):
         wait_http(f"{server.url}/missing", timeout=0.3)
 
 
@@ -128,7 +115,7 @@ DRIVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from workers.sandbox.demo.supervisor import Supervisor, Terminated, signals_as_exceptions
+    from workers.sandbox.supervisor import Supervisor, Terminated, signals_as_exceptions
     log_dir = Path(sys.argv[1])
     supervisor = Supervisor(log_dir=log_dir, grace_seconds=5)
     with signals_as_exceptions():

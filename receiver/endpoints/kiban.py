@@ -93,7 +93,7 @@ class CallbackEndpoints:
             )
             event = await parse(request, body)
             received_at = utc_stamp()
-            payload: dict[str, Any] = {  # a workers.core.contract.CallbackJob as a plain dict (hot path)
+            payload: dict[str, Any] = {  # a workers.core.contract.CallbackPayload (hot path)
                 "event_id": event.event_id,
                 "kind": event.kind,
                 "execution_id": event.execution_id,

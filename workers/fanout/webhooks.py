@@ -18,7 +18,6 @@ import random
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +35,7 @@ from workers.core.events import Event
 from workers.core.log import get_logger
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import HttpSubscriber, Settings, get_settings
+from workers.vendors.http import parse_retry_after
 
 log = get_logger(__name__)
 
@@ -204,22 +204,6 @@ class AttemptResult:
     status_code: int | None
     retry_after: float | None
     error: str
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None when absent or invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def attempt_delivery(

@@ -8,9 +8,9 @@ import time
 from rq.job import Job, JobStatus
 
 from tests.support.workers_stack import Bridge
+from workers.core.contract import CRASH_REQUEUES
 from workers.core.events import EventType as T
 from workers.jobs import state
-from workers.runtime.reaper import CRASH_REQUEUES
 from workers.sandbox.wait import wait_until
 
 

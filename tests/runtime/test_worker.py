@@ -19,7 +19,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
-from workers.runtime.reaper import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES
 from workers.runtime.worker import BridgeSimpleWorker
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"

@@ -164,3 +164,8 @@ def validate_command(command_id: str, execution_id: str) -> ValidateNipCommand:
 
 def resend_command(command_id: str, execution_id: str) -> ResendNipCommand:
     return {"command_id": command_id, "execution_id": execution_id, "resend": None}
+
+
+CRASH_REQUEUES = "crash_requeues"
+"""Job meta field: how often the reaper requeued this job after its worker died (a job reads it to know
+that an earlier run may have had effects)."""

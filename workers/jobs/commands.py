@@ -20,7 +20,7 @@ import redis
 from rq import get_current_job
 
 from workers.core import keys
-from workers.core.contract import ResendNipCommand, StartCommand, ValidateNipCommand
+from workers.core.contract import CRASH_REQUEUES, ResendNipCommand, StartCommand, ValidateNipCommand
 from workers.core.errors import (
     KibanConflictError,
     KibanNipAlreadySentError,
@@ -33,7 +33,6 @@ from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import connection, settings, state
 from workers.jobs.retry import guarded, publish_action_failed, reason_of
-from workers.runtime.reaper import CRASH_REQUEUES
 from workers.vendors.kiban.client import get_kiban_client
 from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 

@@ -18,7 +18,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers.runtime.reaper import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from workers.core.contract import CRASH_REQUEUES
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -24,7 +25,6 @@ from workers.runtime import rq_internals
 
 log = get_logger(__name__)
 
-CRASH_REQUEUES = "crash_requeues"
 
 RQ_CLEANUP_MARGIN_SECONDS = 60
 """Added to every started-registry entry's TTL, and added back by the reaper when it looks for dead ones.

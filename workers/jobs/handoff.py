@@ -1,25 +1,9 @@
 """Hand an approved execution to Kompliant: exactly one BUSINESS_APPLICATION per execution.
 
-Duplicated callbacks, reordering, retries and a worker SIGKILLed at any instruction must not create a
-second business application. The guarantee rests on anchors, each persisted *before* the next call:
-
-1. ``subjectRecord.create`` and ``HSETNX kompliant_subject_record_id`` in the execution hash. A crash
-   before the ``HSETNX`` leaves an orphan subject record with no workflow: harmless (it is never used).
-   Two concurrent hand-offs each create one; ``HSETNX`` picks one winner and both continue with it.
-2. ``workflow.create(BUSINESS_APPLICATION, state=CREATED, subject_record_id, referrer_value=execution)``,
-   then ``HSET kompliant_workflow_id``. Kompliant allows one BUSINESS_APPLICATION per subject record, so
-   a second create under the same record fails with ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT``.
-3. Whenever the hash has a subject record but no workflow id (a retry after a crash or a lost response)
-   we first ``workflow.list(subject_record_id)`` and adopt the existing BUSINESS_APPLICATION; the
-   ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` rule violation leads to the same adoption.
-4. ``workflow.start``; ``WORKFLOW_STARTED`` / ``WORKFLOW_ENDED`` mean someone already did: success.
-
-A short Redis lock (``SET NX PX`` + token, released by Lua) serialises concurrent hand-offs of the same
-execution. It only saves vendor calls and orphan subject records; correctness does not depend on it (a
-lock can expire under a stalled holder), the anchors above carry it.
-
-``DUPLICATE_EMAIL`` and any other rule/configuration violation are a business outcome: publish
-``kompliant.workflow.rejected``, remember it, do not retry, and let the job succeed.
+Each anchor (subject record, then workflow id) is written to the execution hash before the next vendor
+call, and a re-run adopts what an earlier run created; the lock only saves vendor calls. Rule and
+configuration violations are a business outcome (``kompliant.workflow.rejected``), not a retry. The
+whole argument is in docs/workers.md, "Exactly one Kompliant business application".
 """
 
 from __future__ import annotations

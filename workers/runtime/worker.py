@@ -1,25 +1,10 @@
 """The project's RQ worker classes, tuned for crash recovery within seconds.
 
-RQ's defaults find a job abandoned by a SIGKILLed worker only after minutes: a busy worker refreshes the
-job's ``StartedJobRegistry`` entry with a TTL of ``job_monitoring_interval`` (30 s) **+ 60 s**, RQ's
-registry maintenance runs every 10 minutes, and it then *fails* the job (it requeues only jobs enqueued
-with ``Retry``). Here:
-
-* ``get_heartbeat_ttl`` is ``worker_heartbeat_seconds + worker_heartbeat_grace_seconds`` (3 + 7 s), and a
-  busy worker refreshes it every ``worker_heartbeat_seconds`` (the fork ``Worker`` does so while it waits
-  for its work-horse; ``BridgeSimpleWorker`` runs a small heartbeat thread beside the job);
-* every worker runs the *reaper* every ``reaper_interval_seconds`` (between jobs and while idle: an idle
-  worker blocks on the queue for at most ``worker_ttl_seconds - 15`` s): an entry of the started registry
-  whose heartbeat expired belongs to a dead worker, so its job is requeued at the front with the **same
-  job id** (``workers.runtime.reaper``). A job that keeps killing workers is dead-lettered after
-  ``reaper_max_requeues`` crashes, with ``action.failed``.
-
-Worst case from SIGKILL to the job running again: heartbeat TTL (10 s) + reaper period (3 s) + an idle
-worker's poll (5 s) ≈ 18 s, inside the 30 s target. Jobs are idempotent, so the rare false positive
-(a live but stalled worker) costs a duplicate run, never a duplicate effect.
-
-Every RQ hook overridden here, and all RQ state touched, is listed (and pinned by a test) in
-``workers.runtime.rq_internals``.
+RQ's defaults notice a SIGKILLed worker's job after minutes and then fail it. These classes keep a short
+heartbeat on the started job (also for the in-process worker, from a small thread) and run the reaper
+(``workers.runtime.reaper``) in every worker's maintenance loop, so a crashed job runs again within about
+18 s with the defaults. docs/workers.md, "Crash recovery", has the figures and the reasoning; every RQ
+hook overridden here is listed and pinned by a test in ``workers.runtime.rq_internals``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@
   reconciler should next consider them (last activity; the reconciler pushes the score forward by its
   poll backoff). A terminal execution is never re-added (a late NIP event must not reopen it).
 * ``keys.link(link_id)``: NIP link id → execution id.
+
+Every write to an execution hash or a link mapping (here and in ``Publisher.publish``'s state fields)
+sets its TTL to ``BRIDGE_EXECUTION_RETENTION_SECONDS``: an open execution's hash lives while anything
+happens to it (callbacks, reconciler polls), a finished one is kept that long after its last write,
+which is normally the terminal state and the Kompliant hand-off.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Mapping
 import redis
 
 from workers.core import keys
+from workers.core.settings import get_settings
 
 # --- execution hash fields ---------------------------------------------------------------------
 STATUS = "status"
@@ -37,7 +43,10 @@ KOMPLIANT_STARTED = "kompliant_started"
 KOMPLIANT_REJECTED = "kompliant_rejected"
 RECONCILE_POLLS = "reconcile_polls"
 
-LINK_TTL_SECONDS = 30 * 24 * 3600
+
+def retention_seconds() -> int:
+    """``BRIDGE_EXECUTION_RETENTION_SECONDS`` of this process: the TTL every write here sets."""
+    return get_settings().bridge_execution_retention_seconds
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -57,7 +66,11 @@ def get_field(connection: redis.Redis, execution_id: str, field: str) -> str | N
 
 def set_fields(connection: redis.Redis, execution_id: str, fields: Mapping[str, str]) -> None:
     if fields:
-        connection.hset(keys.execution(execution_id), mapping=dict(fields.items()))
+        key = keys.execution(execution_id)
+        with connection.pipeline() as pipe:
+            pipe.hset(key, mapping=dict(fields.items()))
+            pipe.expire(key, retention_seconds())
+            pipe.execute()
 
 
 def set_once(connection: redis.Redis, execution_id: str, field: str, value: str) -> str:
@@ -65,8 +78,9 @@ def set_once(connection: redis.Redis, execution_id: str, field: str, value: str)
     key = keys.execution(execution_id)
     with connection.pipeline() as pipe:
         pipe.hsetnx(key, field, value)
+        pipe.expire(key, retention_seconds())
         pipe.hget(key, field)
-        _, winner = pipe.execute()
+        _, _, winner = pipe.execute()
     return str(_text(winner))
 
 
@@ -76,6 +90,7 @@ def is_terminal(connection: redis.Redis, execution_id: str) -> bool:
 
 _TOUCH_OPEN = """
 if redis.call('HGET', KEYS[1], 'terminal') == '1' then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 else
@@ -88,13 +103,14 @@ return 1
 def touch_open(
     connection: redis.Redis, execution_id: str, at: float | None = None, *, refresh: bool = True
 ) -> bool:
-    """Mark the execution as open (awaiting a terminal event) unless it is already terminal.
+    """Mark the execution as open (awaiting a terminal event) unless it is already terminal; activity on
+    an open execution refreshes its hash's TTL.
 
     ``refresh=False`` only adds it when absent (keeps the reconciler's backoff score)."""
     score = time.time() if at is None else at
     result = connection.eval(
         _TOUCH_OPEN, 2, keys.execution(execution_id), keys.OPEN_EXECUTIONS, repr(score), execution_id,
-        "1" if refresh else "0",
+        "1" if refresh else "0", retention_seconds(),
     )  # fmt: skip
     return bool(result)
 
@@ -110,9 +126,11 @@ def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) ->
 
 
 def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:
+    ttl = retention_seconds()
     with connection.pipeline() as pipe:
-        pipe.set(keys.link(link_id), execution_id, ex=LINK_TTL_SECONDS)
+        pipe.set(keys.link(link_id), execution_id, ex=ttl)
         pipe.hsetnx(keys.execution(execution_id), LINK_ID, link_id)
+        pipe.expire(keys.execution(execution_id), ttl)
         pipe.execute()
 
 
@@ -125,6 +143,7 @@ local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return tonumber(existing) end
 local n = redis.call('HINCRBY', KEYS[1], 'nip_resends', 1)
 redis.call('HSET', KEYS[1], ARGV[1], n)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return n
 """
 
@@ -133,7 +152,17 @@ def claim_nip_resend(connection: redis.Redis, execution_id: str, error_key: str)
     """The resend number (1, 2, …) owed to one NIP ERROR event; the same event always gets the same number,
     so a retried job never burns a second resend for one error."""
     field = f"nip_error:{error_key}"
-    return int(connection.eval(_CLAIM_RESEND, 1, keys.execution(execution_id), field))
+    return int(connection.eval(_CLAIM_RESEND, 1, keys.execution(execution_id), field, retention_seconds()))
+
+
+def count_reconcile_poll(connection: redis.Redis, execution_id: str) -> int:
+    """One more reconciler poll of the execution; the number of polls so far (this one included)."""
+    key = keys.execution(execution_id)
+    with connection.pipeline() as pipe:
+        pipe.hincrby(key, RECONCILE_POLLS, 1)
+        pipe.expire(key, retention_seconds())
+        polls, _ = pipe.execute()
+    return int(polls)
 
 
 # --- a small lock: SET NX PX with a random token, released by Lua only by its owner -------------

@@ -10,6 +10,9 @@ import pytest
 import redis
 
 from workers.core import keys
+from workers.core.events import Event, EventType
+from workers.core.settings import load_settings
+from workers.fanout.publisher import Publisher
 from workers.jobs import state
 
 
@@ -90,15 +93,26 @@ def test_every_write_sets_the_retention_ttl(redis_client: redis.Redis, retention
         assert retention - 10 <= redis_client.ttl(key) <= retention, key
 
 
-def test_activity_refreshes_an_open_execution_but_not_a_terminal_one(
-    redis_client: redis.Redis, retention: int
-) -> None:
+def test_retention_counts_from_the_terminal_write(redis_client: redis.Redis, retention: int) -> None:
     key = keys.execution("e1")
     redis_client.hset(key, "x", "1")
     redis_client.expire(key, 50)
     state.touch_open(redis_client, "e1")
     assert redis_client.ttl(key) > 50
-    state.set_fields(redis_client, "e1", {state.TERMINAL: "1"})
     redis_client.expire(key, 50)
-    state.touch_open(redis_client, "e1")  # a late callback does not extend a finished execution
-    assert redis_client.ttl(key) <= 50
+    state.set_fields(redis_client, "e1", {state.TERMINAL: "1"})  # the terminal write: retention from now
+    assert redis_client.ttl(key) > retention - 10
+    redis_client.expire(key, 50)
+    # Late callbacks, the hand-off and reconciler writes do not extend a finished execution.
+    state.touch_open(redis_client, "e1")
+    state.set_fields(redis_client, "e1", {state.KOMPLIANT_WORKFLOW: "wf"})
+    state.set_once(redis_client, "e1", state.KOMPLIANT_SUBJECT_RECORD, "sr")
+    state.map_link(redis_client, "l1", "e1")
+    state.claim_nip_resend(redis_client, "e1", "late")
+    state.count_reconcile_poll(redis_client, "e1")
+    settings = load_settings(bridge_execution_retention_seconds=retention)
+    Publisher(redis_client, settings).publish(
+        Event(type=EventType.NIP_DELIVERED, execution_id="e1"), state_key=key, state_fields={"a": "1"}
+    )
+    assert 0 < redis_client.ttl(key) <= 50
+    assert redis_client.hget(key, state.KOMPLIANT_WORKFLOW) == b"wf"

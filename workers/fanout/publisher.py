@@ -5,7 +5,8 @@ nothing does:
 
 1. ``once_key`` given and already seen → return False, no effect (a retried job publishes once);
 2. remember ``once_key`` (TTL ``bridge_dedupe_ttl_seconds``) and ``HSET`` the caller's state fields
-   (the state hash's TTL set to ``bridge_execution_retention_seconds``);
+   (the state hash's TTL set to ``bridge_execution_retention_seconds`` unless it was already terminal:
+   the retention rule of ``workers.jobs.state``);
 3. ``XADD`` the stream (``MAXLEN ~``), fields ``type``, ``execution_id``, ``event`` (envelope JSON);
 4. ``RPUSH`` the envelope on the execution's timeline (TTL ``events_timeline_ttl_seconds``);
 5. enqueue one RQ delivery job per matching, not-disabled HTTP subscriber (the job hash is built by
@@ -45,8 +46,9 @@ i = i + 1
 if nstate > 0 and KEYS[2] ~= '' then
   local state = {}
   for j = 1, nstate * 2 do state[j] = ARGV[i + j - 1] end
+  local finished = redis.call('HGET', KEYS[2], 'terminal') == '1' and redis.call('TTL', KEYS[2]) > 0
   redis.call('HSET', KEYS[2], unpack(state))
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  if not finished then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
 end
 i = i + nstate * 2
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',

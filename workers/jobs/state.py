@@ -8,10 +8,11 @@
   poll backoff). A terminal execution is never re-added (a late NIP event must not reopen it).
 * ``keys.link(link_id)``: NIP link id → execution id.
 
-Every write to an execution hash or a link mapping (here and in ``Publisher.publish``'s state fields)
-sets its TTL to ``BRIDGE_EXECUTION_RETENTION_SECONDS``: an open execution's hash lives while anything
-happens to it (callbacks, reconciler polls), a finished one is kept that long after its last write,
-which is normally the terminal state and the Kompliant hand-off.
+Retention (``BRIDGE_EXECUTION_RETENTION_SECONDS``): every write to the hash of an execution that is not
+terminal yet (here and in ``Publisher.publish``'s state fields) sets the hash's TTL to it, so an open
+execution lives while anything happens to it (callbacks, reconciler polls); the write that makes it
+terminal is the last refresh, so a finished execution is kept exactly that long after it finished and
+late callbacks or the Kompliant hand-off never extend it. A link mapping gets the same TTL when written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import redis
 
@@ -45,8 +47,22 @@ RECONCILE_POLLS = "reconcile_polls"
 
 
 def retention_seconds() -> int:
-    """``BRIDGE_EXECUTION_RETENTION_SECONDS`` of this process: the TTL every write here sets."""
+    """``BRIDGE_EXECUTION_RETENTION_SECONDS`` of this process: the TTL the writes here set."""
     return get_settings().bridge_execution_retention_seconds
+
+
+# One write to an execution hash, then the retention refresh: only while the hash was not terminal
+# before this write (or has no TTL at all). KEYS: the hash. ARGV: ttl, command, its arguments.
+_WRITE = """
+local finished = redis.call('HGET', KEYS[1], 'terminal') == '1' and redis.call('TTL', KEYS[1]) > 0
+local result = redis.call(ARGV[2], KEYS[1], unpack(ARGV, 3))
+if not finished then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return result
+"""
+
+
+def _write(connection: redis.Redis | redis.client.Pipeline, execution_id: str, *command: str) -> Any:
+    return connection.eval(_WRITE, 1, keys.execution(execution_id), retention_seconds(), *command)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -66,21 +82,15 @@ def get_field(connection: redis.Redis, execution_id: str, field: str) -> str | N
 
 def set_fields(connection: redis.Redis, execution_id: str, fields: Mapping[str, str]) -> None:
     if fields:
-        key = keys.execution(execution_id)
-        with connection.pipeline() as pipe:
-            pipe.hset(key, mapping=dict(fields.items()))
-            pipe.expire(key, retention_seconds())
-            pipe.execute()
+        _write(connection, execution_id, "HSET", *(part for pair in fields.items() for part in pair))
 
 
 def set_once(connection: redis.Redis, execution_id: str, field: str, value: str) -> str:
     """``HSETNX`` then read back: the value that won (ours or a concurrent writer's)."""
-    key = keys.execution(execution_id)
     with connection.pipeline() as pipe:
-        pipe.hsetnx(key, field, value)
-        pipe.expire(key, retention_seconds())
-        pipe.hget(key, field)
-        _, _, winner = pipe.execute()
+        _write(pipe, execution_id, "HSETNX", field, value)
+        pipe.hget(keys.execution(execution_id), field)
+        _, winner = pipe.execute()
     return str(_text(winner))
 
 
@@ -126,11 +136,9 @@ def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) ->
 
 
 def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:
-    ttl = retention_seconds()
     with connection.pipeline() as pipe:
-        pipe.set(keys.link(link_id), execution_id, ex=ttl)
-        pipe.hsetnx(keys.execution(execution_id), LINK_ID, link_id)
-        pipe.expire(keys.execution(execution_id), ttl)
+        pipe.set(keys.link(link_id), execution_id, ex=retention_seconds())
+        _write(pipe, execution_id, "HSETNX", LINK_ID, link_id)
         pipe.execute()
 
 
@@ -141,9 +149,10 @@ def resolve_link(connection: redis.Redis, link_id: str) -> str | None:
 _CLAIM_RESEND = """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return tonumber(existing) end
+local finished = redis.call('HGET', KEYS[1], 'terminal') == '1' and redis.call('TTL', KEYS[1]) > 0
 local n = redis.call('HINCRBY', KEYS[1], 'nip_resends', 1)
 redis.call('HSET', KEYS[1], ARGV[1], n)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if not finished then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return n
 """
 
@@ -157,12 +166,7 @@ def claim_nip_resend(connection: redis.Redis, execution_id: str, error_key: str)
 
 def count_reconcile_poll(connection: redis.Redis, execution_id: str) -> int:
     """One more reconciler poll of the execution; the number of polls so far (this one included)."""
-    key = keys.execution(execution_id)
-    with connection.pipeline() as pipe:
-        pipe.hincrby(key, RECONCILE_POLLS, 1)
-        pipe.expire(key, retention_seconds())
-        polls, _ = pipe.execute()
-    return int(polls)
+    return int(_write(connection, execution_id, "HINCRBY", RECONCILE_POLLS, "1"))
 
 
 # --- a small lock: SET NX PX with a random token, released by Lua only by its owner -------------

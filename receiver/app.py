@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     metrics = ReceiverMetrics()
-    recorder = JobRecorder(settings.bridge_queue)
+    recorder = JobRecorder.from_settings(settings)
     # Build and verify the callback job scripts now: start-up fails if RQ's enqueue commands changed.
     job_scripts = [recorder.script(func) for func in JOB_FUNCTIONS.values()]
     callbacks = CallbackEndpoints(settings, metrics)

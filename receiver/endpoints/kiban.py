@@ -31,11 +31,13 @@ from workers.core.contract import (
     EXECUTION_ID_RE,
     FINISHED_BODY_ID_FIELDS,
     JOB_FUNCTIONS,
+    CallbackKind,
     NipEventBody,
     StatusWebhookBody,
     finished_event_id,
     nip_event_id,
     status_event_id,
+    stored_body,
 )
 from workers.core.log import get_logger
 from workers.core.settings import Settings
@@ -48,7 +50,7 @@ EVENT_TYPE_HEADER_MAX = 128
 class Callback(NamedTuple):
     """What one validated delivery is: the fields of its job besides the body and the receive time."""
 
-    kind: str
+    kind: CallbackKind
     event_id: str
     execution_id: str | None
     link_id: str | None = None
@@ -100,7 +102,7 @@ class CallbackEndpoints:
                 "link_id": event.link_id,
                 "received_at": received_at,
                 "event_type_header": event.event_type_header,
-                "body": body,
+                "body": stored_body(event.kind, body),  # only what the job reads
             }
             intake: Intake = request.app.state.intake
             try:

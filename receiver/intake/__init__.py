@@ -44,7 +44,7 @@ class Intake:
         self, settings: Settings, recorder: JobRecorder | None = None, scripts: Sequence[JobScript] = ()
     ) -> None:
         self.client = intake_client(settings)
-        self.recorder = recorder or JobRecorder(settings.bridge_queue)
+        self.recorder = recorder or JobRecorder.from_settings(settings)
         self._sources: list[str] = []
         self.committer = GroupCommitter(
             self.client,

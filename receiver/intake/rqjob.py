@@ -31,6 +31,7 @@ from rq import Queue
 from rq.job import Job
 
 from receiver.intake.resp import bulk
+from workers.core.settings import Settings
 
 ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
 DYNAMIC_FIELDS: Final = (b"created_at", b"enqueued_at", b"data", b"description")
@@ -151,18 +152,44 @@ def zlib_stored(raw: bytes) -> bytes:
 
 
 class JobRecorder:
-    """Builds ``JobScript``s with RQ's own API (``Queue.create_job`` + ``Queue.enqueue_job``)."""
+    """Builds ``JobScript``s with RQ's own API (``Queue.create_job`` + ``Queue.enqueue_job``).
 
-    def __init__(self, queue_name: str) -> None:
+    ``timeout``, ``result_ttl`` and ``failure_ttl`` go through ``create_job`` like any RQ job option, so
+    they become static fields of the template (and of the verification against RQ's bytes). With them
+    RQ expires the job hash and its ``rq:results:<id>`` record once the job finished or failed; without
+    them a failed job would be kept a year and its failure record forever."""
+
+    def __init__(
+        self,
+        queue_name: str,
+        *,
+        timeout: int | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+    ) -> None:
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_NeverConnect))
         self.queue = Queue(queue_name, connection=self._client)
         # Only used to pick command variants; avoids an INFO round trip (never persisted on the job).
         self.queue.redis_server_version = (7, 0, 0)
+        self.timeout, self.result_ttl, self.failure_ttl = timeout, result_ttl, failure_ttl
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobRecorder:
+        """The recorder of ``BRIDGE_QUEUE`` with the job options every bridge job carries."""
+        return cls(
+            settings.bridge_queue,
+            timeout=settings.job_timeout_seconds,
+            result_ttl=settings.job_result_ttl_seconds,
+            failure_ttl=settings.job_failure_ttl_seconds,
+        )
 
     def record(self, func: str, payload: Any, job_id: str, description: str) -> list[list[bytes]]:
         """The commands RQ would send to enqueue this job, encoded as redis-py would send them."""
         pipe = self._client.pipeline(transaction=False)
-        job = self.queue.create_job(func, args=(payload,), job_id=job_id, description=description)
+        job = self.queue.create_job(
+            func, args=(payload,), job_id=job_id, description=description, timeout=self.timeout,
+            result_ttl=self.result_ttl, failure_ttl=self.failure_ttl,
+        )  # fmt: skip
         self.queue.enqueue_job(job, pipeline=pipe)
         return [[_encode(arg) for arg in args] for args, _options in pipe.command_stack]
 

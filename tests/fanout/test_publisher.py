@@ -36,6 +36,16 @@ def test_publish_appends_stream_timeline_and_state(redis_client: redis.Redis) ->
     assert 0 < ttl <= settings.events_timeline_ttl_seconds
 
 
+def test_state_fields_set_the_state_hash_ttl_and_once_keys_expire(redis_client: redis.Redis) -> None:
+    settings = load_settings(bridge_execution_retention_seconds=7200, bridge_dedupe_ttl_seconds=600)
+    publisher = Publisher(redis_client, settings)
+
+    publisher.publish(_event(), once_key="o1", state_key=keys.execution("exec1"), state_fields={"a": "1"})
+
+    assert 7190 <= redis_client.ttl(keys.execution("exec1")) <= 7200
+    assert 590 <= redis_client.ttl(keys.event_once("o1")) <= 600
+
+
 def test_once_key_makes_second_publish_a_no_op(redis_client: redis.Redis) -> None:
     settings = load_settings()
     publisher = Publisher(redis_client, settings)

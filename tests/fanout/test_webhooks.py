@@ -138,6 +138,27 @@ def test_503_is_retried_then_succeeds_with_same_webhook_id(
     assert last.return_value() == "delivered"
 
 
+def test_delivery_jobs_and_their_results_expire(
+    redis_client: redis.Redis, serve: Callable[..., ServerThread], configure: Callable[..., Settings]
+) -> None:
+    hook = Hook(answers=[(503, {})])
+    server = serve(hook.app())
+    settings = configure(
+        [_sub(server, allow_private=True)], job_result_ttl_seconds="900", job_failure_ttl_seconds="1800"
+    )
+    event = _nip_event()
+    Publisher(redis_client, settings).publish(event)
+    _work(redis_client, settings)
+
+    assert len(hook.received) == 2
+    for attempt in (0, 1):
+        job = Job.fetch(subscribers.delivery_job_id("crm", event.id, attempt), connection=redis_client)
+        assert (job.result_ttl, job.failure_ttl) == (900, 1800)
+    per_job = [k for k in redis_client.scan_iter("rq:*") if b"wh_crm_" in k]
+    assert len(per_job) >= 4  # two job hashes, two result records
+    assert {k: redis_client.ttl(k) for k in per_job if not 0 < redis_client.ttl(k) <= 1800} == {}
+
+
 def test_gives_up_after_the_last_attempt_of_the_schedule(
     redis_client: redis.Redis, serve: Callable[..., ServerThread], configure: Callable[..., Settings]
 ) -> None:

@@ -27,12 +27,19 @@ def test_ruleset_exit_approves_and_applicant_is_read_from_form() -> None:
     assert outcome.event_type is EventType.WORKFLOO_COMPLETED
 
 
-def test_event_data_carries_no_email_rfc_or_phone() -> None:
+def test_event_data_carries_no_name_email_rfc_or_phone_only_flags() -> None:
     data = normalise("e1", detail(ruleset={"exit": "APPROVED"}), load_settings()).event_data()
     text = repr(data)
-    for secret in ("ana@example.com", "LOLA800101AB1", "5512345678"):
+    for secret in ("Ana", "López", "ana@example.com", "LOLA800101AB1", "5512345678"):
         assert secret not in text
-    assert data["applicant"] == {"first_name": "Ana", "last_name": "López", "has_email": True}
+    assert "applicant" not in data
+    assert (data["has_name"], data["has_email"]) == (True, True)
+
+
+def test_flags_say_when_no_name_or_email_was_found() -> None:
+    doc = {"id": "e1", "status": "SUCCESS", "nodes": [{"type": "FORM", "form": {"fields": {"x": "1"}}}]}
+    data = normalise("e1", doc, load_settings()).event_data()
+    assert (data["has_name"], data["has_email"]) == (False, False)
 
 
 def test_other_exit_rejects() -> None:

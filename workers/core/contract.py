@@ -8,7 +8,8 @@ the Python API share them). Payloads are ``TypedDict``s: plain JSON-able dicts a
 validated twice on the hot path), checked by mypy on both sides.
 
 Vendor gaps (``API-NOTES.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored by the
-schemas but kept in ``CallbackPayload["body"]``, the JSON object exactly as received).
+schemas). ``CallbackPayload["body"]`` keeps only the fields the jobs read (``stored_body``): a status
+object's form, contact data and anything else Kiban adds never reach Redis.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class NipEventBody(BaseModel):
 
 class StatusWebhookBody(BaseModel):
     """Execution status webhook: Kiban's ``WorkflooStatus`` object (assumption K1). Only the fields the
-    receiver needs are checked; the rest (``form``, ``link``, …) passes through in the payload's body."""
+    receiver needs are checked; of the rest only what the job reads is stored (``stored_body``)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -82,7 +83,40 @@ class CallbackPayload(TypedDict):
     event_type_header: str | None
     """``X-Kiban-Event-Type`` of a status webhook, truncated."""
     body: dict[str, Any]
-    """The callback's JSON object exactly as received."""
+    """The fields of the callback's JSON object the jobs read (``stored_body``), as received."""
+
+
+_NIP_BODY_FIELDS: Final = ("event", "date", "linkId", "errorMessage")
+_STATUS_BODY_FIELDS: Final = ("id", "status", "currentNodeType", "currentNodeName")
+_LINK_FIELDS: Final = ("phase",)
+_LINK_EVENT_FIELDS: Final = ("status", "date", "errorMessage")
+_FINISHED_BODY_FIELDS: Final = ("id",)
+
+
+def _pick(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {name: body[name] for name in fields if name in body}
+
+
+def stored_body(kind: CallbackKind, body: dict[str, Any]) -> dict[str, Any]:
+    """What the job of ``kind`` reads of a callback body (``workers.jobs.callbacks``), nothing else.
+
+    A whitelist: NIP events keep event, date, linkId and errorMessage; status objects keep id, status,
+    the current node's type and name, ``link.phase`` and each ``link.events`` item's status, date and
+    errorMessage (no form, no ``link.phoneNumber``/``link.email``, no unknown field); end-of-workfloo
+    bodies keep ``id``. Delivery ids are computed from the body as received, before this."""
+    if kind == "nip":
+        return _pick(body, _NIP_BODY_FIELDS)
+    if kind == "finished":
+        return _pick(body, _FINISHED_BODY_FIELDS)
+    kept = _pick(body, _STATUS_BODY_FIELDS)
+    link = body.get("link")
+    if isinstance(link, dict):
+        minimal = _pick(link, _LINK_FIELDS)
+        events = link.get("events")
+        if isinstance(events, list):
+            minimal["events"] = [_pick(e, _LINK_EVENT_FIELDS) for e in events if isinstance(e, dict)]
+        kept["link"] = minimal
+    return kept
 
 
 def _digest(*parts: str) -> str:

@@ -420,6 +420,12 @@ class WorkerSettings(_Section):
         default=3600.0, gt=0, description="Largest wait between polls of one execution."
     )
     reconcile_batch: int = Field(default=200, ge=1, description="Executions polled per sweep.")
+    bridge_execution_retention_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="How long an execution's state hash and link mapping are kept after their last write "
+        "(the terminal state is normally the last one); every write refreshes it.",
+    )
 
     @field_validator("nip_invalid_destination_patterns")
     @classmethod

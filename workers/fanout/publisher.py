@@ -4,7 +4,9 @@
 nothing does:
 
 1. ``once_key`` given and already seen → return False, no effect (a retried job publishes once);
-2. remember ``once_key`` (TTL ``bridge_dedupe_ttl_seconds``) and ``HSET`` the caller's state fields;
+2. remember ``once_key`` (TTL ``bridge_dedupe_ttl_seconds``) and ``HSET`` the caller's state fields
+   (the state hash's TTL set to ``bridge_execution_retention_seconds`` unless it was already terminal:
+   the retention rule of ``workers.jobs.state``);
 3. ``XADD`` the stream (``MAXLEN ~``), fields ``type``, ``execution_id``, ``event`` (envelope JSON);
 4. ``RPUSH`` the envelope on the execution's timeline (TTL ``events_timeline_ttl_seconds``);
 5. enqueue one RQ delivery job per matching, not-disabled HTTP subscriber (the job hash is built by
@@ -27,8 +29,8 @@ from workers.fanout.webhooks import PreparedDelivery, prepare_deliveries
 
 # KEYS: 1 once, 2 state, 3 stream, 4 timeline, 5 channel, 6 rq:queues, 7 rq queue,
 #       then per delivery: disabled flag, job hash.
-# ARGV: 1 once ttl, 2 maxlen, 3 type, 4 execution id, 5 envelope, 6 timeline ttl,
-#       7 number of state fields (n), then n field/value pairs,
+# ARGV: 1 once ttl, 2 maxlen, 3 type, 4 execution id, 5 envelope, 6 timeline ttl, 7 state ttl,
+#       8 number of state fields (n), then n field/value pairs,
 #       then number of deliveries (d), then per delivery: job id, number of hash fields (m), m pairs.
 _PUBLISH_LUA = """
 local has_once = KEYS[1] ~= ''
@@ -38,13 +40,15 @@ end
 if has_once then
   redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 end
-local i = 7
+local i = 8
 local nstate = tonumber(ARGV[i])
 i = i + 1
 if nstate > 0 and KEYS[2] ~= '' then
   local state = {}
   for j = 1, nstate * 2 do state[j] = ARGV[i + j - 1] end
+  local finished = redis.call('HGET', KEYS[2], 'terminal') == '1' and redis.call('TTL', KEYS[2]) > 0
   redis.call('HSET', KEYS[2], unpack(state))
+  if not finished then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
 end
 i = i + nstate * 2
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
@@ -152,6 +156,7 @@ class Publisher:
             event.execution_id or "",
             envelope,
             settings.events_timeline_ttl_seconds,
+            settings.bridge_execution_retention_seconds,
             len(fields),
         ]
         for name, value in fields.items():

@@ -176,6 +176,8 @@ def prepare_deliveries(
             connection=connection,
             id=job_id,
             timeout=_job_timeout(settings),
+            result_ttl=settings.job_result_ttl_seconds,
+            failure_ttl=settings.job_failure_ttl_seconds,
             retry=_crash_retry(),
             origin=queue.name,
             status=JobStatus.QUEUED,
@@ -313,6 +315,8 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     options: dict[str, Any] = {
         "job_id": job_id,
         "job_timeout": _job_timeout(settings),
+        "result_ttl": settings.job_result_ttl_seconds,
+        "failure_ttl": settings.job_failure_ttl_seconds,
         "retry": _crash_retry(),
         "description": f"webhook {subscriber_key} {event_id} attempt {next_attempt}",
     }

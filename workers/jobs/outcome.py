@@ -3,9 +3,9 @@
 The decision comes from the workfloo's own rules: the last ``ruleset.exit`` (an exit value listed in
 ``approval_exit_values`` approves, any other exit rejects), else the ``decisionTree`` (approved when every
 result is true). ``approval_rule`` picks which of those count (``status`` = SUCCESS alone approves).
-The applicant's names and e-mail come from FORM nodes (field ids are settings). Only the names go into
-events; the e-mail is needed for Kompliant but stays out of event data, and NIP, RFC and phone are never
-read at all.
+The applicant's names and e-mail come from FORM nodes (field ids are settings) for the Kompliant
+hand-off only: event data says whether they were found (``has_name``, ``has_email``), never what they
+are, and NIP, RFC and phone are never read at all.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class Applicant:
     last_name: str | None = None
     email: str | None = None
 
-    def public(self) -> dict[str, Any]:
-        """What may appear in events: names, and only whether an e-mail is known."""
-        return {"first_name": self.first_name, "last_name": self.last_name, "has_email": bool(self.email)}
+    def public(self) -> dict[str, bool]:
+        """What may appear in events: whether a name and an e-mail are known, never the values."""
+        return {"has_name": bool(self.first_name or self.last_name), "has_email": bool(self.email)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Outcome:
             "decision_source": self.decision_source,
             "decision_detail": self.decision_detail,
             "cancelled": self.cancelled,
-            "applicant": self.applicant.public(),
+            **self.applicant.public(),
         }
 
 

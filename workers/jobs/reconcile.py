@@ -20,7 +20,6 @@ from typing import Any
 import redis
 from rq import Queue
 
-from workers.core import keys
 from workers.core.errors import VendorError
 from workers.core.events import Source
 from workers.core.log import get_logger
@@ -41,7 +40,7 @@ def poll_backoff(s: Settings, polls: int) -> float:
 
 
 def _defer(conn: redis.Redis, s: Settings, execution_id: str, now: float) -> None:
-    polls = int(conn.hincrby(keys.execution(execution_id), state.RECONCILE_POLLS, 1)) - 1
+    polls = state.count_reconcile_poll(conn, execution_id) - 1
     # Score = "last activity": pretend activity happened so the next poll is due after the backoff.
     next_score = now - s.reconcile_after_seconds + poll_backoff(s, polls)
     state.touch_open(conn, execution_id, at=next_score)

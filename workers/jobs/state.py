@@ -7,6 +7,12 @@
   reconciler should next consider them (last activity; the reconciler pushes the score forward by its
   poll backoff). A terminal execution is never re-added (a late NIP event must not reopen it).
 * ``keys.link(link_id)``: NIP link id → execution id.
+
+Retention (``BRIDGE_EXECUTION_RETENTION_SECONDS``): every write to the hash of an execution that is not
+terminal yet (here and in ``Publisher.publish``'s state fields) sets the hash's TTL to it, so an open
+execution lives while anything happens to it (callbacks, reconciler polls); the write that makes it
+terminal is the last refresh, so a finished execution is kept exactly that long after it finished and
+late callbacks or the Kompliant hand-off never extend it. A link mapping gets the same TTL when written.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import redis
 
 from workers.core import keys
+from workers.core.settings import get_settings
 
 # --- execution hash fields ---------------------------------------------------------------------
 STATUS = "status"
@@ -37,7 +45,24 @@ KOMPLIANT_STARTED = "kompliant_started"
 KOMPLIANT_REJECTED = "kompliant_rejected"
 RECONCILE_POLLS = "reconcile_polls"
 
-LINK_TTL_SECONDS = 30 * 24 * 3600
+
+def retention_seconds() -> int:
+    """``BRIDGE_EXECUTION_RETENTION_SECONDS`` of this process: the TTL the writes here set."""
+    return get_settings().bridge_execution_retention_seconds
+
+
+# One write to an execution hash, then the retention refresh: only while the hash was not terminal
+# before this write (or has no TTL at all). KEYS: the hash. ARGV: ttl, command, its arguments.
+_WRITE = """
+local finished = redis.call('HGET', KEYS[1], 'terminal') == '1' and redis.call('TTL', KEYS[1]) > 0
+local result = redis.call(ARGV[2], KEYS[1], unpack(ARGV, 3))
+if not finished then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return result
+"""
+
+
+def _write(connection: redis.Redis | redis.client.Pipeline, execution_id: str, *command: str) -> Any:
+    return connection.eval(_WRITE, 1, keys.execution(execution_id), retention_seconds(), *command)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -57,15 +82,14 @@ def get_field(connection: redis.Redis, execution_id: str, field: str) -> str | N
 
 def set_fields(connection: redis.Redis, execution_id: str, fields: Mapping[str, str]) -> None:
     if fields:
-        connection.hset(keys.execution(execution_id), mapping=dict(fields.items()))
+        _write(connection, execution_id, "HSET", *(part for pair in fields.items() for part in pair))
 
 
 def set_once(connection: redis.Redis, execution_id: str, field: str, value: str) -> str:
     """``HSETNX`` then read back: the value that won (ours or a concurrent writer's)."""
-    key = keys.execution(execution_id)
     with connection.pipeline() as pipe:
-        pipe.hsetnx(key, field, value)
-        pipe.hget(key, field)
+        _write(pipe, execution_id, "HSETNX", field, value)
+        pipe.hget(keys.execution(execution_id), field)
         _, winner = pipe.execute()
     return str(_text(winner))
 
@@ -76,6 +100,7 @@ def is_terminal(connection: redis.Redis, execution_id: str) -> bool:
 
 _TOUCH_OPEN = """
 if redis.call('HGET', KEYS[1], 'terminal') == '1' then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[3] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 else
@@ -88,13 +113,14 @@ return 1
 def touch_open(
     connection: redis.Redis, execution_id: str, at: float | None = None, *, refresh: bool = True
 ) -> bool:
-    """Mark the execution as open (awaiting a terminal event) unless it is already terminal.
+    """Mark the execution as open (awaiting a terminal event) unless it is already terminal; activity on
+    an open execution refreshes its hash's TTL.
 
     ``refresh=False`` only adds it when absent (keeps the reconciler's backoff score)."""
     score = time.time() if at is None else at
     result = connection.eval(
         _TOUCH_OPEN, 2, keys.execution(execution_id), keys.OPEN_EXECUTIONS, repr(score), execution_id,
-        "1" if refresh else "0",
+        "1" if refresh else "0", retention_seconds(),
     )  # fmt: skip
     return bool(result)
 
@@ -111,8 +137,8 @@ def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) ->
 
 def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:
     with connection.pipeline() as pipe:
-        pipe.set(keys.link(link_id), execution_id, ex=LINK_TTL_SECONDS)
-        pipe.hsetnx(keys.execution(execution_id), LINK_ID, link_id)
+        pipe.set(keys.link(link_id), execution_id, ex=retention_seconds())
+        _write(pipe, execution_id, "HSETNX", LINK_ID, link_id)
         pipe.execute()
 
 
@@ -123,8 +149,10 @@ def resolve_link(connection: redis.Redis, link_id: str) -> str | None:
 _CLAIM_RESEND = """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return tonumber(existing) end
+local finished = redis.call('HGET', KEYS[1], 'terminal') == '1' and redis.call('TTL', KEYS[1]) > 0
 local n = redis.call('HINCRBY', KEYS[1], 'nip_resends', 1)
 redis.call('HSET', KEYS[1], ARGV[1], n)
+if not finished then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return n
 """
 
@@ -133,7 +161,12 @@ def claim_nip_resend(connection: redis.Redis, execution_id: str, error_key: str)
     """The resend number (1, 2, …) owed to one NIP ERROR event; the same event always gets the same number,
     so a retried job never burns a second resend for one error."""
     field = f"nip_error:{error_key}"
-    return int(connection.eval(_CLAIM_RESEND, 1, keys.execution(execution_id), field))
+    return int(connection.eval(_CLAIM_RESEND, 1, keys.execution(execution_id), field, retention_seconds()))
+
+
+def count_reconcile_poll(connection: redis.Redis, execution_id: str) -> int:
+    """One more reconciler poll of the execution; the number of polls so far (this one included)."""
+    return int(_write(connection, execution_id, "HINCRBY", RECONCILE_POLLS, "1"))
 
 
 # --- a small lock: SET NX PX with a random token, released by Lua only by its owner -------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -80,9 +81,62 @@ def test_nip_callback_is_an_ordinary_rq_job(receiver: httpx.Client, redis_client
     assert redis_client.ttl(keys.dedupe(event_id)) > 71 * 3600
 
 
-def test_status_webhook_keeps_the_whole_body_and_event_headers(
+# A status object as Kiban sends it at the LINK node: the form and contact data must never be stored.
+STATUS_WITH_APPLICANT_DATA = {
+    **STATUS,
+    "name": "Crédito simple",
+    "currentNodeName": "Envío de NIP",
+    "form": {"fields": {"nombre": "Canary Nombre", "rfc": "GODE-561231-GR8", "telefono": 5512345678}},
+    "link": {
+        **STATUS["link"],
+        "phoneNumber": "+525512345678",
+        "email": "canary@example.com",
+        "key": LINK_ID,
+        "events": [{"status": "ERROR", "date": "2026-11-22", "errorMessage": "unknown", "to": "+52551"}],
+    },
+    "future": {"anything": "Canary"},
+}
+
+
+def test_status_webhook_stores_only_what_the_job_reads(
     receiver: httpx.Client, redis_client: redis.Redis
 ) -> None:
+    headers = {**AUTH, "x-kiban-event-id": "evt_pii", "x-kiban-event-type": "workfloo.status"}
+    response = receiver.post("/v1/kiban/status", json=STATUS_WITH_APPLICANT_DATA, headers=headers)
+
+    assert response.json() == {"status": "accepted", "event_id": "status-evt_pii"}
+    body = callback_payload(Job.fetch("status-evt_pii", connection=redis_client))["body"]
+    assert body == {
+        "id": EXECUTION_ID,
+        "status": "PROGRESS",
+        "currentNodeType": "LINK",
+        "currentNodeName": "Envío de NIP",
+        "link": {
+            "phase": "SENT",
+            "events": [{"status": "ERROR", "date": "2026-11-22", "errorMessage": "unknown"}],
+        },
+    }
+    stored = redis_client.hget("rq:job:status-evt_pii", "data")
+    assert stored is not None
+    raw = zlib.decompress(stored)
+    for value in (b"Canary", b"GODE", b"5512345678", b"canary@example.com", b"+52551"):
+        assert value not in raw
+
+
+def test_nip_and_finished_bodies_keep_only_what_the_jobs_read(
+    receiver: httpx.Client, redis_client: redis.Redis
+) -> None:
+    nip = {**NIP, "event": "ERROR", "errorMessage": "unknown destination", "phoneNumber": "+5255", "x": 1}
+    nip_id = receiver.post(NIP_PATH, json=nip, headers=AUTH).json()["event_id"]
+    finished = {"workflooId": EXECUTION_ID, "id": EXECUTION_ID, "form": {"curp": "GODE561231HDFRRN09"}}
+    finished_id = receiver.post("/v1/kiban/finished", json=finished, headers=AUTH).json()["event_id"]
+
+    nip_body = callback_payload(Job.fetch(nip_id, connection=redis_client))["body"]
+    assert nip_body == {key: nip[key] for key in ("event", "date", "linkId", "errorMessage")}
+    assert callback_payload(Job.fetch(finished_id, connection=redis_client))["body"] == {"id": EXECUTION_ID}
+
+
+def test_status_webhook_keeps_the_event_headers(receiver: httpx.Client, redis_client: redis.Redis) -> None:
     headers = {**AUTH, "x-kiban-event-id": "evt_123", "x-kiban-event-type": "workfloo.status"}
     response = receiver.post("/v1/kiban/status", json=STATUS, headers=headers)
 
@@ -92,7 +146,7 @@ def test_status_webhook_keeps_the_whole_body_and_event_headers(
     payload = callback_payload(job)
     assert payload["execution_id"] == EXECUTION_ID
     assert payload["event_type_header"] == "workfloo.status"
-    assert payload["body"] == STATUS  # unknown fields (link, …) reach the worker
+    assert payload["body"] == STATUS  # everything the job reads reaches the worker
 
 
 def test_status_without_event_id_dedupes_on_the_body(

@@ -133,12 +133,50 @@ def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str, tran
     assert queue.count == 0
 
 
+def test_intake_jobs_carry_the_configured_job_options_and_every_rq_key_expires(
+    redis_url: str, transport: str
+) -> None:
+    """A finished and a failed intake job, run by a plain RQ worker: the job hashes and their
+    ``rq:results:<id>`` records expire after the configured result and failure TTLs."""
+    settings = load_settings(
+        redis_url=redis_url, bridge_intake_transport=transport, job_timeout_seconds=42,
+        job_result_ttl_seconds=1234, job_failure_ttl_seconds=5678,
+    )  # fmt: skip
+
+    async def enqueue() -> None:
+        intake = Intake(settings)
+        await intake.start()
+        try:
+            await intake.enqueue("ok-1", "builtins.len", {"a": 1}, description="ok", stamp=utc_stamp())
+            await intake.enqueue("bad-1", "builtins.int", {"a": 1}, description="bad", stamp=utc_stamp())
+        finally:
+            await intake.stop()
+
+    asyncio.run(enqueue())
+    connection = redis.Redis.from_url(redis_url)
+    queued = connection.hgetall("rq:job:ok-1")
+    assert (queued[b"timeout"], queued[b"result_ttl"], queued[b"failure_ttl"]) == (b"42", b"1234", b"5678")
+    SimpleWorker([Queue("workfloo", connection=connection)], connection=connection).work(burst=True)
+    assert Job.fetch("ok-1", connection=connection).get_status() == JobStatus.FINISHED
+    assert Job.fetch("bad-1", connection=connection).get_status() == JobStatus.FAILED
+    for key, ttl in {
+        "rq:job:ok-1": 1234, "rq:results:ok-1": 1234, "rq:job:bad-1": 5678, "rq:results:bad-1": 5678,
+    }.items():  # fmt: skip
+        assert ttl - 5 <= connection.ttl(key) <= ttl, key
+    per_job = [k.decode() for k in connection.scan_iter("*") if b"ok-1" in k or b"bad-1" in k]
+    assert per_job, "the jobs left no keys at all"
+    assert [key for key in per_job if connection.ttl(key) < 0] == []
+
+
 def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport: str) -> None:
     """Same keys, fields and types as ``Queue.enqueue`` (timestamps aside)."""
     connection = redis.Redis.from_url(redis_url)
-    Queue("reference", connection=connection).enqueue_call("builtins.len", args=({"a": 1},), job_id="ref-1")
-    reference = connection.hgetall("rq:job:ref-1")
     settings = load_settings(redis_url=redis_url, bridge_queue="reference", bridge_intake_transport=transport)
+    Queue("reference", connection=connection).enqueue_call(
+        "builtins.len", args=({"a": 1},), job_id="ref-1", timeout=settings.job_timeout_seconds,
+        result_ttl=settings.job_result_ttl_seconds, failure_ttl=settings.job_failure_ttl_seconds,
+    )  # fmt: skip
+    reference = connection.hgetall("rq:job:ref-1")
 
     async def enqueue() -> None:
         intake = Intake(settings)
@@ -151,7 +189,7 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport:
     asyncio.run(enqueue())
     ours = connection.hgetall("rq:job:ours-1")
     assert set(ours) == set(reference)
-    for field in (b"status", b"origin", b"timeout"):
+    for field in (b"status", b"origin", b"timeout", b"result_ttl", b"failure_ttl"):
         assert ours[field] == reference[field]
     # Same job tuple; stored uncompressed inside the zlib stream (receiver.intake.rqjob.zlib_stored).
     assert zlib.decompress(ours[b"data"]) == zlib.decompress(reference[b"data"])

@@ -31,6 +31,7 @@ from rq import Queue
 from rq.job import Job
 
 from receiver.intake.resp import bulk
+from workers.core.contract import JOB_SERIALIZER
 
 ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
 DYNAMIC_FIELDS: Final = (b"created_at", b"enqueued_at", b"data", b"description")
@@ -155,7 +156,7 @@ class JobRecorder:
 
     def __init__(self, queue_name: str) -> None:
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_NeverConnect))
-        self.queue = Queue(queue_name, connection=self._client)
+        self.queue = Queue(queue_name, connection=self._client, serializer=JOB_SERIALIZER)
         # Only used to pick command variants; avoids an INFO round trip (never persisted on the job).
         self.queue.redis_server_version = (7, 0, 0)
 

@@ -14,7 +14,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from workers.core import keys
-from workers.core.contract import CallbackPayload, finished_event_id, nip_event_id
+from workers.core.contract import JOB_SERIALIZER, CallbackPayload, finished_event_id, nip_event_id
 
 KEY = "test-callback-key"
 OLD_KEY = "old-callback-key"
@@ -40,7 +40,7 @@ ALL_CALLBACKS = [
 
 
 def queue(client: redis.Redis) -> Queue:
-    return Queue("workfloo", connection=client)
+    return Queue("workfloo", connection=client, serializer=JOB_SERIALIZER)
 
 
 def callback_payload(job: Job) -> CallbackPayload:
@@ -68,7 +68,7 @@ def test_nip_callback_is_an_ordinary_rq_job(receiver: httpx.Client, redis_client
     q = queue(redis_client)
     assert q.job_ids == [event_id]
     assert redis_client.smembers("rq:queues") == {b"rq:queue:workfloo"}
-    job = Job.fetch(event_id, connection=redis_client)
+    job = Job.fetch(event_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_nip_event"
     assert job.get_status() == JobStatus.QUEUED
     assert job.origin == "workfloo"
@@ -87,7 +87,7 @@ def test_status_webhook_keeps_the_whole_body_and_event_headers(
     response = receiver.post("/v1/kiban/status", json=STATUS, headers=headers)
 
     assert response.json() == {"status": "accepted", "event_id": "status-evt_123"}
-    job = Job.fetch("status-evt_123", connection=redis_client)
+    job = Job.fetch("status-evt_123", connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_status"
     payload = callback_payload(job)
     assert payload["execution_id"] == EXECUTION_ID
@@ -136,7 +136,7 @@ def test_finished_execution_id_sources(
 
     event_id = finished_event_id(EXECUTION_ID)
     assert response.json() == {"status": "accepted", "event_id": event_id}
-    job = Job.fetch(event_id, connection=redis_client)
+    job = Job.fetch(event_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_finished"
     assert callback_payload(job)["execution_id"] == EXECUTION_ID
 
@@ -161,8 +161,12 @@ def test_nip_without_execution_id_correlates_by_link(
     known = receiver.post("/v1/kiban/nip-events", json={**NIP, "event": "SUCCESS"}, headers=AUTH).json()
     missing_link = receiver.post("/v1/kiban/nip-events", json={"event": "SENT", "date": "d"}, headers=AUTH)
 
-    first = callback_payload(Job.fetch(unknown["event_id"], connection=redis_client))
-    second = callback_payload(Job.fetch(known["event_id"], connection=redis_client))
+    first = callback_payload(
+        Job.fetch(unknown["event_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+    )
+    second = callback_payload(
+        Job.fetch(known["event_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+    )
     assert (first["execution_id"], first["link_id"]) == (None, LINK_ID)
     assert (second["execution_id"], second["link_id"]) == (EXECUTION_ID, LINK_ID)
     assert missing_link.status_code == 422
@@ -493,4 +497,7 @@ def test_command_routes_extension_point(
         assert client.post("/v1/test-command").json() == {"accepted": True}
         assert client.post("/v1/test-command").json() == {"accepted": False}
         assert "/v1/test-command" in client.get("/openapi.json").json()["paths"]
-    assert Job.fetch("cmd-1", connection=redis.Redis.from_url(redis_url)).func_name == "builtins.len"
+    assert (
+        Job.fetch("cmd-1", connection=redis.Redis.from_url(redis_url), serializer=JOB_SERIALIZER).func_name
+        == "builtins.len"
+    )

@@ -108,7 +108,7 @@ def main() -> None:
             [_bin("workfloo-bridge"), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
         )
         worker = subprocess.Popen(
-            [_bin("rq"), "worker", "-u", redis_server.url, "workfloo", "--quiet"],
+            [_bin("rq"), "worker", "-u", redis_server.url, "-S", "json", "workfloo", "--quiet"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -51,6 +51,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.sandbox.stack import Stack, StackConfig, StackKeys
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
@@ -436,10 +437,10 @@ class Driver:
     def wait_quiet(self, timeout: float = 30.0) -> None:
         """Queue empty, nothing started or scheduled, for half a second (duplicate triggers drained)."""
         connection = self.stack.client
-        queue = Queue(QUEUE, connection=connection)
+        queue = Queue(QUEUE, connection=connection, serializer=JOB_SERIALIZER)
         registries = [
-            StartedJobRegistry(QUEUE, connection=connection),
-            ScheduledJobRegistry(QUEUE, connection=connection),
+            StartedJobRegistry(QUEUE, connection=connection, serializer=JOB_SERIALIZER),
+            ScheduledJobRegistry(QUEUE, connection=connection, serializer=JOB_SERIALIZER),
         ]
         deadline = time.monotonic() + timeout
         quiet_since: float | None = None
@@ -561,14 +562,16 @@ def verify(stack: ScaleStack, driver: Driver, reposter: Reposter, report: ScaleR
     failed_actions = [e for e in events if e["type"] == "action.failed"]
     if failed_actions:
         fail(f"{len(failed_actions)} action.failed events, e.g. {failed_actions[0]['data']}")
-    dead = FailedJobRegistry(QUEUE, connection=conn).get_job_ids()
+    dead = FailedJobRegistry(QUEUE, connection=conn, serializer=JOB_SERIALIZER).get_job_ids()
     if dead:
         fail(f"{len(dead)} dead letters, e.g. {dead[:3]}")
 
     # the killed worker's job ran to the end on another worker
     if report.killed_job is not None:
         try:
-            report.killed_job_status = str(Job.fetch(report.killed_job, connection=conn).get_status())
+            report.killed_job_status = str(
+                Job.fetch(report.killed_job, connection=conn, serializer=JOB_SERIALIZER).get_status()
+            )
         except Exception as exc:  # reported as a failure below
             report.killed_job_status = f"unreadable: {exc}"
         if report.killed_job_status not in {"finished", "JobStatus.FINISHED"}:
@@ -591,11 +594,11 @@ def _total_cpu(stack: ScaleStack) -> float:
 
 def _job_durations(stack: ScaleStack, seen: set[str]) -> dict[str, tuple[int, float]]:
     """Mean run time per job function of the finished jobs not in ``seen`` (which is updated)."""
-    registry = FinishedJobRegistry(QUEUE, connection=stack.client)
+    registry = FinishedJobRegistry(QUEUE, connection=stack.client, serializer=JOB_SERIALIZER)
     new = [job_id for job_id in registry.get_job_ids() if job_id not in seen]
     seen.update(new)
     times: dict[str, list[float]] = defaultdict(list)
-    for job in Job.fetch_many(new, connection=stack.client):
+    for job in Job.fetch_many(new, connection=stack.client, serializer=JOB_SERIALIZER):
         if job is not None and job.started_at and job.ended_at:
             name = (job.func_name or "?").rsplit(".", 1)[-1]
             times[name].append((job.ended_at - job.started_at).total_seconds())

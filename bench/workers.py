@@ -22,6 +22,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import get_settings
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
-        queue = Queue("workfloo", connection=client)
+        queue = Queue("workfloo", connection=client, serializer=JOB_SERIALIZER)
         print(f"jobs per class per round: {args.jobs}, rounds: {args.rounds}, cores: {os.cpu_count()}")
         for label, func, job_args in (
             ("no-op job", "bench.workers.noop", ()),
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
                     jobs = [queue.enqueue(func, *job_args, result_ttl=600) for _ in range(args.jobs)]
                     _burst(env, worker_class)
                     assert queue.count == 0, "the burst worker left jobs behind"
-                    done = [j for j in Job.fetch_many([j.id for j in jobs], connection=client) if j]
+                    done = [
+                        j
+                        for j in Job.fetch_many(
+                            [j.id for j in jobs], connection=client, serializer=JOB_SERIALIZER
+                        )
+                        if j
+                    ]
                     assert all(j.get_status() == "finished" for j in done), "a benchmark job failed"
                     first = min(j.started_at for j in done if j.started_at)
                     last = max(j.ended_at for j in done if j.ended_at)

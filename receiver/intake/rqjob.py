@@ -31,6 +31,7 @@ from rq import Queue
 from rq.job import Job
 
 from receiver.intake.resp import bulk
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import Settings
 
 ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
@@ -168,7 +169,7 @@ class JobRecorder:
         failure_ttl: int | None = None,
     ) -> None:
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_NeverConnect))
-        self.queue = Queue(queue_name, connection=self._client)
+        self.queue = Queue(queue_name, connection=self._client, serializer=JOB_SERIALIZER)
         # Only used to pick command variants; avoids an INFO round trip (never persisted on the job).
         self.queue.redis_server_version = (7, 0, 0)
         self.timeout, self.result_ttl, self.failure_ttl = timeout, result_ttl, failure_ttl

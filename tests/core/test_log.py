@@ -58,3 +58,18 @@ def test_redactor_scrubs_formatted_phone_and_key_value_pairs() -> None:
     assert "5555-5555" not in out
     assert "abcDEF123" not in out
     assert "zz9" not in out
+
+
+def test_the_redis_password_never_reaches_a_log_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.core.settings import load_settings
+
+    url = "redis://bridge:Pa55-w%2Frd@db.internal:6379/0?sentinel_password=Sent-Pa55"
+    configure_logging("DEBUG", "json", secrets=load_settings(redis_url=url).secret_values())
+    try:
+        get_logger("test").warning("redis_down", url=url, decoded="Pa55-w/rd")
+        logging.getLogger("redis").error("cannot connect to %s", url)
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "redis_down" in err and "cannot connect" in err
+    assert "Pa55" not in err

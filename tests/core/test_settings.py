@@ -2,9 +2,10 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from workers.core.errors import SettingsError
-from workers.core.settings import KibanSettings, load_settings
+from workers.core.settings import KibanSettings, RedisSettings, load_settings, redact_url
 
 
 def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,3 +90,55 @@ def test_a_section_validates_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None
     assert kiban.kiban_base_url == "https://kiban.example"
     assert kiban.kiban_nip_sent_markers == ["a", "b"]
     assert not hasattr(kiban, "redis_url")
+
+
+REDIS_PASSWORD = "r3dis-Pa55/word"
+REDIS_URL_WITH_PASSWORDS = (
+    f"redis+sentinel://bridge:{REDIS_PASSWORD.replace('/', '%2F')}@s1:26379,s2:26379/bridge/0"
+    "?sentinel_password=sentinel-Pa55&socket_timeout=1"
+)
+
+
+def test_redis_url_passwords_never_in_repr_str_or_dumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", REDIS_URL_WITH_PASSWORDS)
+    settings = load_settings()
+    assert settings.redis_url == REDIS_URL_WITH_PASSWORDS  # the clients still get the real URL
+    masked = "redis+sentinel://bridge:***@s1:26379,s2:26379/bridge/0?sentinel_password=***&socket_timeout=1"
+    for text in (repr(settings), str(settings), settings.model_dump_json(), repr(RedisSettings())):
+        assert "Pa55" not in text
+        assert masked in text
+
+
+def test_redis_url_passwords_reach_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", REDIS_URL_WITH_PASSWORDS)
+    secrets = load_settings().secret_values()
+    assert {REDIS_PASSWORD, REDIS_PASSWORD.replace("/", "%2F"), "sentinel-Pa55"} <= set(secrets)
+
+
+def test_invalid_redis_url_error_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", f"http://user:{REDIS_PASSWORD}@db.internal:6379/0")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "REDIS_URL" in str(info.value)
+    assert "Pa55" not in str(info.value)
+    with pytest.raises(ValidationError) as raw:
+        RedisSettings()
+    assert "Pa55" not in str(raw.value) + repr(raw.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@db.internal:6380/2", "redis://user:***@db.internal:6380/2"),
+        ("redis://:p@ss@db:6379", "redis://:***@db:6379"),
+        (
+            "rediss://db:6379/0?password=s3cret&ssl_cert_reqs=none",
+            "rediss://db:6379/0?password=***&ssl_cert_reqs=none",
+        ),
+        ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://user@db:6379/0", "redis://user@db:6379/0"),
+        ("redis://127.0.0.1:6380/0", "redis://127.0.0.1:6380/0"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

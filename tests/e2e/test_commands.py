@@ -13,6 +13,7 @@ from rq.job import Job
 
 from receiver.app import create_app
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.jobs import state
 from workers.sandbox.serving import ServerThread
@@ -41,16 +42,18 @@ def test_start_application_queues_the_command(receiver: str, redis_client: redis
                                                     "scenarioId": "approved"})  # fmt: skip
     assert response.status_code == 202
     command_id = response.json()["command_id"]
-    job = Job.fetch(command_id, connection=redis_client)
+    job = Job.fetch(command_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.commands.start_application"
     assert job.args[0] == {"command_id": command_id, "form": {"email": "a@b.co", "first_name": "A"},
                            "scenario_id": "approved"}  # fmt: skip
-    assert command_id.encode() in redis_client.lrange(Queue("workfloo", connection=redis_client).key, 0, -1)
+    assert command_id.encode() in redis_client.lrange(
+        Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).key, 0, -1
+    )
 
 
 def test_top_level_fields_are_the_form(receiver: str, redis_client: redis.Redis) -> None:
     response = post(f"{receiver}/v1/applications", {"email": "a@b.co", "scenarioId": "rejected"})
-    job = Job.fetch(response.json()["command_id"], connection=redis_client)
+    job = Job.fetch(response.json()["command_id"], connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.args[0]["form"] == {"email": "a@b.co"} and job.args[0]["scenario_id"] == "rejected"
 
 
@@ -66,7 +69,7 @@ def test_nip_never_enters_the_job_payload(receiver: str, redis_client: redis.Red
     response = post(f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"})
     assert response.status_code == 202
     command_id = response.json()["command_id"]
-    job = Job.fetch(command_id, connection=redis_client)
+    job = Job.fetch(command_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.commands.validate_nip"
     assert "123456" not in repr(job.args)
     assert state.take_nip(redis_client, job.args[0]["nip_ref"]) == "123456"
@@ -76,7 +79,7 @@ def test_nip_never_enters_the_job_payload(receiver: str, redis_client: redis.Red
 def test_resend(receiver: str, redis_client: redis.Redis) -> None:
     response = post(f"{receiver}/v1/applications/abc123/nip/resend")
     assert response.status_code == 202
-    job = Job.fetch(response.json()["command_id"], connection=redis_client)
+    job = Job.fetch(response.json()["command_id"], connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.args[0]["execution_id"] == "abc123" and job.args[0]["resend"] is None
 
 

@@ -12,6 +12,7 @@ import time
 from rq import Queue
 
 from tests.support.workers_stack import BIN, DEFINITION, KIBAN_KEY, Bridge
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.events import EventType as T
 from workers.fanout.publisher import Publisher
 from workers.jobs import state
@@ -111,7 +112,7 @@ def test_duplicate_and_out_of_order_callbacks(bridge: Bridge) -> None:
         timeout=10,
         what="the late NIP event to be processed",
     )
-    queue = Queue("workfloo", connection=bridge.redis)
+    queue = Queue("workfloo", connection=bridge.redis, serializer=JOB_SERIALIZER)
     wait_until(
         lambda: queue.count == 0 and queue.started_job_registry.count == 0,
         timeout=10,
@@ -175,7 +176,7 @@ def test_permanent_4xx_dead_letters_then_replays(bridge: Bridge) -> None:
 def _rerun_validate(bridge: Bridge, execution_id: str, command_id: str, crashed: bool) -> dict[str, object]:
     """Run validate_nip again for an execution whose NIP Kiban already accepted (its NIP re-stashed)."""
     state.stash_nip(bridge.redis, command_id, "123456")
-    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis).enqueue(
+    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER).enqueue(
         "workers.jobs.commands.validate_nip",
         {"execution_id": execution_id, "nip_ref": command_id, "command_id": command_id},
         job_id=f"rerun-{command_id}",
@@ -208,7 +209,7 @@ def test_start_rerun_after_the_form_was_accepted_finishes(bridge: Bridge) -> Non
     with KibanClient(bridge.kiban.url, api_key=KIBAN_KEY, sandbox=True) as kiban:
         execution_id = kiban.execute(DEFINITION, scenario_id="approved")
         kiban.submit_form(execution_id, form)
-    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis).enqueue(
+    job = Queue(bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER).enqueue(
         "workers.jobs.commands.start_application",
         {"command_id": "rerun-start", "form": form, "scenario_id": "approved"},
         job_id="rerun-start",

@@ -8,7 +8,7 @@ import time
 from rq.job import Job, JobStatus
 
 from tests.support.workers_stack import Bridge
-from workers.core.contract import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
 from workers.core.events import EventType as T
 from workers.jobs import state
 from workers.sandbox.wait import wait_until
@@ -43,7 +43,7 @@ def test_sigkill_mid_handoff_finishes_elsewhere_with_one_application(bare_bridge
             job_id = key.decode().removeprefix("rq:job:")
             if ":" in job_id:
                 continue
-            job = Job.fetch(job_id, connection=bridge.redis)
+            job = Job.fetch(job_id, connection=bridge.redis, serializer=JOB_SERIALIZER)
             if job.meta.get(CRASH_REQUEUES) and job.get_status() == JobStatus.FINISHED:
                 return True
         return False

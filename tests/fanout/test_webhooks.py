@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event, EventType
 from workers.core.settings import Settings, get_settings, load_settings
@@ -86,8 +87,10 @@ def _sub(server: ServerThread, path: str = "/hook", **extra: Any) -> dict[str, A
 
 
 def _work(client: redis.Redis, settings: Settings) -> None:
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=client)
-    SimpleWorker([queue], connection=client).work(burst=True, logging_level="WARNING")
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=client, serializer=JOB_SERIALIZER)
+    SimpleWorker([queue], connection=client, serializer=JOB_SERIALIZER).work(
+        burst=True, logging_level="WARNING"
+    )
 
 
 def _nip_event(n: int = 0) -> Event:
@@ -133,7 +136,9 @@ def test_503_is_retried_then_succeeds_with_same_webhook_id(
     assert len(hook.received) == 3
     assert {h["webhook-id"] for h, _ in hook.received} == {event.id}
     assert all(independent_verify(SECRET, h, b) for h, b in hook.received)
-    last = Job.fetch(subscribers.delivery_job_id("crm", event.id, 2), connection=redis_client)
+    last = Job.fetch(
+        subscribers.delivery_job_id("crm", event.id, 2), connection=redis_client, serializer=JOB_SERIALIZER
+    )
     assert last.get_status() == JobStatus.FINISHED
     assert last.return_value() == "delivered"
 
@@ -152,7 +157,11 @@ def test_delivery_jobs_and_their_results_expire(
 
     assert len(hook.received) == 2
     for attempt in (0, 1):
-        job = Job.fetch(subscribers.delivery_job_id("crm", event.id, attempt), connection=redis_client)
+        job = Job.fetch(
+            subscribers.delivery_job_id("crm", event.id, attempt),
+            connection=redis_client,
+            serializer=JOB_SERIALIZER,
+        )
         assert (job.result_ttl, job.failure_ttl) == (900, 1800)
     per_job = [k for k in redis_client.scan_iter("rq:*") if b"wh_crm_" in k]
     assert len(per_job) >= 4  # two job hashes, two result records
@@ -170,7 +179,9 @@ def test_gives_up_after_the_last_attempt_of_the_schedule(
     _work(redis_client, settings)
 
     assert len(hook.received) == 2
-    last = Job.fetch(subscribers.delivery_job_id("crm", event.id, 1), connection=redis_client)
+    last = Job.fetch(
+        subscribers.delivery_job_id("crm", event.id, 1), connection=redis_client, serializer=JOB_SERIALIZER
+    )
     assert last.return_value() == "gave_up"
     state = redis_client.hgetall(keys.subscriber_state("crm"))
     assert state[b"failed_attempts"] == b"2"
@@ -190,12 +201,12 @@ def test_retry_after_is_honoured(
     _work(redis_client, settings)
 
     assert len(hook.received) == 1  # the retry waits in RQ's scheduled registry
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client)
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     retry_id = subscribers.delivery_job_id("crm", event.id, 1)
     scheduled_at = queue.scheduled_job_registry.get_scheduled_time(retry_id)
     assert scheduled_at.timestamp() >= before + 1  # whole seconds in RQ's registry
 
-    scheduler = RQScheduler([queue], connection=redis_client)
+    scheduler = RQScheduler([queue], connection=redis_client, serializer=JOB_SERIALIZER)
     scheduler.acquire_locks()
     scheduler.enqueue_scheduled_jobs()
     assert queue.count == 0  # not due yet
@@ -224,7 +235,7 @@ def test_410_disables_the_subscriber(
     assert reason["event_id"] == first.id
 
     publisher.publish(third)  # nothing is enqueued for a disabled subscriber
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client)
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     assert queue.count == 0
     assert redis_client.xlen(settings.events_stream) == 3  # the stream itself is unaffected
 
@@ -351,7 +362,7 @@ def test_delivery_jobs_are_enqueued_with_the_event_and_only_once(
     event = _nip_event()
     assert publisher.publish(event, once_key="same")
     assert not publisher.publish(event, once_key="same")
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client)
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     assert sorted(queue.job_ids) == sorted(subscribers.delivery_job_id(k, event.id, 0) for k in ("a", "c"))
     job = queue.jobs[0]
     assert job.func_name == subscribers.DELIVER_FUNC

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import BridgeError, KompliantError, PermanentError, TransientError
 from workers.jobs.retry import RetryPolicy, is_retryable, reason_of
 
@@ -112,7 +113,9 @@ def _run(redis_client: Any, func: str) -> Any:
     from workers.runtime.worker import build_worker
 
     RUNS.clear()
-    job = Queue("workfloo", connection=redis_client).enqueue(f"{__name__}.{func}", job_id=f"probe-{func}")
+    job = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.{func}", job_id=f"probe-{func}"
+    )
     build_worker(redis_client, load_settings(), cls="workers.runtime.worker.BridgeSimpleWorker").work(
         burst=True
     )
@@ -161,7 +164,7 @@ def test_retry_after_survives_rqs_whole_second_scheduling(redis_client: Any) -> 
     assert _interval(0.3) == 0.3
     assert _interval(0.0, honour_floor=True) == 0
     # The truncation itself, so this test fails if RQ ever keeps sub-second due times.
-    queue = Queue("probe", connection=redis_client)
+    queue = Queue("probe", connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("workers.jobs.noop", job_id="probe-due")
     registry = ScheduledJobRegistry(queue=queue)
     due = datetime(2026, 11, 22, 23, 0, 0, 900_000, tzinfo=UTC)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from workers.core.settings import load_settings
-from workers.ops.checks import check_settings, safe_url
+from workers.ops.checks import check_redis, check_settings, safe_url
+from workers.sandbox.redis_server import RedisServer
 
 
 def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
@@ -20,6 +22,20 @@ def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPat
 
 
 def test_safe_url_hides_the_password() -> None:
-    assert safe_url("redis://user:s3cret@db.internal:6380/2") == "redis://***@db.internal:6380/2"
+    assert safe_url("redis://user:s3cret@db.internal:6380/2") == "redis://user:***@db.internal:6380/2"
+    assert safe_url("rediss://db:6380/2?password=s3cret") == "rediss://db:6380/2?password=***"
     assert safe_url("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
     assert safe_url(None) == "(unset)"
+
+
+def test_check_redis_never_shows_the_password(private_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    client.config_set("requirepass", "right-Pa55word")
+    client.close()
+    host = private_redis.url.split("://", 1)[1].split("/", 1)[0]
+    for url in (f"redis://:wrong-Pa55word@{host}/0", f"redis://{host}/0?password=wrong-Pa55word"):
+        result = check_redis(load_settings(redis_url=url))
+        assert not result.ok
+        assert "refused the password" in result.message
+        assert "Pa55" not in result.message
+    assert check_redis(load_settings(redis_url=f"redis://:right-Pa55word@{host}/0")).ok

@@ -18,6 +18,7 @@ from typing import Any
 from rq.registry import FailedJobRegistry
 
 from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
+from workers.core.contract import JOB_SERIALIZER
 
 KIBAN_RETRY_AFTER = 1.0
 KOMPLIANT_RETRY_AFTER = 2.0
@@ -106,7 +107,9 @@ def test_vendor_outage_then_recovery(tmp_path: Path, figures: Any) -> None:
         bridge.wait_done(executions, 180, "every application after the vendors recovered")
         after_recovery = time.monotonic() - recovered_at
 
-        failed = FailedJobRegistry(bridge.settings.bridge_queue, connection=bridge.redis).get_job_ids()
+        failed = FailedJobRegistry(
+            bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER
+        ).get_job_ids()
         assert not failed, f"jobs dead-lettered by the outage: {failed}"
         counts = bridge.applications_by_referrer()
         for execution_id in executions:

@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from tests.support.resilience_stack import ONCE_PER_EXECUTION, Bridge, bridge_stack
+from workers.core.contract import JOB_SERIALIZER
 from workers.sandbox.supervisor import Child
 from workers.sandbox.wait import holds_within, wait_until
 
@@ -72,8 +73,10 @@ class Killer(threading.Thread):
     def _describe(self, job_id: str) -> str:
         from rq.registry import StartedJobRegistry
 
-        job = Job.fetch(job_id, connection=self.bridge.redis)
-        started = StartedJobRegistry(self.bridge.settings.bridge_queue, connection=self.bridge.redis)
+        job = Job.fetch(job_id, connection=self.bridge.redis, serializer=JOB_SERIALIZER)
+        started = StartedJobRegistry(
+            self.bridge.settings.bridge_queue, connection=self.bridge.redis, serializer=JOB_SERIALIZER
+        )
         return (
             f"status={job.get_status()} meta={job.meta} retries={job.number_of_retries} "
             f"started_registry={started.get_job_and_execution_ids(cleanup=False)} "
@@ -82,7 +85,7 @@ class Killer(threading.Thread):
 
     def _recovered(self, job_id: str) -> bool:
         try:
-            job = Job.fetch(job_id, connection=self.bridge.redis)
+            job = Job.fetch(job_id, connection=self.bridge.redis, serializer=JOB_SERIALIZER)
         except Exception:
             return True  # gone: finished and its result expired (or deleted by RQ)
         status = job.get_status()
@@ -111,7 +114,9 @@ def _crash_run(tmp_path: Path, figures: Any, *, applications: int, kills: int, k
 
         # Every acknowledged callback (a dedupe key) was processed (its callback.received was published).
         acked = bridge.wait_callbacks_processed(60)
-        failed = FailedJobRegistry(bridge.settings.bridge_queue, connection=bridge.redis).get_job_ids()
+        failed = FailedJobRegistry(
+            bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER
+        ).get_job_ids()
         assert not failed, f"dead letters after the kills: {failed}"
 
         # Exactly one business application per approved execution, none for the others.

@@ -6,6 +6,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.runtime import dead_letters as dlq
 from workers.runtime.worker import build_worker
@@ -14,7 +15,7 @@ QUEUE = "workfloo"
 
 
 def test_list_and_replay_preserve_the_job_id(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     queue.enqueue("operator.truediv", 1, 0, job_id="div-by-zero")
     worker = build_worker(redis_client, load_settings(), cls="workers.runtime.worker.BridgeSimpleWorker")
     worker.work(burst=True)
@@ -28,7 +29,9 @@ def test_list_and_replay_preserve_the_job_id(redis_client: redis.Redis) -> None:
     assert job.id == "div-by-zero"
     assert job.get_status(refresh=True) == JobStatus.QUEUED
     assert dlq.list_dead_letters(redis_client, QUEUE) == []
-    assert Job.fetch("div-by-zero", connection=redis_client).meta["dlq_replays"] == 1
+    assert (
+        Job.fetch("div-by-zero", connection=redis_client, serializer=JOB_SERIALIZER).meta["dlq_replays"] == 1
+    )
 
 
 def test_replay_of_unknown_id_is_refused(redis_client: redis.Redis) -> None:

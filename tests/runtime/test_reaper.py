@@ -11,6 +11,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.runtime import dead_letters as dlq
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
@@ -20,7 +21,7 @@ QUEUE = "workfloo"
 
 
 def test_poison_job_is_dead_lettered_after_max_requeues(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 1, job_id="poison")
     # Pretend a worker took it and died: STARTED, with an expired heartbeat entry.
     job.set_status(JobStatus.STARTED)
@@ -42,7 +43,7 @@ def test_job_killed_before_it_was_marked_started_is_requeued(redis_client: redis
     """SIGKILL between RQ's prepare_execution (started-registry entry) and prepare_job_execution (status
     STARTED): the job is QUEUED, in the intermediate list and in no queue. It must be requeued, not left
     for RQ's intermediate-queue clean-up to fail (found by tests/resilience/test_worker_crash.py)."""
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 1, job_id="half-started")
     redis_client.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")
     redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": time.time() - 5})
@@ -58,7 +59,7 @@ def test_job_killed_before_it_was_marked_started_is_requeued(redis_client: redis
 
 
 def test_live_heartbeat_is_not_reaped(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 1, job_id="alive")
     job.set_status(JobStatus.STARTED)
     beat_expires = time.time() + 30  # the last heartbeat is still valid for 30 s
@@ -73,7 +74,7 @@ def test_rq_registry_cleanup_leaves_a_dead_workers_job_to_the_reaper(redis_clien
     fails an expired entry's job; a dead bridge worker's job must be requeued by the reaper instead."""
     settings = load_settings()
     worker = build_worker(redis_client, settings)
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 1, job_id="orphan")
     job.set_status(JobStatus.STARTED)
     redis_client.lrem(queue.key, 0, job.id)
@@ -83,6 +84,6 @@ def test_rq_registry_cleanup_leaves_a_dead_workers_job_to_the_reaper(redis_clien
     redis_client.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": last_beat + ttl})
     assert queue.started_job_registry.count == 1  # runs RQ's cleanup: the entry must survive it
     assert job.get_status(refresh=True) == JobStatus.STARTED
-    assert FailedJobRegistry(QUEUE, connection=redis_client).count == 0
+    assert FailedJobRegistry(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).count == 0
     assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings) == ["orphan"]
     assert redis_client.lrange(queue.key, 0, -1) == [b"orphan"]

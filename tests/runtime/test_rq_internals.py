@@ -4,17 +4,23 @@ and both worker classes take the one maintenance path (reaper, then RQ's mainten
 from __future__ import annotations
 
 import inspect
+import operator
 import time
+import zlib
 
+import orjson
 import pytest
 import redis
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker, cron_job_registry
+from rq.cron import CronJob, CronScheduler
+from rq.defaults import DEFAULT_CRON_JOB_HISTORY_TTL
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.runtime import rq_internals
 from workers.runtime.worker import BridgeSimpleWorker, BridgeWorker
@@ -71,7 +77,12 @@ def test_warm_stop_sets_the_flag_the_loop_checks(redis_client: redis.Redis) -> N
 
 
 def test_scheduler_lock_helpers(redis_client: redis.Redis) -> None:
-    assert rq_internals.scheduler_running(RQScheduler([QUEUE], connection=redis_client)) is False
+    assert (
+        rq_internals.scheduler_running(
+            RQScheduler([QUEUE], connection=redis_client, serializer=JOB_SERIALIZER)
+        )
+        is False
+    )
     assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) is None
     redis_client.set(RQScheduler.get_locking_key(QUEUE), "dead-holder")
     assert rq_internals.scheduler_lock_holder(redis_client, QUEUE) == "dead-holder"
@@ -86,7 +97,7 @@ def test_scheduler_lock_helpers(redis_client: redis.Redis) -> None:
 
 
 def test_started_registry_entries_are_found_and_claimed_once(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     queue.enqueue("time.sleep", 0, job_id="dead")
     queue.enqueue("time.sleep", 0, job_id="alive")
     key = queue.started_job_registry.key
@@ -98,18 +109,18 @@ def test_started_registry_entries_are_found_and_claimed_once(redis_client: redis
 
 
 def test_leaving_the_intermediate_queue(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     redis_client.lpush(queue.intermediate_queue_key, "stuck", "other")
     rq_internals.leave_intermediate_queue(redis_client, queue, "stuck")
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [b"other"]
 
 
 def test_fail_job_is_a_dead_letter_with_the_reason(redis_client: redis.Redis) -> None:
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 0, job_id="doomed")
     rq_internals.fail_job(redis_client, job, "gave up")
-    assert "doomed" in FailedJobRegistry(QUEUE, connection=redis_client)
-    fetched = Job.fetch("doomed", connection=redis_client)
+    assert "doomed" in FailedJobRegistry(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    fetched = Job.fetch("doomed", connection=redis_client, serializer=JOB_SERIALIZER)
     assert fetched.get_status(refresh=True) == JobStatus.FAILED
     result = fetched.latest_result()
     assert result is not None and result.exc_string == "gave up"
@@ -121,7 +132,7 @@ def test_maintenance_runs_the_reaper_then_rqs_maintenance(
 ) -> None:
     worker = worker_class([QUEUE], connection=redis_client)
     assert worker.should_run_maintenance_tasks  # both due at start
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 0, job_id="abandoned")
     job.set_status(JobStatus.STARTED)
     redis_client.lrem(queue.key, 0, job.id)
@@ -130,3 +141,22 @@ def test_maintenance_runs_the_reaper_then_rqs_maintenance(
     assert redis_client.lrange(queue.key, 0, -1) == [b"abandoned"]  # the reaper ran
     assert worker.last_cleaned_at is not None  # so did RQ's maintenance
     assert not worker.should_run_maintenance_tasks  # neither is due right after
+
+
+def test_the_cron_job_enqueues_json_jobs_as_rqs_own_would(redis_client: redis.Redis) -> None:
+    """RQ's ``CronJob.enqueue`` takes no serializer; ``register_cron_job`` swaps in one that does and
+    keeps the rest: the job history (capped, expiring) and the cron-job registry."""
+    assert "enqueue" in vars(CronJob), "RQ no longer defines CronJob.enqueue"
+    cron = CronScheduler(connection=redis_client)
+    cron_job = rq_internals.register_cron_job(
+        cron, operator.add, queue_name=QUEUE, args=(2, 3), interval=60, name="probe-cron"
+    )
+    assert cron.enqueue_jobs() == [cron_job]
+    (job_id,) = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).job_ids
+    raw = redis_client.hget(f"rq:job:{job_id}", "data") or b""
+    assert orjson.loads(zlib.decompress(raw)) == ["_operator.add", None, [2, 3], {}]
+    assert cron_job.get_job_ids(redis_client) == [job_id]
+    assert 0 < redis_client.ttl(cron_job.job_history_key) <= DEFAULT_CRON_JOB_HISTORY_TTL
+    assert "probe-cron" in cron_job_registry.get_names(redis_client)
+    SimpleWorker([QUEUE], connection=redis_client, serializer=JOB_SERIALIZER).work(burst=True)
+    assert Job.fetch(job_id, connection=redis_client, serializer=JOB_SERIALIZER).return_value() == 5

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,9 +18,12 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.serializers import DefaultSerializer
 
-from workers.core.contract import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.runtime import dead_letters
 from workers.runtime.worker import BridgeSimpleWorker
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
@@ -79,7 +83,7 @@ def test_sigkilled_worker_job_finishes_on_another_worker(
     redis_url: str, redis_client: redis.Redis, spawn: list[subprocess.Popen[bytes]], worker_class: str
 ) -> None:
     env = worker_env(redis_url, worker_class)
-    queue = Queue(QUEUE, connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 4, job_id="crash-me", job_timeout=60)
     first = start_worker(env, spawn)
     wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
@@ -89,7 +93,7 @@ def test_sigkilled_worker_job_finishes_on_another_worker(
     start_worker(env, spawn)
     wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the job to finish elsewhere")
     assert time.monotonic() - killed_at < 30
-    assert Job.fetch("crash-me", connection=redis_client).meta[CRASH_REQUEUES] == 1
+    assert Job.fetch("crash-me", connection=redis_client, serializer=JOB_SERIALIZER).meta[CRASH_REQUEUES] == 1
 
 
 def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
@@ -107,7 +111,9 @@ def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
     os.killpg(holder.pid, signal.SIGKILL)  # worker and its scheduler process
     holder.wait(timeout=10)
     killed_at = time.monotonic()
-    job = Queue(QUEUE, connection=redis_client).enqueue_in(timedelta(seconds=1), "time.sleep", 0)
+    job = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).enqueue_in(
+        timedelta(seconds=1), "time.sleep", 0
+    )
     # RQ alone: the dead holder's lock lives 61 s and is retried at the next maintenance.
     wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the scheduled job to run")
     assert time.monotonic() - killed_at < 30
@@ -157,3 +163,51 @@ def test_a_child_forked_before_rqs_handlers_still_dies_on_sigterm(redis_client: 
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         worker.teardown()
+
+
+class _MakesADirectory:
+    """Unpickling this runs ``os.mkdir(path)``: what a job written by anyone with Redis access could do
+    to a pickle worker."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.parametrize(
+    "worker_class", ["workers.runtime.worker.BridgeSimpleWorker", "workers.runtime.worker.BridgeWorker"]
+)
+def test_a_pickled_job_fails_as_a_bad_job_and_never_runs(
+    redis_url: str,
+    redis_client: redis.Redis,
+    spawn: list[subprocess.Popen[bytes]],
+    worker_class: str,
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "pickle-ran"
+    # Written the way RQ's default serializer writes a job: the whole job tuple is a pickle.
+    crafted = Queue(QUEUE, connection=redis_client, serializer=DefaultSerializer).enqueue(
+        "builtins.print", _MakesADirectory(str(marker)), job_id="crafted"
+    )
+    assert b"posix" in zlib.decompress(redis_client.hget(crafted.key, "data") or b"")  # a real pickle
+    after = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        "builtins.len", [1, 2], job_id="after"
+    )
+    start_worker(worker_env(redis_url, worker_class), spawn)
+    wait_for(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 30, "the next job to run")
+    assert after.return_value() == 2
+    assert not marker.exists()
+    failed = FailedJobRegistry(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    assert failed.get_job_ids() == ["crafted"]
+    job = Job.fetch("crafted", connection=redis_client, serializer=JOB_SERIALIZER)
+    assert job.get_status() == JobStatus.FAILED
+    assert "DeserializationError" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    (letter,) = dead_letters.list_dead_letters(redis_client, QUEUE)  # listed, never unpickled
+    assert (letter.job_id, letter.function, letter.reason) == (
+        "crafted",
+        None,
+        "rq.exceptions.DeserializationError",
+    )
+    assert not marker.exists()

@@ -20,9 +20,16 @@ from typing import Any, Final, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from rq.serializers import JSONSerializer
 from ulid import ULID
 
 CallbackKind = Literal["nip", "status", "finished"]
+
+JOB_SERIALIZER: Final = JSONSerializer
+"""The serializer of every RQ job the bridge writes or runs (job data, meta, results): JSON, never RQ's
+default pickle, so whoever can write to Redis cannot make a worker run code. Pass it as ``serializer=``
+to every ``Queue``, ``Job.fetch``/``fetch_many``/``create``, registry and worker
+(``tests/test_job_serializer.py`` checks every call site)."""
 
 JOB_FUNCTIONS: Final[dict[str, str]] = {
     "nip": "workers.jobs.callbacks.handle_nip_event",

@@ -1,7 +1,9 @@
 """Settings for every process, read from environment variables and validated at start-up.
 
 Field names map one-to-one onto upper-case environment variables (``redis_url`` ← ``REDIS_URL``).
-Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors.
+Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors. ``REDIS_URL`` stays a
+plain string (every Redis client reads it) but its passwords are secrets all the same: ``repr``/``str``
+show it through ``redact_url`` and ``Settings.secret_values`` hands them to the log redactor.
 Anything the vendor docs leave open (see ``API-NOTES.md``) is a setting whose default is the labelled
 assumption, so it can be changed without a release.
 
@@ -17,7 +19,7 @@ import hashlib
 import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +41,9 @@ KIBAN_SANDBOX_URL = "https://sandbox.workfloo.kiban.com"
 KOMPLIANT_URL = "https://api.kompliant.com"
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+_URL_SECRET_PARAMS = frozenset({"password", "sentinel_password"})
+"""Query parameters of a Redis URL that carry a password (redis-py and ``workers.core.redis_client``)."""
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's key prefix, not a secret
 
@@ -132,6 +138,43 @@ class _Section(BaseSettings):
     )
 
 
+def _url_parts(url: str) -> tuple[str, str | None, str, list[tuple[str, str | None]]]:
+    """``scheme://`` + user-info (None when absent) + the rest up to the query, and the query's pairs."""
+    scheme, sep, rest = url.partition("://")
+    head, qmark, query = rest.partition("?")
+    userinfo, at, hosts = head.rpartition("@")  # hosts and paths hold no "@"; a password might
+    pairs: list[tuple[str, str | None]] = []
+    for item in query.split("&") if qmark else []:
+        key, eq, value = item.partition("=")
+        pairs.append((key, value if eq else None))
+    return scheme + sep, userinfo if at else None, hosts, pairs
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every password in it (``user:password@``, ``?password=``, ``?sentinel_password=``)
+    replaced by ``***``; scheme, user name, hosts, path and other parameters kept."""
+    prefix, userinfo, hosts, pairs = _url_parts(url)
+    if userinfo is not None:
+        user, colon, _password = userinfo.partition(":")
+        hosts = f"{user}:***@{hosts}" if colon else f"{userinfo}@{hosts}"
+    if pairs:
+        hosts += "?" + "&".join(
+            key if value is None else f"{key}={'***' if key.lower() in _URL_SECRET_PARAMS else value}"
+            for key, value in pairs
+        )
+    return prefix + hosts
+
+
+def url_passwords(url: str | None) -> list[str]:
+    """The passwords in a Redis URL, as written and percent-decoded (for the log redactor)."""
+    if not url:
+        return []
+    _prefix, userinfo, _hosts, pairs = _url_parts(url)
+    found = [userinfo.partition(":")[2]] if userinfo is not None else []
+    found += [value for key, value in pairs if value and key.lower() in _URL_SECRET_PARAMS]
+    return [form for raw in found if raw for form in {raw, unquote(raw)}]
+
+
 class RedisSettings(_Section):
     """Where Redis is and how to reach it: URL, socket timeout, TLS and Sentinel credentials."""
 
@@ -140,7 +183,8 @@ class RedisSettings(_Section):
     redis_url: str | None = Field(
         default=None,
         description="redis://, rediss:// (TLS), unix:// or redis+sentinel://host:port/service_name/db. "
-        "Unset: `demo` starts an embedded redis-server.",
+        "Unset: `demo` starts an embedded redis-server. Its passwords are secrets: shown as `***`, "
+        "never logged.",
     )
     redis_timeout_seconds: float = Field(default=1.0, gt=0, description="Socket timeout for Redis calls.")
     redis_ssl_ca_certs: str | None = Field(
@@ -166,6 +210,16 @@ class RedisSettings(_Section):
         if not value.startswith(_REDIS_SCHEMES):
             raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
         return value
+
+    @field_serializer("redis_url")
+    def _dump_redis_url(self, value: str | None) -> str | None:
+        """``model_dump``/``model_dump_json`` show ``REDIS_URL`` without its passwords, as ``SecretStr``."""
+        return redact_url(value) if value else value
+
+    def __repr_args__(self) -> Any:
+        """``repr``/``str`` of every settings object: ``REDIS_URL`` through ``redact_url``."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" and isinstance(value, str) else value
 
 
 class ReceiverSettings(_Section):
@@ -540,6 +594,7 @@ class Settings(
             items = value if isinstance(value, list) else [value]
             found.extend(item.get_secret_value() for item in items if isinstance(item, SecretStr))
         found.extend(sub.secret.get_secret_value() for sub in self.bridge_http_subscribers)
+        found.extend(url_passwords(self.redis_url))
         return [s for s in found if s]
 
 

@@ -30,6 +30,7 @@ from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
 from workers.core.log import get_logger
@@ -165,7 +166,7 @@ def prepare_deliveries(
     wanted = [s for s in settings.bridge_http_subscribers if s.wants(event.type)]
     if not wanted:
         return []
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=connection)
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=connection, serializer=JOB_SERIALIZER)
     body = envelope.decode()
     prepared = []
     for subscriber in wanted:
@@ -182,6 +183,7 @@ def prepare_deliveries(
             origin=queue.name,
             status=JobStatus.QUEUED,
             description=f"webhook {subscriber.key} {event.type} {event.id}",
+            serializer=JOB_SERIALIZER,
         )
         job.enqueued_at = rq_now()
         prepared.append(
@@ -310,7 +312,7 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
         log.warning("webhook_gave_up", subscriber=subscriber_key, event_id=event_id, attempts=next_attempt)
         return "gave_up"
     delay = next_delay(settings, next_attempt, result.retry_after)
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=connection)
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=connection, serializer=JOB_SERIALIZER)
     job_id = delivery_job_id(subscriber_key, event_id, next_attempt)
     options: dict[str, Any] = {
         "job_id": job_id,

@@ -15,6 +15,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from workers.core.contract import (
+    JOB_SERIALIZER,
     RESEND_FUNCTION,
     START_FUNCTION,
     VALIDATE_FUNCTION,
@@ -45,7 +46,7 @@ def start_application(
 ) -> str:
     s = settings or get_settings()
     command_id = new_command_id("start", idempotency_key)
-    Queue(s.bridge_queue, connection=connection).enqueue(
+    Queue(s.bridge_queue, connection=connection, serializer=JOB_SERIALIZER).enqueue(
         START_FUNCTION, start_command(command_id, form, scenario_id), job_id=command_id, **_options(s)
     )
     return command_id
@@ -58,7 +59,7 @@ def validate_nip(
     s = settings or get_settings()
     command_id = new_command_id("nip")
     state.stash_nip(connection, command_id, nip)
-    Queue(s.bridge_queue, connection=connection).enqueue(
+    Queue(s.bridge_queue, connection=connection, serializer=JOB_SERIALIZER).enqueue(
         VALIDATE_FUNCTION, validate_command(command_id, execution_id), job_id=command_id, **_options(s)
     )
     return command_id
@@ -67,7 +68,7 @@ def validate_nip(
 def resend_nip(connection: redis.Redis, execution_id: str, *, settings: Settings | None = None) -> str:
     s = settings or get_settings()
     command_id = new_command_id("resend")
-    Queue(s.bridge_queue, connection=connection).enqueue(
+    Queue(s.bridge_queue, connection=connection, serializer=JOB_SERIALIZER).enqueue(
         RESEND_FUNCTION, resend_command(command_id, execution_id), job_id=command_id, **_options(s)
     )
     return command_id
@@ -76,7 +77,7 @@ def resend_nip(connection: redis.Redis, execution_id: str, *, settings: Settings
 def command_result(connection: redis.Redis, command_id: str) -> dict[str, Any] | None:
     """``{"status": …, "result": …}`` of a command job, or None when unknown/expired."""
     try:
-        job = Job.fetch(command_id, connection=connection)
+        job = Job.fetch(command_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         return None
     return {"status": str(job.get_status()), "result": job.return_value()}

@@ -16,7 +16,7 @@ import redis
 from rq import Queue
 
 from workers.core import keys
-from workers.core.contract import RESEND_FUNCTION, CallbackPayload, ResendNipCommand
+from workers.core.contract import JOB_SERIALIZER, RESEND_FUNCTION, CallbackPayload, ResendNipCommand
 from workers.core.errors import KibanNotFoundError, TransientError
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger, redactor
@@ -208,7 +208,7 @@ def _resend_decision(
 
 
 def _schedule_resend(conn: redis.Redis, s: Settings, execution_id: str, number: int) -> None:
-    queue = Queue(s.bridge_queue, connection=conn)
+    queue = Queue(s.bridge_queue, connection=conn, serializer=JOB_SERIALIZER)
     command: ResendNipCommand = {"execution_id": execution_id, "resend": number, "command_id": None}
     job_id = f"nip-resend-{execution_id}-{number}"
     delay = s.nip_resend_delay_seconds

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from rq import Queue
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import VendorError
 from workers.core.events import Source
 from workers.core.log import get_logger
@@ -55,7 +56,7 @@ def sweep(conn: redis.Redis, s: Settings, now: float | None = None) -> dict[str,
     now = time.time() if now is None else now
     due = state.due_for_reconcile(conn, now - s.reconcile_after_seconds, s.reconcile_batch)
     kiban = get_kiban_client(s)
-    queue = Queue(s.bridge_queue, connection=conn)
+    queue = Queue(s.bridge_queue, connection=conn, serializer=JOB_SERIALIZER)
     publisher = Publisher(conn, s)
     finished: list[str] = []
     waiting: list[str] = []

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import redis
 
 from workers.core.redis_client import redis_from_url
-from workers.core.settings import Settings
+from workers.core.settings import Settings, redact_url
 
 DUMMY_KIBAN_ID = "000000000000000000000000"
 DUMMY_KOMPLIANT_WORKFLOW = "w_workfloobridgecheck0000"
@@ -31,13 +31,8 @@ class CheckResult:
 
 
 def safe_url(url: str | None) -> str:
-    """A Redis URL with any password replaced."""
-    if not url:
-        return "(unset)"
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """A Redis URL with any password replaced (``workers.core.settings.redact_url``)."""
+    return redact_url(url) if url else "(unset)"
 
 
 def check_settings(settings: Settings) -> list[CheckResult]:

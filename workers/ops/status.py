@@ -9,6 +9,7 @@ import orjson
 import redis
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import Settings
 
 
@@ -31,11 +32,11 @@ def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) ->
     queue_names = {
         settings.bridge_queue,
         settings.bridge_http_subscribers_queue,
-        *(q.name for q in Queue.all(connection=client)),
+        *(q.name for q in Queue.all(connection=client, serializer=JOB_SERIALIZER)),
     }
     queues = []
     for name in sorted(queue_names):
-        queue = Queue(name, connection=client)
+        queue = Queue(name, connection=client, serializer=JOB_SERIALIZER)
         queues.append(
             {
                 "name": name,

@@ -14,11 +14,11 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers.core.contract import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,14 @@ def _failed_at(job: Job) -> str | None:
     return when.isoformat() if when else None
 
 
+def _function(job: Job) -> str | None:
+    """None when the job data is not JSON (a pickled job, refused by the workers): still listed."""
+    try:
+        return job.func_name
+    except DeserializationError:
+        return None
+
+
 def _execution_id(job: Job) -> str | None:
     try:
         args = job.args
@@ -79,20 +87,20 @@ def _execution_id(job: Job) -> str | None:
 
 
 def registry(connection: redis.Redis, queue_name: str) -> FailedJobRegistry:
-    return FailedJobRegistry(queue_name, connection=connection)
+    return FailedJobRegistry(queue_name, connection=connection, serializer=JOB_SERIALIZER)
 
 
 def list_dead_letters(connection: redis.Redis, queue_name: str) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
     for job_id in registry(connection, queue_name).get_job_ids():
         try:
-            job = Job.fetch(job_id, connection=connection)
+            job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             continue
         letters.append(
             DeadLetter(
                 job_id=job.id,
-                function=job.func_name,
+                function=_function(job),
                 failed_at=_failed_at(job),
                 reason=_reason(job),
                 execution_id=_execution_id(job),
@@ -107,7 +115,7 @@ def replay(connection: redis.Redis, queue_name: str, job_id: str) -> Job:
     failed = registry(connection, queue_name)
     if job_id not in failed:
         raise LookupError(f"{job_id} is not in the dead-letter registry of {queue_name}")
-    job = Job.fetch(job_id, connection=connection)
+    job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
     job.meta["dlq_replays"] = int(job.meta.get("dlq_replays", 0)) + 1
     job.meta.pop(CRASH_REQUEUES, None)
     job.number_of_retries = 0
@@ -130,4 +138,4 @@ def replay_all(connection: redis.Redis, queue_name: str) -> list[str]:
 
 
 def queue(connection: redis.Redis, queue_name: str) -> Queue:
-    return Queue(queue_name, connection=connection)
+    return Queue(queue_name, connection=connection, serializer=JOB_SERIALIZER)

@@ -16,7 +16,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from workers.core.contract import CRASH_REQUEUES
+from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -49,7 +49,7 @@ def reap_abandoned(
     # Entries carry RQ_CLEANUP_MARGIN_SECONDS on top of heartbeat + grace: dead = within the margin.
     cutoff = (time.time() if now is None else now) + RQ_CLEANUP_MARGIN_SECONDS
     for name in queue_names:
-        queue = Queue(name, connection=connection)
+        queue = Queue(name, connection=connection, serializer=JOB_SERIALIZER)
         for entry in rq_internals.expired_started_entries(connection, queue, cutoff):
             job = _abandoned_job(connection, queue, entry)
             if job is None:
@@ -76,7 +76,7 @@ def _abandoned_job(connection: redis.Redis, queue: Queue, entry: str) -> Job | N
     if job_id is None:
         return None  # another reaper (or RQ's own cleanup) took it
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         return None
     status = job.get_status(refresh=True)

@@ -23,16 +23,28 @@ State read or written directly, only through the functions below:
   (``rq.utils.parse_composite_key``), and ``Queue.intermediate_queue_key`` (the list a job sits in between
   its dequeue and its start);
 * ``rq.job_lifecycle.record_job_failure``: fail a job exactly as RQ does (failed registry and result);
-* ``rq.defaults``: an argument left at RQ's default takes the bridge's setting instead.
+* ``rq.defaults``: an argument left at RQ's default takes the bridge's setting instead;
+* ``CronJob.enqueue``: RQ's builds its ``Queue`` with the default (pickle) serializer and takes none, so
+  ``register_cron_job`` gives the registered job ``JsonCronJob.enqueue`` instead: the same steps (enqueue,
+  job history capped and expiring, cron-job registry, one pipeline) with ``JOB_SERIALIZER``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL, DEFAULT_WORKER_TTL
+from rq import Queue, SimpleWorker, cron_job_registry
+from rq.cron import CronJob, CronScheduler
+from rq.defaults import (
+    DEFAULT_CRON_JOB_HISTORY_LIMIT,
+    DEFAULT_CRON_JOB_HISTORY_TTL,
+    DEFAULT_JOB_MONITORING_INTERVAL,
+    DEFAULT_MAINTENANCE_TASK_INTERVAL,
+    DEFAULT_WORKER_TTL,
+)
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
@@ -40,15 +52,19 @@ from rq.scripts import release_lock
 from rq.utils import now, parse_composite_key, utcparse
 from rq.worker import BaseWorker
 
+from workers.core.contract import JOB_SERIALIZER
+
 __all__ = [
     "DEFAULT_JOB_MONITORING_INTERVAL",
     "DEFAULT_MAINTENANCE_TASK_INTERVAL",
     "DEFAULT_WORKER_TTL",
     "OVERRIDDEN_HOOKS",
+    "JsonCronJob",
     "claim_started_entry",
     "expired_started_entries",
     "fail_job",
     "leave_intermediate_queue",
+    "register_cron_job",
     "release_scheduler_lock",
     "request_warm_stop",
     "scheduler_heartbeat_age",
@@ -141,3 +157,35 @@ def fail_job(connection: redis.Redis, job: Job, reason: str) -> None:
     with connection.pipeline() as pipe:
         record_job_failure(job, reason, pipe)
         pipe.execute()
+
+
+# --- cron ------------------------------------------------------------------------------------------
+
+
+class JsonCronJob(CronJob):
+    """A ``CronJob`` that enqueues with ``JOB_SERIALIZER``."""
+
+    def enqueue(self, connection: redis.Redis) -> Job:
+        """RQ hook: ``CronJob.enqueue`` with the bridge's serializer."""
+        if not self.func:
+            raise ValueError("CronJob has no function to enqueue")
+        queue = Queue(self.queue_name, connection=connection, serializer=JOB_SERIALIZER)
+        with connection.pipeline() as pipeline:
+            job = queue.enqueue(
+                self.func, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline
+            )
+            assert job.enqueued_at is not None
+            stamp = job.enqueued_at.timestamp()
+            pipeline.zadd(self.job_history_key, {job.id: stamp})
+            pipeline.zremrangebyrank(self.job_history_key, 0, -(DEFAULT_CRON_JOB_HISTORY_LIMIT + 1))
+            pipeline.expire(self.job_history_key, DEFAULT_CRON_JOB_HISTORY_TTL)
+            cron_job_registry.add(self.name, pipeline, enqueue_timestamp=stamp)
+            pipeline.execute()
+        return job
+
+
+def register_cron_job(scheduler: CronScheduler, func: Callable[..., Any], **options: Any) -> CronJob:
+    """``scheduler.register(func, **options)``, the registered job enqueuing with ``JOB_SERIALIZER``."""
+    job = scheduler.register(func, **options)
+    job.__class__ = JsonCronJob  # same state, one method replaced
+    return job

@@ -24,6 +24,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import import_attribute
 from rq.worker import WorkerStatus
 
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import SettingsError
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -34,7 +35,8 @@ log = get_logger(__name__)
 
 
 class _BridgeWorkerMixin:
-    """Project settings as defaults, short heartbeat TTLs, and the reaper in the maintenance loop.
+    """Project settings as defaults, the JSON job serializer, short heartbeat TTLs, and the reaper in the
+    maintenance loop.
 
     The overrides of RQ hooks are marked ``RQ hook``; see ``workers.runtime.rq_internals``.
     """
@@ -52,6 +54,9 @@ class _BridgeWorkerMixin:
             print(f"workfloo-bridge: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         self._bridge_settings = s
+        # JSON always, whatever the caller asked (``rq worker --serializer``): a pickled job fails as a
+        # bad job instead of running code.
+        kwargs["serializer"] = JOB_SERIALIZER
         if kwargs.get("worker_ttl") in (None, rq_internals.DEFAULT_WORKER_TTL):
             kwargs["worker_ttl"] = s.worker_ttl_seconds
         kwargs.pop("default_worker_ttl", None)
@@ -230,4 +235,5 @@ def build_worker(
         job_monitoring_interval=settings.worker_heartbeat_seconds,
         maintenance_interval=settings.worker_maintenance_seconds,
         default_result_ttl=settings.job_result_ttl_seconds,
+        serializer=JOB_SERIALIZER,
     )

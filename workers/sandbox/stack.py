@@ -28,7 +28,7 @@ import httpx
 import redis
 from starlette.applications import Starlette
 
-from workers.core.settings import Settings, load_settings
+from workers.core.settings import Settings, load_settings, redact_url
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
 from workers.sandbox.serving import ServerThread
@@ -213,7 +213,7 @@ class Stack:
             self.redis_url = self.redis_server.url
             self.client = redis.Redis.from_url(self.redis_url)
         else:
-            step(f"using Redis at {self.redis_url}")
+            step(f"using Redis at {redact_url(self.redis_url)}")
             self.client = self.redis()
             self.client.ping()
         if self.config.in_process:

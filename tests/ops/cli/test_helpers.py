@@ -25,5 +25,5 @@ def test_unreachable_redis_is_one_line_and_exit_1(clean_env: pytest.MonkeyPatch,
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
-    assert f"cannot reach Redis at redis://***@127.0.0.1:{port}/0" in result.stderr
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in result.stderr
     assert "hunter2" not in result.stderr

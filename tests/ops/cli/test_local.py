@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.events import Event
 from workers.ops.cli import main
 from workers.sandbox.redis_server import free_port
@@ -26,9 +27,9 @@ def test_status_reports_queues_failed_jobs_events_and_group_lag(
     clean_env: pytest.MonkeyPatch, redis_url: str, redis_client: redis.Redis
 ) -> None:
     clean_env.setenv("REDIS_URL", redis_url)
-    queue = Queue("workfloo", connection=redis_client)
+    queue = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER)
     queue.enqueue("json.loads", "{not json")  # fails when run
-    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    SimpleWorker([queue], connection=redis_client, serializer=JOB_SERIALIZER).work(burst=True)
     queue.enqueue("json.loads", "[]")  # stays queued: no worker
     for i in range(3):
         event = Event(type="nip.sent", execution_id=f"e{i}")

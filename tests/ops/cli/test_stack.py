@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests import ROOT
+from workers.core.contract import JOB_SERIALIZER
 from workers.sandbox.demo.model import AppRun
 from workers.sandbox.demo.scenario import ScenarioRunner
 from workers.sandbox.redis_server import free_port
@@ -193,7 +194,7 @@ def test_dlq_list_and_replay(running: Running) -> None:
 
     client = running.stack.redis()
     try:
-        queue = Queue("workfloo", connection=client)
+        queue = Queue("workfloo", connection=client, serializer=JOB_SERIALIZER)
         job = queue.enqueue("json.loads", "{not json", job_id="demo-dead-letter")
         wait_until(
             lambda: job.id in queue.failed_job_registry.get_job_ids(), timeout=20, what="the dead letter"

@@ -15,7 +15,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from workers.core import keys
-from workers.core.contract import CallbackPayload, finished_event_id, nip_event_id
+from workers.core.contract import JOB_SERIALIZER, CallbackPayload, finished_event_id, nip_event_id
 
 KEY = "test-callback-key"
 OLD_KEY = "old-callback-key"
@@ -41,7 +41,7 @@ ALL_CALLBACKS = [
 
 
 def queue(client: redis.Redis) -> Queue:
-    return Queue("workfloo", connection=client)
+    return Queue("workfloo", connection=client, serializer=JOB_SERIALIZER)
 
 
 def callback_payload(job: Job) -> CallbackPayload:
@@ -69,7 +69,7 @@ def test_nip_callback_is_an_ordinary_rq_job(receiver: httpx.Client, redis_client
     q = queue(redis_client)
     assert q.job_ids == [event_id]
     assert redis_client.smembers("rq:queues") == {b"rq:queue:workfloo"}
-    job = Job.fetch(event_id, connection=redis_client)
+    job = Job.fetch(event_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_nip_event"
     assert job.get_status() == JobStatus.QUEUED
     assert job.origin == "workfloo"
@@ -105,7 +105,9 @@ def test_status_webhook_stores_only_what_the_job_reads(
     response = receiver.post("/v1/kiban/status", json=STATUS_WITH_APPLICANT_DATA, headers=headers)
 
     assert response.json() == {"status": "accepted", "event_id": "status-evt_pii"}
-    body = callback_payload(Job.fetch("status-evt_pii", connection=redis_client))["body"]
+    body = callback_payload(Job.fetch("status-evt_pii", connection=redis_client, serializer=JOB_SERIALIZER))[
+        "body"
+    ]
     assert body == {
         "id": EXECUTION_ID,
         "status": "PROGRESS",
@@ -131,9 +133,11 @@ def test_nip_and_finished_bodies_keep_only_what_the_jobs_read(
     finished = {"workflooId": EXECUTION_ID, "id": EXECUTION_ID, "form": {"curp": "GODE561231HDFRRN09"}}
     finished_id = receiver.post("/v1/kiban/finished", json=finished, headers=AUTH).json()["event_id"]
 
-    nip_body = callback_payload(Job.fetch(nip_id, connection=redis_client))["body"]
+    nip_body = callback_payload(Job.fetch(nip_id, connection=redis_client, serializer=JOB_SERIALIZER))["body"]
     assert nip_body == {key: nip[key] for key in ("event", "date", "linkId", "errorMessage")}
-    assert callback_payload(Job.fetch(finished_id, connection=redis_client))["body"] == {"id": EXECUTION_ID}
+    assert callback_payload(Job.fetch(finished_id, connection=redis_client, serializer=JOB_SERIALIZER))[
+        "body"
+    ] == {"id": EXECUTION_ID}
 
 
 def test_status_webhook_keeps_the_event_headers(receiver: httpx.Client, redis_client: redis.Redis) -> None:
@@ -141,7 +145,7 @@ def test_status_webhook_keeps_the_event_headers(receiver: httpx.Client, redis_cl
     response = receiver.post("/v1/kiban/status", json=STATUS, headers=headers)
 
     assert response.json() == {"status": "accepted", "event_id": "status-evt_123"}
-    job = Job.fetch("status-evt_123", connection=redis_client)
+    job = Job.fetch("status-evt_123", connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_status"
     payload = callback_payload(job)
     assert payload["execution_id"] == EXECUTION_ID
@@ -190,7 +194,7 @@ def test_finished_execution_id_sources(
 
     event_id = finished_event_id(EXECUTION_ID)
     assert response.json() == {"status": "accepted", "event_id": event_id}
-    job = Job.fetch(event_id, connection=redis_client)
+    job = Job.fetch(event_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.callbacks.handle_finished"
     assert callback_payload(job)["execution_id"] == EXECUTION_ID
 
@@ -215,8 +219,12 @@ def test_nip_without_execution_id_correlates_by_link(
     known = receiver.post("/v1/kiban/nip-events", json={**NIP, "event": "SUCCESS"}, headers=AUTH).json()
     missing_link = receiver.post("/v1/kiban/nip-events", json={"event": "SENT", "date": "d"}, headers=AUTH)
 
-    first = callback_payload(Job.fetch(unknown["event_id"], connection=redis_client))
-    second = callback_payload(Job.fetch(known["event_id"], connection=redis_client))
+    first = callback_payload(
+        Job.fetch(unknown["event_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+    )
+    second = callback_payload(
+        Job.fetch(known["event_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+    )
     assert (first["execution_id"], first["link_id"]) == (None, LINK_ID)
     assert (second["execution_id"], second["link_id"]) == (EXECUTION_ID, LINK_ID)
     assert missing_link.status_code == 422
@@ -547,4 +555,7 @@ def test_command_routes_extension_point(
         assert client.post("/v1/test-command").json() == {"accepted": True}
         assert client.post("/v1/test-command").json() == {"accepted": False}
         assert "/v1/test-command" in client.get("/openapi.json").json()["paths"]
-    assert Job.fetch("cmd-1", connection=redis.Redis.from_url(redis_url)).func_name == "builtins.len"
+    assert (
+        Job.fetch("cmd-1", connection=redis.Redis.from_url(redis_url), serializer=JOB_SERIALIZER).func_name
+        == "builtins.len"
+    )

@@ -4,6 +4,7 @@ jobs that a real RQ worker runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from receiver.intake import Intake, IntakeUnavailableError, resp
 from receiver.intake.batching import GroupCommitter
 from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 
@@ -124,10 +126,10 @@ def test_job_written_by_the_intake_runs_on_a_real_rq_worker(redis_url: str, tran
 
     assert asyncio.run(enqueue()) is True
     connection = redis.Redis.from_url(redis_url)
-    queue = Queue("workfloo", connection=connection)
+    queue = Queue("workfloo", connection=connection, serializer=JOB_SERIALIZER)
     assert queue.job_ids == ["job-1"]
-    SimpleWorker([queue], connection=connection).work(burst=True)
-    job = Job.fetch("job-1", connection=connection)
+    SimpleWorker([queue], connection=connection, serializer=JOB_SERIALIZER).work(burst=True)
+    job = Job.fetch("job-1", connection=connection, serializer=JOB_SERIALIZER)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value() == 2
     assert queue.count == 0
@@ -156,9 +158,17 @@ def test_intake_jobs_carry_the_configured_job_options_and_every_rq_key_expires(
     connection = redis.Redis.from_url(redis_url)
     queued = connection.hgetall("rq:job:ok-1")
     assert (queued[b"timeout"], queued[b"result_ttl"], queued[b"failure_ttl"]) == (b"42", b"1234", b"5678")
-    SimpleWorker([Queue("workfloo", connection=connection)], connection=connection).work(burst=True)
-    assert Job.fetch("ok-1", connection=connection).get_status() == JobStatus.FINISHED
-    assert Job.fetch("bad-1", connection=connection).get_status() == JobStatus.FAILED
+    SimpleWorker(
+        [Queue("workfloo", connection=connection, serializer=JOB_SERIALIZER)],
+        connection=connection,
+        serializer=JOB_SERIALIZER,
+    ).work(burst=True)
+    assert (
+        Job.fetch("ok-1", connection=connection, serializer=JOB_SERIALIZER).get_status() == JobStatus.FINISHED
+    )
+    assert (
+        Job.fetch("bad-1", connection=connection, serializer=JOB_SERIALIZER).get_status() == JobStatus.FAILED
+    )
     for key, ttl in {
         "rq:job:ok-1": 1234, "rq:results:ok-1": 1234, "rq:job:bad-1": 5678, "rq:results:bad-1": 5678,
     }.items():  # fmt: skip
@@ -172,7 +182,7 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport:
     """Same keys, fields and types as ``Queue.enqueue`` (timestamps aside)."""
     connection = redis.Redis.from_url(redis_url)
     settings = load_settings(redis_url=redis_url, bridge_queue="reference", bridge_intake_transport=transport)
-    Queue("reference", connection=connection).enqueue_call(
+    Queue("reference", connection=connection, serializer=JOB_SERIALIZER).enqueue_call(
         "builtins.len", args=({"a": 1},), job_id="ref-1", timeout=settings.job_timeout_seconds,
         result_ttl=settings.job_result_ttl_seconds, failure_ttl=settings.job_failure_ttl_seconds,
     )  # fmt: skip
@@ -193,7 +203,9 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport:
         assert ours[field] == reference[field]
     # Same job tuple; stored uncompressed inside the zlib stream (receiver.intake.rqjob.zlib_stored).
     assert zlib.decompress(ours[b"data"]) == zlib.decompress(reference[b"data"])
-    assert Job.fetch("ours-1", connection=connection).args == ({"a": 1},)
+    # JSON, never pickle: the job tuple as plain JSON, which the bridge's JSON workers read.
+    assert json.loads(zlib.decompress(ours[b"data"])) == ["builtins.len", None, [{"a": 1}], {}]
+    assert Job.fetch("ours-1", connection=connection, serializer=JOB_SERIALIZER).args == [{"a": 1}]
     assert connection.lrange("rq:queue:reference", 0, -1) == [b"ref-1", b"ours-1"]
 
 

@@ -14,12 +14,14 @@ def scheduler() -> None:
 
     from workers.jobs.callbacks import job_options
     from workers.jobs.reconcile import reconcile_open_executions
+    from workers.runtime.rq_internals import register_cron_job
 
     settings = settings_or_exit()
     with redis_or_exit(settings) as connection:
         cron = CronScheduler(connection=connection, logging_level=settings.log_level)
         options = job_options(settings)
-        cron.register(
+        register_cron_job(
+            cron,
             reconcile_open_executions,
             queue_name=settings.bridge_queue,
             interval=settings.reconcile_interval_seconds,

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
+from workers.core.settings import redact_url
 from workers.sandbox.demo.display import LiveProgress, print_report, progress_table
 from workers.sandbox.demo.model import AppRun, Summary, scenarios_for
 from workers.sandbox.demo.scenario import ScenarioRunner
@@ -43,7 +44,7 @@ def _keep_running_text(stack: Stack) -> str:
             f"  receiver        {stack.receiver_url}  (GET /healthz, /readyz, /metrics)",
             f"  fake Kiban      {stack.kiban_url}",
             f"  fake Kompliant  {stack.kompliant_url}",
-            f"  Redis           {stack.redis_url}",
+            f"  Redis           {redact_url(stack.redis_url)}",
             f"  internal key    {stack.keys.internal}   (x-api-key for /v1/applications…)",
             f"  callback key    {stack.keys.callback}   (x-api-key for /v1/kiban/…)",
             f"  process logs    {stack.log_dir}",
@@ -104,7 +105,7 @@ def run_demo(
                 stack.start(on_step=lambda message: spinner.update(message))
             console.print(
                 f"stack ready in {time.monotonic() - began:.1f} s: receiver {stack.receiver_url}, "
-                f"{workers} workers, Redis {stack.redis_url}"
+                f"{workers} workers, Redis {redact_url(stack.redis_url)}"
             )
             if runs:
                 runner = ScenarioRunner(stack, runs, timeout=timeout)

@@ -24,6 +24,7 @@ import orjson
 import redis
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.timeline import MAX_TIMELINE_EVENTS, build_timeline
 from workers.sandbox.demo.model import KIBAN_SCENARIO, AppRun
 from workers.sandbox.stack import Stack
@@ -128,7 +129,7 @@ def _job_result(client: redis.Redis, job_id: str) -> tuple[Any, str | None]:
     from rq.job import Job
 
     try:
-        job = Job.fetch(job_id, connection=client)
+        job = Job.fetch(job_id, connection=client, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         return None, None
     return job.return_value(), str(job.get_status(refresh=False))

@@ -6,6 +6,8 @@
 * ``POST /v1/applications/{execution_id}/nip`` — body ``{"nip": "123456"}``; enqueues ``validate_nip``.
   The NIP is stored under a 15-minute key, never in the job payload.
 * ``POST /v1/applications/{execution_id}/nip/resend`` — enqueues ``resend_nip``.
+* ``DELETE /v1/applications/{execution_id}`` (``?force=true`` optional) — enqueues ``forget_job``: erase
+  everything held about the application; ``application.forgotten`` tells when it is done.
 
 Each answers ``202 {"command_id", "status": "accepted"|"duplicate"}``; progress arrives as events.
 Errors follow the receiver's rules: 401 key, 415 content type, 413 size, 400 JSON, 422 schema (field
@@ -23,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from receiver.http import (
+    UNAUTHORIZED,
     JSONBytes,
     KeyChecker,
     execution_id_param,
@@ -57,6 +60,7 @@ class CommandEndpoints:
             route("/v1/applications", self.start),
             route("/v1/applications/{execution_id}/nip", self.validate_nip),
             route("/v1/applications/{execution_id}/nip/resend", self.resend_nip),
+            route("/v1/applications/{execution_id}", self.forget, "DELETE"),
         ]
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
@@ -124,6 +128,17 @@ class CommandEndpoints:
         payload = contract.resend_command(command_id, execution_id)
         return await self._enqueue(request, command_id, contract.RESEND_FUNCTION, payload)
 
+    async def forget(self, request: Request) -> Response:
+        if not self.keys.allows(request.scope["headers"]):
+            raise UNAUTHORIZED
+        execution_id = execution_id_param(request.path_params["execution_id"])
+        force = request.query_params.get("force", "false").lower()
+        if force not in ("true", "false", "1", "0"):
+            raise validation_error("force", "must be true or false")
+        command_id = contract.new_command_id("forget")
+        payload = contract.forget_command(command_id, execution_id, force in ("true", "1"))
+        return await self._enqueue(request, command_id, contract.FORGET_FUNCTION, payload)
+
 
 def routes(settings: Settings) -> list[BaseRoute]:
     """Routes to add to the receiver app."""
@@ -173,5 +188,14 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         },
         "/v1/applications/{execution_id}/nip/resend": {
             "post": {**_op("Resend the NIP", None), "parameters": execution}
+        },
+        "/v1/applications/{execution_id}": {
+            "delete": {
+                **_op("Erase everything held about the application (right to cancellation)", None),
+                "parameters": [
+                    *execution,
+                    {"name": "force", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+            }
         },
     }

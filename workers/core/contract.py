@@ -159,6 +159,7 @@ def finished_event_id(execution_id: str) -> str:
 START_FUNCTION = "workers.jobs.commands.start_application"
 VALIDATE_FUNCTION = "workers.jobs.commands.validate_nip"
 RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
+FORGET_FUNCTION = "workers.jobs.erasure.forget_job"
 
 
 def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
@@ -195,6 +196,14 @@ class ResendNipCommand(TypedDict):
     resend: int | None
 
 
+class ForgetCommand(TypedDict):
+    """Argument of ``FORGET_FUNCTION``: erase everything the bridge holds about one application."""
+
+    command_id: str
+    execution_id: str
+    force: bool
+
+
 def start_command(command_id: str, form: dict[str, Any], scenario_id: str | None) -> StartCommand:
     return {"command_id": command_id, "form": dict(form), "scenario_id": scenario_id}
 
@@ -205,6 +214,10 @@ def validate_command(command_id: str, execution_id: str) -> ValidateNipCommand:
 
 def resend_command(command_id: str, execution_id: str) -> ResendNipCommand:
     return {"command_id": command_id, "execution_id": execution_id, "resend": None}
+
+
+def forget_command(command_id: str, execution_id: str, force: bool) -> ForgetCommand:
+    return {"command_id": command_id, "execution_id": execution_id, "force": force}
 
 
 CRASH_REQUEUES = "crash_requeues"

@@ -15,6 +15,7 @@ Hierarchy:
   + PermanentError
   + JobFailedError
   + DestinationRefusedError
+  + ErasureRefusedError
   + VendorError
     + KibanError
     | + KibanAuthError
@@ -102,6 +103,11 @@ class JobFailedError(BridgeError):
 
 class DestinationRefusedError(BridgeError):
     """The subscriber URL resolves to an address the SSRF guard does not allow."""
+
+
+class ErasureRefusedError(BridgeError):
+    """An application still has work in flight (queued, started or scheduled jobs, or an open
+    execution), so it is not erased; the message counts what is in flight and names nobody."""
 
 
 # --- vendors ---------------------------------------------------------------------------------------

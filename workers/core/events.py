@@ -33,6 +33,7 @@ class EventType(StrEnum):
     NIP_RESENT = "nip.resent"
     NIP_VALIDATED = "nip.validated"
     APPLICATION_STARTED = "application.started"
+    APPLICATION_FORGOTTEN = "application.forgotten"
     WORKFLOO_STATUS_CHANGED = "workfloo.status_changed"
     WORKFLOO_COMPLETED = "workfloo.completed"
     WORKFLOO_FAILED = "workfloo.failed"

@@ -23,12 +23,17 @@ State read or written directly, only through the functions below:
   (``rq.utils.parse_composite_key``), and ``Queue.intermediate_queue_key`` (the list a job sits in between
   its dequeue and its start);
 * ``rq.job_lifecycle.record_job_failure``: fail a job exactly as RQ does (failed registry and result);
+* the job hash's ``data`` field (the serialized call, zlib-compressed, as ``Job.to_dict`` writes it) and
+  the ``Job.args`` setter that re-serializes it: ``replace_job_args`` rewrites a running job's stored
+  arguments (the start job drops its sealed form once Kiban has it);
 * ``rq.defaults``: an argument left at RQ's default takes the bridge's setting instead.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
@@ -50,6 +55,7 @@ __all__ = [
     "fail_job",
     "leave_intermediate_queue",
     "release_scheduler_lock",
+    "replace_job_args",
     "request_warm_stop",
     "scheduler_heartbeat_age",
     "scheduler_lock_holder",
@@ -141,3 +147,10 @@ def fail_job(connection: redis.Redis, job: Job, reason: str) -> None:
     with connection.pipeline() as pipe:
         record_job_failure(job, reason, pipe)
         pipe.execute()
+
+
+def replace_job_args(job: Job, args: tuple[Any, ...]) -> None:
+    """Replace ``job``'s positional arguments in memory and in its stored hash (only the ``data`` field:
+    status, meta and result are RQ's). Later saves by RQ write the same new arguments."""
+    job.args = args
+    job.connection.hset(job.key, "data", zlib.compress(job.data))

@@ -1,10 +1,12 @@
 """Applicant data at rest: the start form and the NIP reach Redis only sealed (every key of every type
 dumped, compressed job data unpacked), are opened by the job step that sends them, and are gone once
-that step succeeded."""
+that step succeeded; without a data key the receiver and the workers refuse to start."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import zlib
 from typing import Any
 
@@ -13,11 +15,13 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from tests import ROOT
 from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import contract, keys
 from workers.core.events import EventType as T
 from workers.jobs import api as commands_api
 from workers.jobs import data_keys
+from workers.sandbox.redis_server import free_port
 from workers.sandbox.wait import wait_until
 
 # Awkward forms on purpose: accents, a dashed RFC, a CURP, an integer phone, an 8-digit NIP.
@@ -149,3 +153,22 @@ def test_a_sealed_form_moved_to_another_job_fails_without_echoing_it(bare_bridge
     assert canaries_in(result.exc_string or "") == []
     assert len(bridge.kiban_state.executions) == executions_before  # refused before any effect
 
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.ops.cli", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_receiver_and_worker_refuse_to_start_without_a_data_key(bare_bridge: Bridge) -> None:
+    env = {**bare_bridge.env, "BRIDGE_DATA_KEYS": ""}
+    for args in (["serve", "--port", str(free_port())], ["worker", "--burst"]):
+        done = _run(args, env)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "BRIDGE_DATA_KEYS" in lines[0], (args, done.stderr[-2000:])
+    checked = _run(["check", "--json"], env)
+    assert (
+        checked.returncode == 1 and '"data-keys"' in checked.stdout and "BRIDGE_DATA_KEYS" in checked.stdout
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from workers.ops.cli import check, demo, dlq, events, scheduler, serve, status, timeline, worker
+from workers.ops.cli import check, demo, dlq, events, keygen, scheduler, serve, status, timeline, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +26,4 @@ main.add_command(demo.demo)
 main.add_command(status.status)
 main.add_command(check.check)
 main.add_command(timeline.timeline)
+main.add_command(keygen.keygen)

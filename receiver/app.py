@@ -33,7 +33,7 @@ from workers.core.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> Starlette:
     try:
         settings = settings or get_settings()
-        data_keys = require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
+        require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
     except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *commands.routes(settings, data_keys),
+        *commands.routes(settings),
         *timeline.routes(settings),
     ]
     app = Starlette(

@@ -48,8 +48,8 @@ IDEMPOTENCY_KEY_MAX = 200
 
 
 class CommandEndpoints:
-    def __init__(self, settings: Settings, data_keys: KeyRing) -> None:
-        self.data_keys = data_keys
+    def __init__(self, settings: Settings) -> None:
+        self.data_keys = KeyRing.from_settings(settings)  # create_app refuses to start without one
         self.keys = KeyChecker(settings.bridge_internal_keys, ["x-api-key"])
         self.limit = settings.bridge_max_body_bytes
         self.body_timeout = settings.bridge_body_read_timeout_seconds
@@ -129,9 +129,9 @@ class CommandEndpoints:
         return await self._enqueue(request, command_id, contract.RESEND_FUNCTION, payload)
 
 
-def routes(settings: Settings, data_keys: KeyRing) -> list[BaseRoute]:
+def routes(settings: Settings) -> list[BaseRoute]:
     """Routes to add to the receiver app."""
-    return CommandEndpoints(settings, data_keys).routes()
+    return CommandEndpoints(settings).routes()
 
 
 def _op(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 
+from workers.core.crypto import generate_entry
 from workers.core.events import Event, EventType, Source
 from workers.core.settings import Settings, load_settings
 from workers.fanout.consumer import Consumer
@@ -152,6 +153,7 @@ def e2e_mode(
 
     key = "bench-callback-key"
     os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "LOG_LEVEL": "WARNING"})
+    os.environ.setdefault("BRIDGE_DATA_KEYS", generate_entry("bench"))  # receiver and workers need one
     app_settings = load_settings()
     cli = Path(sys.executable).parent / "workfloo-bridge"
     pool = [

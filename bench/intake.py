@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer, free_port
 
 KEY = "bench-callback-key"
@@ -274,7 +275,8 @@ def main() -> None:
 
     started = time.monotonic()
     with RedisServer(appendonly=True) as server:
-        base = {"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": KEY, "LOG_LEVEL": "WARNING"}
+        base = {"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": KEY, "LOG_LEVEL": "WARNING",
+                "BRIDGE_DATA_KEYS": generate_entry("bench")}  # fmt: skip
         runs = {
             "receiver": _measure("gc", "receiver.app:create_app", RECEIVER_PATH, base),
             "receiver_per_request": _measure(

@@ -25,6 +25,7 @@ from receiver.intake.rqjob import JobRecorder
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
 from workers.core.contract import JOB_FUNCTIONS
+from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
 from workers.core.settings import Settings, get_settings
 
@@ -32,6 +33,7 @@ from workers.core.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> Starlette:
     try:
         settings = settings or get_settings()
+        require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
     except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

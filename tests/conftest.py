@@ -3,14 +3,20 @@ serve any ASGI app over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
+from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
+
+# The receiver and the workers refuse to start without a data key: every test process (and every child
+# it starts with this environment) has one, made fresh for the session.
+TEST_DATA_KEYS = os.environ.setdefault("BRIDGE_DATA_KEYS", generate_entry("test"))
 
 # Fixtures shared across test packages: the vendor fakes over HTTP and the process stacks.
 pytest_plugins = ["tests.support.vendor_rigs", "tests.support.bridge_fixtures"]

@@ -4,11 +4,12 @@
   optional ``scenarioId``; enqueues ``start_application``. Optional ``Idempotency-Key`` header: the same
   key gives the same command id and is accepted once.
 * ``POST /v1/applications/{execution_id}/nip`` — body ``{"nip": "123456"}``; enqueues ``validate_nip``.
-  The NIP is stored under a 15-minute key, never in the job payload.
+  The NIP is stored sealed under a 15-minute key, never in the job payload.
 * ``POST /v1/applications/{execution_id}/nip/resend`` — enqueues ``resend_nip``.
 * ``DELETE /v1/applications/{execution_id}`` (``?force=true`` optional) — enqueues ``forget_job``: erase
   everything held about the application; ``application.forgotten`` tells when it is done.
 
+The form and the NIP are sealed (``workers.core.crypto``, ``BRIDGE_DATA_KEYS``) before they reach Redis.
 Each answers ``202 {"command_id", "status": "accepted"|"duplicate"}``; progress arrives as events.
 Errors follow the receiver's rules: 401 key, 415 content type, 413 size, 400 JSON, 422 schema (field
 named), 503 with ``Retry-After`` when Redis did not confirm the write.
@@ -37,7 +38,8 @@ from receiver.http import (
 from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import utc_stamp
 from receiver.openapi import unavailable
-from workers.core import contract, keys
+from workers.core import contract, crypto, keys
+from workers.core.crypto import KeyRing
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 
@@ -50,6 +52,7 @@ IDEMPOTENCY_KEY_MAX = 200
 
 class CommandEndpoints:
     def __init__(self, settings: Settings) -> None:
+        self.data_keys = KeyRing.from_settings(settings)  # create_app refuses to start without one
         self.keys = KeyChecker(settings.bridge_internal_keys, ["x-api-key"])
         self.limit = settings.bridge_max_body_bytes
         self.body_timeout = settings.bridge_body_read_timeout_seconds
@@ -103,7 +106,7 @@ class CommandEndpoints:
         if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
             raise validation_error("Idempotency-Key", f"must be 1-{IDEMPOTENCY_KEY_MAX} characters")
         command_id = contract.new_command_id("start", key)
-        payload = contract.start_command(command_id, form, scenario)
+        payload = contract.start_command(command_id, form, scenario, self.data_keys)
         return await self._enqueue(request, command_id, contract.START_FUNCTION, payload)
 
     async def validate_nip(self, request: Request) -> Response:
@@ -114,8 +117,9 @@ class CommandEndpoints:
             raise validation_error("nip", "must be a string of 4-8 digits")
         command_id = contract.new_command_id("nip")
         intake: Intake = request.app.state.intake
+        sealed = self.data_keys.seal_text(nip, crypto.NIP, command_id)
         try:
-            await intake.call("SET", keys.nip_ref(command_id), nip, "EX", str(keys.NIP_REF_TTL_SECONDS))
+            await intake.call("SET", keys.nip_ref(command_id), sealed, "EX", str(keys.NIP_REF_TTL_SECONDS))
         except IntakeUnavailableError:
             raise self.unavailable from None
         payload = contract.validate_command(command_id, execution_id)

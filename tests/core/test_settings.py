@@ -27,6 +27,7 @@ def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIBAN_API_KEY", "kiban-super-secret")
     monkeypatch.setenv("BRIDGE_CALLBACK_KEYS", "callback-super-secret")
     monkeypatch.setenv("KOMPLIANT_SECRET_KEY", "kompliant-super-secret")
+    monkeypatch.setenv("BRIDGE_DATA_KEYS", "k1:" + "QUJD" * 10 + "QUI=")
     settings = load_settings()
     text = repr(settings) + str(settings) + settings.model_dump_json()
     for secret in ("kiban-super-secret", "callback-super-secret", "kompliant-super-secret"):
@@ -35,6 +36,7 @@ def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         "kiban-super-secret",
         "callback-super-secret",
         "kompliant-super-secret",
+        "k1:" + "QUJD" * 10 + "QUI=",
     }
 
 

@@ -12,10 +12,10 @@ from rq import Queue
 from rq.job import Job
 
 from receiver.app import create_app
-from workers.core import keys
+from workers.core import crypto, keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
-from workers.jobs import state
+from workers.jobs import data_keys, state
 from workers.sandbox.serving import ServerThread
 
 KEY = "internal-key-for-tests-0001"
@@ -44,8 +44,12 @@ def test_start_application_queues_the_command(receiver: str, redis_client: redis
     command_id = response.json()["command_id"]
     job = Job.fetch(command_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.commands.start_application"
-    assert job.args[0] == {"command_id": command_id, "form": {"email": "a@b.co", "first_name": "A"},
-                           "scenario_id": "approved"}  # fmt: skip
+    command = job.args[0]
+    assert set(command) == {"command_id", "sealed_form", "scenario_id"}
+    assert (command["command_id"], command["scenario_id"]) == (command_id, "approved")
+    assert "a@b.co" not in repr(command)
+    form = data_keys().open_json(command["sealed_form"], crypto.FORM, command_id)
+    assert form == {"email": "a@b.co", "first_name": "A"}
     assert command_id.encode() in redis_client.lrange(
         Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).key, 0, -1
     )
@@ -54,7 +58,9 @@ def test_start_application_queues_the_command(receiver: str, redis_client: redis
 def test_top_level_fields_are_the_form(receiver: str, redis_client: redis.Redis) -> None:
     response = post(f"{receiver}/v1/applications", {"email": "a@b.co", "scenarioId": "rejected"})
     job = Job.fetch(response.json()["command_id"], connection=redis_client, serializer=JOB_SERIALIZER)
-    assert job.args[0]["form"] == {"email": "a@b.co"} and job.args[0]["scenario_id"] == "rejected"
+    command = job.args[0]
+    form = data_keys().open_json(command["sealed_form"], crypto.FORM, command["command_id"])
+    assert form == {"email": "a@b.co"} and command["scenario_id"] == "rejected"
 
 
 def test_idempotency_key_gives_one_command(receiver: str) -> None:
@@ -72,7 +78,9 @@ def test_nip_never_enters_the_job_payload(receiver: str, redis_client: redis.Red
     job = Job.fetch(command_id, connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.func_name == "workers.jobs.commands.validate_nip"
     assert "123456" not in repr(job.args)
-    assert state.take_nip(redis_client, job.args[0]["nip_ref"]) == "123456"
+    stored = redis_client.get(keys.nip_ref(command_id)) or b""
+    assert stored.startswith(b"wfe1.") and b"123456" not in stored
+    assert state.take_nip(redis_client, job.args[0]["nip_ref"], data_keys()) == "123456"
     assert redis_client.ttl(keys.nip_ref(command_id)) > 0
 
 

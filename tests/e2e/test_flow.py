@@ -15,7 +15,7 @@ from tests.support.workers_stack import BIN, DEFINITION, KIBAN_KEY, Bridge
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.events import EventType as T
 from workers.fanout.publisher import Publisher
-from workers.jobs import state
+from workers.jobs import data_keys, state
 from workers.sandbox.wait import wait_until
 
 
@@ -175,7 +175,7 @@ def test_permanent_4xx_dead_letters_then_replays(bridge: Bridge) -> None:
 
 def _rerun_validate(bridge: Bridge, execution_id: str, command_id: str, crashed: bool) -> dict[str, object]:
     """Run validate_nip again for an execution whose NIP Kiban already accepted (its NIP re-stashed)."""
-    state.stash_nip(bridge.redis, command_id, "123456")
+    state.stash_nip(bridge.redis, command_id, "123456", data_keys(bridge.settings))
     job = Queue(bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER).enqueue(
         "workers.jobs.commands.validate_nip",
         {"execution_id": execution_id, "nip_ref": command_id, "command_id": command_id},

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from workers.core import contract
+from workers.core import contract, crypto
 from workers.core.contract import (
     EXECUTION_ID_RE,
     ID_PATTERN,
@@ -18,16 +18,28 @@ from workers.core.contract import (
     StatusWebhookBody,
     ValidateNipCommand,
 )
+from workers.core.crypto import KeyRing, generate_entry
+from workers.core.errors import DataKeyError
 
 
 def test_builders_fill_every_key_the_jobs_read() -> None:
-    start = contract.start_command("cmd-start-1", {"email": "a@b.co"}, None)
+    ring = KeyRing.from_entries([generate_entry("k1")])
+    start = contract.start_command("cmd-start-1", {"email": "a@b.co"}, None, ring)
     validate = contract.validate_command("cmd-nip-1", "657118e1d511b6e54fe2a969")
     resend = contract.resend_command("cmd-resend-1", "657118e1d511b6e54fe2a969")
-    assert set(start) == StartCommand.__required_keys__
+    assert set(start) == StartCommand.__required_keys__ | {"sealed_form"}
     assert set(validate) == ValidateNipCommand.__required_keys__
     assert set(resend) == ResendNipCommand.__required_keys__
     assert validate["nip_ref"] == "cmd-nip-1" and resend["resend"] is None
+
+
+def test_the_start_form_is_sealed_for_its_own_command() -> None:
+    ring = KeyRing.from_entries([generate_entry("k1")])
+    start = contract.start_command("cmd-start-1", {"email": "canary@b.co"}, "approved", ring)
+    assert "canary" not in repr(start) and "form" not in start
+    assert ring.open_json(start["sealed_form"], crypto.FORM, "cmd-start-1") == {"email": "canary@b.co"}
+    with pytest.raises(DataKeyError):
+        ring.open_json(start["sealed_form"], crypto.FORM, "cmd-start-2")
 
 
 @pytest.mark.parametrize("value", ["657118e1d511b6e54fe2a969", str(uuid.uuid4()), "a", "x" * 64, "A_b-9"])

@@ -140,7 +140,7 @@ def _run_applications(stack: Bridge) -> list[str]:
         stack.redis,
         {**person, "email": EMAIL_4},
         "approved",
-        settings=load_settings(redis_url=stack.redis_server.url),
+        settings=load_settings(redis_url=stack.redis_server.url, bridge_data_keys=stack.stack.keys.data),
     )
     commands.append((python_command, [NIP]))
 

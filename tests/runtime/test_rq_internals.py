@@ -126,6 +126,22 @@ def test_fail_job_is_a_dead_letter_with_the_reason(redis_client: redis.Redis) ->
     assert result is not None and result.exc_string == "gave up"
 
 
+def test_replace_job_args_rewrites_the_stored_call(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("builtins.print", {"secret": "CANARY-ARGS"}, job_id="rewritten")
+    job.meta["kept"] = 1
+    job.save_meta()  # type: ignore[no-untyped-call]
+    rq_internals.replace_job_args(job, ({"secret": None},))
+    assert b"CANARY-ARGS" not in zlib.decompress(redis_client.hget(job.key, "data") or b"")
+    fetched = Job.fetch("rewritten", connection=redis_client, serializer=JOB_SERIALIZER)
+    assert fetched.args == ({"secret": None},) or list(fetched.args) == [{"secret": None}]
+    assert fetched.func_name == "builtins.print" and fetched.meta == {"kept": 1}
+    job.save()  # RQ's own later saves keep the new arguments
+    assert list(Job.fetch("rewritten", connection=redis_client, serializer=JOB_SERIALIZER).args) == [
+        {"secret": None}
+    ]
+
+
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_maintenance_runs_the_reaper_then_rqs_maintenance(
     redis_client: redis.Redis, worker_class: type[Worker]

@@ -4,8 +4,10 @@ The receiver validates every callback body with the schemas below and enqueues o
 accepted delivery: job id = ``event_id``, function = ``JOB_FUNCTIONS[kind]`` (a dotted path, so the
 receiver never imports job code), one positional argument = a ``CallbackPayload``. Commands of internal
 services are built by ``start_command``/``validate_command``/``resend_command`` (the HTTP endpoints and
-the Python API share them). Payloads are ``TypedDict``s: plain JSON-able dicts at run time (nothing is
-validated twice on the hot path), checked by mypy on both sides.
+the Python API share them); the start form leaves the builder sealed (``workers.core.crypto``, purpose
+``form``, id = the command id) and is opened only by the job step that submits it. Payloads are
+``TypedDict``s: plain JSON-able dicts at run time (nothing is validated twice on the hot path), checked
+by mypy on both sides.
 
 Vendor gaps (``API-NOTES.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored by the
 schemas). ``CallbackPayload["body"]`` keeps only the fields the jobs read (``stored_body``): a status
@@ -22,6 +24,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from rq.serializers import JSONSerializer
 from ulid import ULID
+
+from workers.core.crypto import FORM, KeyRing
 
 CallbackKind = Literal["nip", "status", "finished"]
 
@@ -170,11 +174,19 @@ def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
     return f"cmd-{kind}-{str(ULID()).lower()}"
 
 
-class StartCommand(TypedDict):
-    """Argument of ``START_FUNCTION``: execute a workfloo, submit ``form``, send the NIP."""
+class _StartForm(TypedDict, total=False):
+    sealed_form: str
+    form: dict[str, Any]
+
+
+class StartCommand(_StartForm):
+    """Argument of ``START_FUNCTION``: execute a workfloo, submit the form, send the NIP.
+
+    ``sealed_form`` is the form as a ``workers.core.crypto`` envelope bound to ``form|<command_id>``; the
+    job drops it from its stored payload once Kiban accepted the form. ``form`` (plaintext) is only read
+    from jobs enqueued by earlier releases."""
 
     command_id: str
-    form: dict[str, Any]
     scenario_id: str | None
 
 
@@ -204,8 +216,14 @@ class ForgetCommand(TypedDict):
     force: bool
 
 
-def start_command(command_id: str, form: dict[str, Any], scenario_id: str | None) -> StartCommand:
-    return {"command_id": command_id, "form": dict(form), "scenario_id": scenario_id}
+def start_command(
+    command_id: str, form: dict[str, Any], scenario_id: str | None, keys: KeyRing
+) -> StartCommand:
+    return {
+        "command_id": command_id,
+        "sealed_form": keys.seal_json(dict(form), FORM, command_id),
+        "scenario_id": scenario_id,
+    }
 
 
 def validate_command(command_id: str, execution_id: str) -> ValidateNipCommand:

@@ -9,6 +9,7 @@ Hierarchy:
 
 * BridgeError
   + SettingsError
+  + DataKeyError
   + RedisUrlError (also a ``ValueError``)
   + IntakeUnavailableError (retryable)
   + TransientError (retryable)
@@ -65,6 +66,12 @@ class SettingsError(BridgeError):
     """The environment holds an invalid setting; the message names the variable, never its value.
 
     Entry points turn it into exit code 2 with the message as the one line on stderr."""
+
+
+class DataKeyError(BridgeError):
+    """Applicant data could not be sealed or opened: no data key configured, a key id no configured key
+    has, or an envelope that fails authentication (tampered, or bound to another purpose or id). The
+    message names the key id at most, never a key or the data. Not retryable: the same bytes fail again."""
 
 
 class RedisUrlError(BridgeError, ValueError):

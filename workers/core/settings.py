@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.core.crypto import parse_entry
 from workers.core.errors import SettingsError
 from workers.core.events import matches
 
@@ -548,6 +549,27 @@ class FanoutSettings(_Section):
     )
 
 
+class DataKeySettings(_Section):
+    """The keys that encrypt applicant data kept in Redis (the start form, the NIP waiting for its job)."""
+
+    model_config = SettingsConfigDict(title="Data encryption")
+
+    bridge_data_keys: SecretList = Field(
+        default_factory=list,
+        description="Comma-separated kid:base64-32-byte AES-256-GCM keys; the first encrypts, all decrypt "
+        "(rotate: add the new key second, then move it first). Required by the receiver and the workers; "
+        "make one with `workfloo-bridge keygen`.",
+    )
+
+    @field_validator("bridge_data_keys")
+    @classmethod
+    def _check_data_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        kids = [parse_entry(item.get_secret_value())[0] for item in value]
+        if len(set(kids)) != len(kids):
+            raise ValueError("key ids must be unique")
+        return value
+
+
 class LoggingSettings(_Section):
     """Log level and format of every process."""
 
@@ -580,6 +602,7 @@ class Settings(
     VendorHttpSettings,
     WorkerSettings,
     FanoutSettings,
+    DataKeySettings,
     LoggingSettings,
 ):
     """Every setting of every process; the sections are its bases, in the order the reference lists them."""

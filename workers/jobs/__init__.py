@@ -11,6 +11,7 @@ from functools import lru_cache
 import redis
 from rq import get_current_job
 
+from workers.core.crypto import KeyRing
 from workers.core.settings import Settings, get_settings
 
 
@@ -35,3 +36,14 @@ def connection() -> redis.Redis:
 
 def settings() -> Settings:
     return get_settings()
+
+
+@lru_cache(maxsize=2)
+def _ring_for(entries: tuple[str, ...]) -> KeyRing:
+    return KeyRing.from_entries(entries)
+
+
+def data_keys(s: Settings | None = None) -> KeyRing:
+    """The key ring of ``BRIDGE_DATA_KEYS`` (built once per process); ``DataKeyError`` when unset."""
+    s = s or get_settings()
+    return _ring_for(tuple(item.get_secret_value() for item in s.bridge_data_keys))

@@ -1,7 +1,8 @@
 """Python API for internal services: enqueue bridge commands; each returns the command (= RQ job) id.
 
-Results and progress arrive as events (``application.started``, ``nip.validated``, ``nip.resent``,
-``action.failed``…); ``command_result`` reads the job's return value when needed. The receiver's HTTP
+The form and the NIP are sealed with ``BRIDGE_DATA_KEYS`` before they reach Redis. Results and progress
+arrive as events (``application.started``, ``nip.validated``, ``nip.resent``, ``action.failed``…);
+``command_result`` reads the job's return value when needed. The receiver's HTTP
 command endpoints build the same payloads with the ``workers.core.contract`` builders.
 """
 
@@ -25,7 +26,7 @@ from workers.core.contract import (
     validate_command,
 )
 from workers.core.settings import Settings, get_settings
-from workers.jobs import state
+from workers.jobs import data_keys, state
 
 
 def _options(s: Settings) -> dict[str, Any]:
@@ -46,8 +47,9 @@ def start_application(
 ) -> str:
     s = settings or get_settings()
     command_id = new_command_id("start", idempotency_key)
+    command = start_command(command_id, form, scenario_id, data_keys(s))
     Queue(s.bridge_queue, connection=connection, serializer=JOB_SERIALIZER).enqueue(
-        START_FUNCTION, start_command(command_id, form, scenario_id), job_id=command_id, **_options(s)
+        START_FUNCTION, command, job_id=command_id, **_options(s)
     )
     return command_id
 
@@ -55,10 +57,10 @@ def start_application(
 def validate_nip(
     connection: redis.Redis, execution_id: str, nip: str, *, settings: Settings | None = None
 ) -> str:
-    """The NIP is kept under a short-TTL key; the job payload only carries a reference to it."""
+    """The NIP is kept sealed under a short-TTL key; the job payload only carries a reference to it."""
     s = settings or get_settings()
     command_id = new_command_id("nip")
-    state.stash_nip(connection, command_id, nip)
+    state.stash_nip(connection, command_id, nip, data_keys(s))
     Queue(s.bridge_queue, connection=connection, serializer=JOB_SERIALIZER).enqueue(
         VALIDATE_FUNCTION, validate_command(command_id, execution_id), job_id=command_id, **_options(s)
     )

@@ -6,8 +6,10 @@ workfloo. The one window left is a crash between Kiban answering ``execute`` and
 has no idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons
 it (documented in docs/workers.md).
 
-The NIP of ``validate_nip`` never sits in a job payload: the API stores it under a short-TTL key and
-the job gets a reference.
+The form arrives sealed (``workers.core.crypto``) and is opened only right before ``submit_form``; once
+Kiban accepted it, the sealed form is dropped from the job's stored payload. The NIP of ``validate_nip``
+never sits in a job payload: the API stores it sealed under a short-TTL key, the job gets a reference,
+opens it right before validating and deletes it once Kiban answered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers.core import keys
+from workers.core import crypto, keys
 from workers.core.contract import CRASH_REQUEUES, ResendNipCommand, StartCommand, ValidateNipCommand
 from workers.core.errors import (
     KibanConflictError,
@@ -31,8 +33,9 @@ from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
-from workers.jobs import connection, settings, state
+from workers.jobs import connection, data_keys, settings, state
 from workers.jobs.retry import guarded, publish_action_failed, reason_of
+from workers.runtime import rq_internals
 from workers.vendors.kiban.client import get_kiban_client
 from workers.vendors.kiban.models import NipPhase, WorkflooStatus
 
@@ -80,8 +83,9 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
     done = _checkpoints()
     command_id = command["command_id"]
     scenario = command["scenario_id"] or None
-    form = dict(command["form"])
 
+    # Opened before any effect, so a form that fails to open (moved, tampered, unknown kid) costs nothing.
+    form = _open_form(s, command) if not done.get("form_submitted") else {}
     execution_id = done.get("execution_id")
     if not execution_id:
         execution_id = kiban.execute(
@@ -115,6 +119,7 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
                 if kiban.get_status(execution_id).current_node_type == "FORM":
                     raise
         _checkpoint("form_submitted", True)
+        _drop_form(command)
     if not done.get("nip_sent"):
         with contextlib.suppress(KibanNipAlreadySentError):  # sent by an earlier run of this job
             kiban.send_nip(
@@ -125,6 +130,24 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
         _checkpoint("nip_sent", True)
     log.info("application_started", execution_id=execution_id, command_id=command_id)
     return {"execution_id": execution_id}
+
+
+def _open_form(s: Settings, command: StartCommand) -> dict[str, Any]:
+    sealed = command.get("sealed_form")
+    if sealed is not None:
+        form: dict[str, Any] = data_keys(s).open_json(sealed, crypto.FORM, command["command_id"])
+        return form
+    return dict(command.get("form") or {})  # a job enqueued by an earlier release
+
+
+def _drop_form(command: StartCommand) -> None:
+    """Kiban holds the form now: keep no copy of it in the job's stored payload (retries and crash
+    re-runs resume past the form step from the checkpoint)."""
+    job = get_current_job()
+    if job is None:
+        return
+    kept = {name: value for name, value in command.items() if name not in ("sealed_form", "form")}
+    rq_internals.replace_job_args(job, (kept,))
 
 
 # --- validate a NIP -----------------------------------------------------------------------------
@@ -140,7 +163,7 @@ def _validate(
     conn: redis.Redis, s: Settings, command: ValidateNipCommand, execution_id: str
 ) -> dict[str, Any]:
     ref = command["nip_ref"]
-    nip = state.take_nip(conn, ref)
+    nip = state.take_nip(conn, ref, data_keys(s))
     if nip is None:
         raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
     kiban = get_kiban_client(s)

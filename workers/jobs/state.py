@@ -24,7 +24,8 @@ from typing import Any
 
 import redis
 
-from workers.core import keys
+from workers.core import crypto, keys
+from workers.core.crypto import KeyRing
 from workers.core.settings import get_settings
 
 # --- execution hash fields ---------------------------------------------------------------------
@@ -196,12 +197,18 @@ class Lock:
         return bool(self.connection.eval(_RELEASE, 1, self.key, self.token))
 
 
-def stash_nip(connection: redis.Redis, ref: str, nip: str) -> None:
-    connection.set(keys.nip_ref(ref), nip, ex=keys.NIP_REF_TTL_SECONDS)
+def stash_nip(connection: redis.Redis, ref: str, nip: str, ring: KeyRing) -> None:
+    """The NIP waits sealed (purpose ``nip``, id = ``ref``) under a short-TTL key for its validate job."""
+    connection.set(keys.nip_ref(ref), ring.seal_text(nip, crypto.NIP, ref), ex=keys.NIP_REF_TTL_SECONDS)
 
 
-def take_nip(connection: redis.Redis, ref: str) -> str | None:
-    return _text(connection.get(keys.nip_ref(ref)))
+def take_nip(connection: redis.Redis, ref: str, ring: KeyRing) -> str | None:
+    """The stashed NIP opened, or None when it expired. A plaintext stash (earlier releases) is read as
+    is; a sealed one that fails to open raises ``DataKeyError``."""
+    stored = _text(connection.get(keys.nip_ref(ref)))
+    if stored is None or not crypto.is_envelope(stored):
+        return stored
+    return ring.open_text(stored, crypto.NIP, ref)
 
 
 def drop_nip(connection: redis.Redis, ref: str) -> None:

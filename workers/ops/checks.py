@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from workers.core.crypto import KeyRing
+from workers.core.errors import DataKeyError
 from workers.core.redis_client import redis_from_url
 from workers.core.settings import Settings, redact_url
 
@@ -84,6 +86,19 @@ def _is_local(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
+
+
+def check_data_keys(settings: Settings) -> CheckResult:
+    """The receiver and the workers refuse to start without a data key; say so before they do."""
+    try:
+        ring = KeyRing.from_settings(settings)
+        probe = ring.seal(b"check", "check", "check")
+        ring.open(probe, "check", "check")
+    except DataKeyError as exc:
+        return CheckResult("data-keys", False, str(exc))
+    others = len(ring.kids) - 1
+    also = f", {others} more to decrypt" if others else ""
+    return CheckResult("data-keys", True, f"key {ring.primary!r} encrypts applicant data{also}")
 
 
 def check_redis(settings: Settings) -> CheckResult:
@@ -208,6 +223,7 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
 def run_checks(settings: Settings) -> list[CheckResult]:
     return [
         *check_settings(settings),
+        check_data_keys(settings),
         check_redis(settings),
         check_kiban(settings),
         check_kompliant(settings),

@@ -23,6 +23,9 @@ State read or written directly, only through the functions below:
   (``rq.utils.parse_composite_key``), and ``Queue.intermediate_queue_key`` (the list a job sits in between
   its dequeue and its start);
 * ``rq.job_lifecycle.record_job_failure``: fail a job exactly as RQ does (failed registry and result);
+* the job hash's ``data`` field (the serialized call, zlib-compressed, as ``Job.to_dict`` writes it) and
+  the ``Job.args`` setter that re-serializes it: ``replace_job_args`` rewrites a running job's stored
+  arguments (the start job drops its sealed form once Kiban has it);
 * ``rq.defaults``: an argument left at RQ's default takes the bridge's setting instead;
 * ``CronJob.enqueue``: RQ's builds its ``Queue`` with the default (pickle) serializer and takes none, so
   ``register_cron_job`` gives the registered job ``JsonCronJob.enqueue`` instead: the same steps (enqueue,
@@ -32,6 +35,7 @@ State read or written directly, only through the functions below:
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +70,7 @@ __all__ = [
     "leave_intermediate_queue",
     "register_cron_job",
     "release_scheduler_lock",
+    "replace_job_args",
     "request_warm_stop",
     "scheduler_heartbeat_age",
     "scheduler_lock_holder",
@@ -189,3 +194,10 @@ def register_cron_job(scheduler: CronScheduler, func: Callable[..., Any], **opti
     job = scheduler.register(func, **options)
     job.__class__ = JsonCronJob  # same state, one method replaced
     return job
+
+
+def replace_job_args(job: Job, args: tuple[Any, ...]) -> None:
+    """Replace ``job``'s positional arguments in memory and in its stored hash (only the ``data`` field:
+    status, meta and result are RQ's). Later saves by RQ write the same new arguments."""
+    job.args = args
+    job.connection.hset(job.key, "data", zlib.compress(job.data))

@@ -25,6 +25,7 @@ from rq.utils import import_attribute
 from rq.worker import WorkerStatus
 
 from workers.core.contract import JOB_SERIALIZER
+from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -50,6 +51,7 @@ class _BridgeWorkerMixin:
     def _configure(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
             s = get_settings()
+            require_keys(s)  # jobs open the sealed form and NIP: refuse to start without a key
         except SettingsError as exc:  # `rq worker -w workers.runtime.worker.…`: one line, exit 2
             print(f"workfloo-bridge: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -28,6 +28,7 @@ import httpx
 import redis
 from starlette.applications import Starlette
 
+from workers.core.crypto import generate_entry
 from workers.core.settings import Settings, load_settings, redact_url
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
@@ -62,6 +63,7 @@ class StackKeys:
     kompliant_secret: str = fake_kompliant.DEFAULT_SECRET_KEY
     kompliant_token: str = fake_kompliant.DEFAULT_AUTH_TOKEN
     kompliant_account: str = fake_kompliant.DEFAULT_ACCOUNT_ID
+    data: str = field(default_factory=generate_entry)  # BRIDGE_DATA_KEYS: random for every stack
 
     @classmethod
     def generate(cls) -> StackKeys:
@@ -150,6 +152,7 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "BRIDGE_CALLBACK_KEYS": k.callback,
                 "BRIDGE_INTERNAL_KEYS": k.internal,
+                "BRIDGE_DATA_KEYS": k.data,
                 "BRIDGE_PUBLIC_URL": self.callback_base,
                 "KIBAN_BASE_URL": self.kiban_url,
                 "KIBAN_API_KEY": k.kiban,
@@ -172,6 +175,7 @@ class Stack:
             "redis_url": self.redis_url,
             "bridge_callback_keys": self.keys.callback,
             "bridge_internal_keys": self.keys.internal,
+            "bridge_data_keys": self.keys.data,
             "kiban_api_key": self.keys.kiban,
             "kiban_workfloo_definition_id": self.config.definition_id,
             "log_level": "WARNING",

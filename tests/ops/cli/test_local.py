@@ -11,7 +11,9 @@ from rq import Queue, SimpleWorker
 
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
+from workers.core.crypto import KeyRing, generate_entry, parse_entry
 from workers.core.events import Event
+from workers.core.settings import load_settings
 from workers.ops.cli import main
 from workers.sandbox.redis_server import free_port
 
@@ -80,6 +82,7 @@ def test_check_names_every_missing_setting_and_unreachable_redis(clean_env: pyte
     assert not checks["settings"]["ok"]
     for name in ("BRIDGE_CALLBACK_KEYS", "KIBAN_API_KEY", "KOMPLIANT_SECRET_KEY", "KOMPLIANT_ACCOUNT_ID"):
         assert name in checks["settings"]["message"]
+    assert not checks["data-keys"]["ok"] and "BRIDGE_DATA_KEYS is not set" in checks["data-keys"]["message"]
     assert "cannot reach Redis" in checks["redis"]["message"]
     assert "KIBAN_API_KEY is not set" in checks["kiban"]["message"]
 
@@ -122,6 +125,7 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
         "REDIS_URL": redis_url,
         "BRIDGE_CALLBACK_KEYS": "cb",
         "BRIDGE_INTERNAL_KEYS": "in",
+        "BRIDGE_DATA_KEYS": generate_entry("k1"),
         "KIBAN_BASE_URL": kiban.url,
         "KIBAN_API_KEY": "kb-good",
         "KIBAN_WORKFLOO_DEFINITION_ID": "def",
@@ -149,3 +153,15 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
     code, out, _ = _invoke("check")
     assert code == 1
     assert f"cannot reach Kompliant at {kompliant.url}" in out
+
+
+def test_keygen_prints_a_key_the_settings_accept(clean_env: pytest.MonkeyPatch) -> None:
+    code, out, _ = _invoke("keygen", "--kid", "k2")
+    assert code == 0
+    entry = out.strip()
+    assert parse_entry(entry)[0] == "k2" and len(parse_entry(entry)[1]) == 32
+    clean_env.setenv("BRIDGE_DATA_KEYS", entry)
+    assert KeyRing.from_settings(load_settings()).primary == "k2"
+    assert _invoke("keygen")[1] != _invoke("keygen")[1]
+    code, _, err = _invoke("keygen", "--kid", "no spaces")
+    assert code == 2 and "--kid" in err

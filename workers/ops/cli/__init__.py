@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import click
 
-from workers.ops.cli import check, demo, dlq, events, forget, scheduler, serve, status, timeline, worker
+from workers.ops.cli import (
+    check,
+    demo,
+    dlq,
+    events,
+    forget,
+    keygen,
+    scheduler,
+    serve,
+    status,
+    timeline,
+    worker,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,3 +39,4 @@ main.add_command(status.status)
 main.add_command(check.check)
 main.add_command(timeline.timeline)
 main.add_command(forget.forget)
+main.add_command(keygen.keygen)

@@ -11,6 +11,11 @@ listed in ``OVERRIDDEN_HOOKS``:
   handlers exist; ``request_warm_stop`` sets the ``_stop_requested`` flag the loop checks before a dequeue.
   ``work()`` forks the scheduler (``_start_scheduler``) inside that window, so the scheduler inherits the
   early-signal handler;
+* ``BaseWorker.handle_exception(job, *exc_info)``: RQ's version logs the job's arguments (the whole
+  applicant form) and the exception text at ERROR; the bridge logs the job id, function and a traceback
+  whose exception texts are codes (``workers.core.log.safe_traceback``), then runs the exception handlers
+  (``run_exception_handlers``) as RQ does. ``log_job_description`` is off: a job's description is its
+  call with the arguments;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -22,6 +27,8 @@ State read or written directly, only through the functions below:
 * the started registry as a sorted set of ``<job id>:<execution id>`` entries scored by expiry time
   (``rq.utils.parse_composite_key``), and ``Queue.intermediate_queue_key`` (the list a job sits in between
   its dequeue and its start);
+* ``BaseWorker._exc_handlers`` and ``rq.job_lifecycle.call_exception_handlers``: the exception handler
+  stack a job failure walks;
 * ``rq.job_lifecycle.record_job_failure``: fail a job exactly as RQ does (failed registry and result);
 * ``rq.defaults``: an argument left at RQ's default takes the bridge's setting instead.
 """
@@ -29,12 +36,13 @@ State read or written directly, only through the functions below:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL, DEFAULT_WORKER_TTL
 from rq.job import Job
-from rq.job_lifecycle import record_job_failure
+from rq.job_lifecycle import call_exception_handlers, record_job_failure
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.utils import now, parse_composite_key, utcparse
@@ -51,6 +59,7 @@ __all__ = [
     "leave_intermediate_queue",
     "release_scheduler_lock",
     "request_warm_stop",
+    "run_exception_handlers",
     "scheduler_heartbeat_age",
     "scheduler_lock_holder",
     "scheduler_running",
@@ -64,6 +73,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "get_heartbeat_ttl",
         "bootstrap",
         "_install_signal_handlers",
+        "handle_exception",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -82,6 +92,11 @@ def _text(raw: object) -> str | None:
 def request_warm_stop(worker: BaseWorker) -> None:
     """Make the work loop stop before its next dequeue, as RQ's own SIGTERM handler does."""
     worker._stop_requested = True
+
+
+def run_exception_handlers(worker: BaseWorker, job: Job, *exc_info: Any) -> None:
+    """Walk the worker's exception handler stack for a failed job, as RQ's ``handle_exception`` does."""
+    call_exception_handlers(worker._exc_handlers, job, *exc_info)
 
 
 # --- scheduler -------------------------------------------------------------------------------------

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from workers.core.contract import JOB_SERIALIZER
-from workers.core.errors import BridgeError, KompliantError, PermanentError, TransientError
+from workers.core.errors import (
+    BridgeError,
+    ErrorBody,
+    FieldError,
+    KibanRetryableError,
+    KibanValidationError,
+    KompliantError,
+    PermanentError,
+    TransientError,
+)
 from workers.jobs.retry import RetryPolicy, is_retryable, reason_of
 
 
@@ -63,6 +72,34 @@ def test_reason_is_redacted() -> None:
     reason = reason_of(error)
     assert "ana@example.com" not in reason
     assert "http 400" in reason and "ACCOUNT_CONFIGURATION_VIOLATION/DUPLICATE_EMAIL" in reason
+
+
+def test_reason_is_codes_without_vendor_text() -> None:
+    """A vendor's free text echoes the input (a name, a street): only its codes reach the reason."""
+    body = ErrorBody(
+        type_error="VALIDATION_ERROR",
+        message="Begoña Núñez, Calle Ámsterdam 250, is not allowed",
+        fields={"last_name_1": FieldError("last_name_1", ("FORMAT_ERROR",), "Núñez has invalid characters")},
+    )
+    kiban = KibanValidationError(
+        "Kiban executeWorkflooForm answered 400: Begoña Núñez, Calle Ámsterdam 250",
+        operation="executeWorkflooForm", status_code=400, body=body,
+    )  # fmt: skip
+    assert reason_of(kiban) == (
+        "KibanValidationError: executeWorkflooForm: http 400: VALIDATION_ERROR: "
+        "fields last_name_1(FORMAT_ERROR)"
+    )
+    kompliant = KompliantError(
+        "subject Begoña Núñez rejected",
+        status_code=400,
+        code="SYSTEM_RULE_VIOLATION",
+        sub_code="WORKFLOW_ENDED",
+    )
+    assert reason_of(kompliant) == "KompliantError: http 400: SYSTEM_RULE_VIOLATION/WORKFLOW_ENDED"
+    timeout = KibanRetryableError("Kiban getWorkflooStatus timed out", operation="getWorkflooStatus")
+    timeout.__cause__ = TimeoutError()
+    assert reason_of(timeout) == "KibanRetryableError: getWorkflooStatus: TimeoutError"
+    assert reason_of(KeyError("Begoña")) == "KeyError"
 
 
 # --- the policy inside a real RQ worker (in-process burst worker, real Redis) -----------------------

@@ -28,6 +28,7 @@ from tests.support.resilience_stack import (
 )
 from workers.core.settings import load_settings
 from workers.jobs import api as commands_api
+from workers.runtime import dead_letters
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.wait import wait_until
 
@@ -260,3 +261,116 @@ def test_the_demo_writes_no_email_or_nip_to_any_log(tmp_path: Path, figures: Any
     figures.add("demo leaks", len(found), section="no PII in logs")
     assert len(lines) > 50, "the demo wrote almost nothing: nothing was checked"
     assert not found, "\n".join(found[:20])
+
+
+# --- failures: a Kiban 400 on the form, and retries used up, with the worker at DEBUG ----------------
+
+# Awkward forms of applicant data: a dashed RFC, a CURP, an integer phone, 4- and 8-digit NIPs, a
+# URL-encoded e-mail (the fake answers 400 FORMAT_ERROR on it), names and an address with accents.
+CANARY_FORM: dict[str, object] = {
+    "first_name": "Begoña",
+    "last_name_1": "Núñez",
+    "apellido_materno": "Ibáñez",
+    "email": "begona.nunez%40example.com",
+    "rfc_pf": "NUIB-561231-GR8",
+    "curp": "NUIB561231MDFXBG09",
+    "telefono": 5587654321,
+    "celular": "55 8765 4321",
+    "nip": 7394,
+    "nip_buro": "71930482",
+    "domicilio": "Calle Ámsterdam 250",
+    "colonia": "Hipódromo Condesa",
+    "codigo_postal": "06100",
+    "fecha_nacimiento": "1956-12-31",
+}
+VALID_EMAIL = "begona.nunez.pii@example.com"
+CANARIES = {
+    "first name": re.compile("Begoña", re.IGNORECASE),
+    "last name": re.compile("Núñez|Ibáñez", re.IGNORECASE),
+    "url-encoded e-mail": re.compile(r"begona\.nunez(%40|%2540|@)", re.IGNORECASE),
+    "RFC": re.compile(r"NUIB[-\s]?561231[-\s]?GR8", re.IGNORECASE),
+    "CURP": re.compile("NUIB561231MDFXBG09", re.IGNORECASE),
+    "phone": re.compile(r"55[\s.-]?8765[\s.-]?4321"),
+    "4-digit NIP": re.compile(r"(?<![\d.:-])7394(?!\d)"),
+    "8-digit NIP": re.compile(r"(?<!\d)71930482(?!\d)"),
+    "address": re.compile("Ámsterdam|Hipódromo", re.IGNORECASE),
+    "postal code": re.compile(r"(?<![\d.:-])06100(?!\d)"),
+    "birth date": re.compile("1956-12-31"),
+}
+# The fake's own words for the failures; a reason may carry its codes, never these.
+VENDOR_TEXT = ("invalid email format", "can't be empty", "Service Unavailable")
+
+
+def _canary_leaks(lines: list[tuple[str, str]]) -> list[str]:
+    return [
+        f"{process}: {name} in {line[:300]!r}"
+        for process, line in lines
+        for name, pattern in CANARIES.items()
+        if pattern.search(line)
+    ]
+
+
+def _action_failed(stack: Bridge) -> list[dict[str, Any]]:
+    events = [json.loads(fields[b"event"]) for _id, fields in stack.redis.xrange("workfloo:events")]
+    return [e for e in events if e["type"] == "action.failed"]
+
+
+def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Path, figures: Any) -> None:
+    """A real receiver and a real worker, both at DEBUG: one ``start_application`` fails permanently on a
+    Kiban 400 for the form, another uses up its retries on Kiban 503s. No canary value in any line the
+    bridge's processes wrote (the fakes' logs are not the bridge's), and every reason is codes only."""
+    env = {"RETRY_BASE_SECONDS": "0.05", "RETRY_CAP_SECONDS": "0.2", "RETRY_MAX_ATTEMPTS": "3"}
+    with process_stack(tmp_path, env) as stack:
+        stack.start_worker()
+        internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
+        answer = internal.post("/v1/applications", json={"form": CANARY_FORM, "scenarioId": "approved"})
+        assert answer.status_code == 202, answer.text
+        rejected = answer.json()["command_id"]
+        wait_until(lambda: len(_action_failed(stack)) == 1, timeout=30, what="the form's 400 to fail the job")
+        stack.kiban_faults(fail_next=1000, fail_status=503, fail_retry_after=None)
+        answer = internal.post(
+            "/v1/applications", json={"form": {**CANARY_FORM, "email": VALID_EMAIL}, "scenarioId": "approved"}
+        )
+        assert answer.status_code == 202, answer.text
+        exhausted = answer.json()["command_id"]
+        wait_until(lambda: len(_action_failed(stack)) == 2, timeout=30, what="the retries to be used up")
+        stack.reset_faults()
+        internal.close()
+        failures = _action_failed(stack)
+        letters = {d.job_id: d.reason for d in dead_letters.list_dead_letters(stack.redis, "workfloo")}
+        statuses = {c: commands_api.command_result(stack.redis, c) for c in (rejected, exhausted)}
+        lines = [(p, line) for p, line in stack.log_lines() if p in ("receiver", "worker")]
+
+    section = "no PII in failure logs"
+    leaks = _canary_leaks(lines)
+    figures.add("bridge log lines checked (receiver, worker at DEBUG)", len(lines), section)
+    per_process = Counter(p for p, _ in lines)
+    figures.add("lines per process", " ".join(f"{k}:{v}" for k, v in sorted(per_process.items())), section)
+    figures.add("canary leaks", len(leaks), section)
+    assert not leaks, "\n".join(leaks[:20])
+    assert per_process["worker"] > 20 and per_process["receiver"] > 0, (
+        "a process wrote nothing: nothing checked"
+    )
+    assert all(s is not None and "failed" in s["status"].lower() for s in statuses.values()), statuses
+
+    form_400 = "KibanValidationError: executeWorkflooForm: http 400: fields email(FORMAT_ERROR)"
+    unavailable = "KibanRetryableError: executeWorkfloo: http 503"
+    by_job = {e["data"]["job_id"]: e["data"] for e in failures}
+    assert by_job[rejected]["reason"] == form_400 and by_job[rejected]["retryable"] is False
+    assert by_job[exhausted]["reason"] == unavailable and by_job[exhausted]["attempts"] == 3
+    assert letters[rejected] == f"permanent: {form_400}"
+    assert letters[exhausted] == f"retries exhausted: {unavailable}"
+    logged = [json.loads(line) for _, line in lines if '"job_failed"' in line]
+    assert sorted(r["reason"] for r in logged) == sorted([form_400, unavailable])
+    reasons = [*(e["data"]["reason"] for e in failures), *letters.values(), *(r["reason"] for r in logged)]
+    figures.add("reasons checked", len(reasons), section)
+    for reason in reasons:
+        assert not any(text.lower() in reason.lower() for text in VENDOR_TEXT), reason
+
+
+def test_the_canary_check_finds_every_canary() -> None:
+    """Guard: each canary, in the form a careless log line would carry it, is seen by the check."""
+    for value in CANARY_FORM.values():
+        assert _canary_leaks([("worker", f"start_application({{'x': {value!r}}})")]), value
+    assert _canary_leaks([("worker", "NUIB561231GR8 +52 55-8765-4321")])
+    assert not _canary_leaks([("worker", '{"event": "job_failed", "pid": 73941, "t": "22:07:39.4821"}')])

@@ -60,6 +60,17 @@ def test_rqs_work_loop_still_calls_the_hooks() -> None:
     assert "prepare_execution" in simple and "perform_job" in simple
 
 
+def test_rqs_failure_path_is_what_the_handle_exception_override_replaces(redis_client: redis.Redis) -> None:
+    """RQ's ``handle_exception`` logs the job's arguments and walks the handler stack the override walks
+    too; RQ logs a job's description (its call, arguments included) only when ``log_job_description``."""
+    source = inspect.getsource(BaseWorker.handle_exception)
+    assert "job.args" in source and "call_exception_handlers(self._exc_handlers" in source
+    assert "self.handle_exception(job, *exc_info)" in inspect.getsource(BaseWorker._finalize_failure)
+    assert "if self.log_job_description:" in inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
+    for worker_class in WORKER_CLASSES:
+        assert worker_class([QUEUE], connection=redis_client).log_job_description is False
+
+
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_rq_defaults_take_the_bridge_settings(redis_client: redis.Redis, worker_class: type[Worker]) -> None:
     settings = load_settings()

@@ -4,6 +4,7 @@ clean stop. The reaper's decisions are in test_reaper.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -211,3 +212,60 @@ def test_a_pickled_job_fails_as_a_bad_job_and_never_runs(
         "rq.exceptions.DeserializationError",
     )
     assert not marker.exists()
+
+
+# --- a failed job's log lines: no arguments, no exception text ---------------------------------------
+
+LEAK_FORM = {"first_name": "Begoña", "rfc_pf": "GODE-561231-GR8", "telefono": 5512349876, "nip": 48213579}
+LEAK_VALUES = ("Begoña", "GODE-561231-GR8", "GODE561231GR8", "5512349876", "48213579")
+
+
+def leaky_job(form: dict[str, object], *, applicant: dict[str, object]) -> None:
+    """Fails the way a careless library does: the exception text and its cause repeat the input."""
+    try:
+        raise ValueError(f"cannot use {form!r} for {applicant}")
+    except ValueError as exc:
+        raise KeyError(f"applicant {applicant['first_name']} {form}") from exc
+
+
+@pytest.mark.parametrize("worker_class", ["BridgeSimpleWorker", "BridgeWorker"])
+def test_a_failing_job_logs_neither_its_arguments_nor_exception_text(
+    redis_url: str, redis_client: redis.Redis, worker_class: str
+) -> None:
+    """A real worker process at DEBUG: RQ's own ``handle_exception`` would log ``job.args``/``kwargs``
+    and the traceback's texts at ERROR, and the job's description (its call) at INFO."""
+    job = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.leaky_job", LEAK_FORM, applicant=LEAK_FORM, job_id=f"leaky-{worker_class}"
+    )
+    env = {
+        **worker_env(redis_url, f"workers.runtime.worker.{worker_class}"),
+        "LOG_LEVEL": "DEBUG",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    done = subprocess.run(
+        [str(BIN), "worker", "--burst", "--no-scheduler"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, output[-2000:]
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    leaks = [line for line in output.splitlines() if any(v.lower() in line.lower() for v in LEAK_VALUES)]
+    assert not leaks, "\n".join(leaks[:10])
+    [failure] = [json.loads(line) for line in output.splitlines() if '"job_exception"' in line]
+    assert failure["job_id"] == job.id and failure["func"].endswith("leaky_job")
+    assert failure["error"] == "KeyError <- ValueError"
+    assert "in leaky_job" in failure["exception"]  # the frames are kept
+
+
+def test_the_exception_handlers_still_run(redis_client: redis.Redis) -> None:
+    seen: list[str] = []
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    worker.push_exc_handler(lambda job, *exc_info: seen.append(job.id) or True)
+    job = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.leaky_job", LEAK_FORM, applicant=LEAK_FORM, job_id="leaky-handlers"
+    )
+    worker.work(burst=True)
+    assert seen == [job.id]

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import redis
 from rq import Retry, get_current_job
 
-from workers.core.errors import BridgeError, JobFailedError, KompliantError, VendorError
+from workers.core.errors import BridgeError, JobFailedError
 from workers.core.events import Event, EventType
-from workers.core.log import get_logger, redactor
+from workers.core.log import error_reason, get_logger
 from workers.core.settings import Settings
 
 T = TypeVar("T")
@@ -70,18 +70,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def reason_of(exc: BaseException) -> str:
-    """A short, redacted reason for events and the dead-letter list."""
-    status = exc.status_code if isinstance(exc, VendorError) else None
-    code, sub_code = (exc.code, exc.sub_code) if isinstance(exc, KompliantError) else (None, None)
-    parts = [type(exc).__name__]
-    if status:
-        parts.append(f"http {status}")
-    if code:
-        parts.append(str(code) + (f"/{sub_code}" if sub_code else ""))
-    message = str(exc).strip()
-    if message:
-        parts.append(message[:300])
-    return redactor.text(": ".join(parts))
+    """The reason for ``action.failed``, the dead-letter list and log fields: built from codes only
+    (``workers.core.log.error_reason``), never from a vendor's free text, which may echo the input."""
+    return error_reason(exc)
 
 
 def current_attempt() -> int:

@@ -11,6 +11,11 @@ listed in ``OVERRIDDEN_HOOKS``:
   handlers exist; ``request_warm_stop`` sets the ``_stop_requested`` flag the loop checks before a dequeue.
   ``work()`` forks the scheduler (``_start_scheduler``) inside that window, so the scheduler inherits the
   early-signal handler;
+* ``BaseWorker.handle_exception(job, *exc_info)``: RQ's version logs the job's arguments (the whole
+  applicant form) and the exception text at ERROR; the bridge logs the job id, function and a traceback
+  whose exception texts are codes (``workers.core.log.safe_traceback``), then runs the exception handlers
+  (``run_exception_handlers``) as RQ does. ``log_job_description`` is off: a job's description is its
+  call with the arguments;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -22,6 +27,8 @@ State read or written directly, only through the functions below:
 * the started registry as a sorted set of ``<job id>:<execution id>`` entries scored by expiry time
   (``rq.utils.parse_composite_key``), and ``Queue.intermediate_queue_key`` (the list a job sits in between
   its dequeue and its start);
+* ``BaseWorker._exc_handlers`` and ``rq.job_lifecycle.call_exception_handlers``: the exception handler
+  stack a job failure walks;
 * ``rq.job_lifecycle.record_job_failure``: fail a job exactly as RQ does (failed registry and result);
 * the job hash's ``data`` field (the serialized call, zlib-compressed, as ``Job.to_dict`` writes it) and
   the ``Job.args`` setter that re-serializes it: ``replace_job_args`` rewrites a running job's stored
@@ -50,7 +57,7 @@ from rq.defaults import (
     DEFAULT_WORKER_TTL,
 )
 from rq.job import Job
-from rq.job_lifecycle import record_job_failure
+from rq.job_lifecycle import call_exception_handlers, record_job_failure
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.utils import now, parse_composite_key, utcparse
@@ -72,6 +79,7 @@ __all__ = [
     "release_scheduler_lock",
     "replace_job_args",
     "request_warm_stop",
+    "run_exception_handlers",
     "scheduler_heartbeat_age",
     "scheduler_lock_holder",
     "scheduler_running",
@@ -85,6 +93,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "get_heartbeat_ttl",
         "bootstrap",
         "_install_signal_handlers",
+        "handle_exception",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -103,6 +112,11 @@ def _text(raw: object) -> str | None:
 def request_warm_stop(worker: BaseWorker) -> None:
     """Make the work loop stop before its next dequeue, as RQ's own SIGTERM handler does."""
     worker._stop_requested = True
+
+
+def run_exception_handlers(worker: BaseWorker, job: Job, *exc_info: Any) -> None:
+    """Walk the worker's exception handler stack for a failed job, as RQ's ``handle_exception`` does."""
+    call_exception_handlers(worker._exc_handlers, job, *exc_info)
 
 
 # --- scheduler -------------------------------------------------------------------------------------

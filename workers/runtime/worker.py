@@ -27,7 +27,7 @@ from rq.worker import WorkerStatus
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
-from workers.core.log import get_logger
+from workers.core.log import describe_exception, get_logger, safe_traceback
 from workers.core.settings import Settings, get_settings
 from workers.runtime import rq_internals
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
@@ -66,6 +66,7 @@ class _BridgeWorkerMixin:
             kwargs["job_monitoring_interval"] = s.worker_heartbeat_seconds
         if kwargs.get("maintenance_interval") in (None, rq_internals.DEFAULT_MAINTENANCE_TASK_INTERVAL):
             kwargs["maintenance_interval"] = s.worker_maintenance_seconds
+        kwargs["log_job_description"] = False  # the description is the call with the applicant's form
         self._grace = s.worker_heartbeat_grace_seconds
         self._reaped_at: float | None = None
         return kwargs
@@ -98,6 +99,20 @@ class _BridgeWorkerMixin:
         super()._install_signal_handlers()  # type: ignore[misc]
         if self._early_stop:
             rq_internals.request_warm_stop(self)  # type: ignore[arg-type]
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ hook: RQ logs the job's arguments and the exception's text; log the job and a traceback
+        whose exception texts are codes instead, then run the exception handlers as RQ does."""
+        try:
+            func: str | None = job.func_name
+        except Exception:  # an undeserialisable job still gets its failure logged
+            func = None
+        log.error(
+            "job_exception", job_id=job.id, func=func, queue=job.origin,
+            error=describe_exception(exc_info[1]) if exc_info[1] is not None else None,
+            exception=safe_traceback(exc_info) if exc_info[1] is not None else None,
+        )  # fmt: skip
+        rq_internals.run_exception_handlers(self, job, *exc_info)  # type: ignore[arg-type]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ hook: the started-registry entry lives heartbeat + grace (+ RQ's cleanup margin)."""

@@ -174,6 +174,7 @@ _OWN_TEXT: tuple[type[BaseException], ...] = (
     errors.SettingsError,
     errors.RedisUrlError,
     errors.IntakeUnavailableError,
+    errors.ErasureRefusedError,
 )
 
 

@@ -165,17 +165,7 @@ redactor = Redactor()
 # Exceptions whose text the bridge or the library writes from its own words, never from a caller's data;
 # any other exception (``ValueError``, ``KeyError``, pydantic's ``ValidationError``, vendor errors, which
 # carry the vendor's text) is logged by type only: its frames still show where it happened.
-_OWN_TEXT: tuple[type[BaseException], ...] = (
-    OSError,
-    redis.RedisError,
-    errors.TransientError,
-    errors.PermanentError,
-    errors.JobFailedError,
-    errors.SettingsError,
-    errors.RedisUrlError,
-    errors.IntakeUnavailableError,
-    errors.ErasureRefusedError,
-)
+_OWN_TEXT: tuple[type[BaseException], ...] = (OSError, redis.RedisError, errors.BridgeError)
 
 
 def error_reason(exc: BaseException) -> str:

@@ -35,7 +35,6 @@ from workers.core.errors import RedisUrlError
 from workers.core.settings import Settings
 
 DEFAULT_SENTINEL_PORT = 26379
-DEFAULT_REDIS_PORT = 6379
 
 TLS_OPTIONS = frozenset(
     {
@@ -255,10 +254,3 @@ def redis_from_settings(settings: Settings, **kw: Any) -> redis.Redis:
     if settings.redis_url is None:
         raise RedisUrlError("REDIS_URL is not set")
     return redis_from_url(settings.redis_url, settings=settings, **{**_timeouts(settings), **kw})
-
-
-def async_redis_from_settings(settings: Settings, **kw: Any) -> redis.asyncio.Redis:
-    """``async_redis_from_url(settings.redis_url)`` with the configured timeouts and TLS options."""
-    if settings.redis_url is None:
-        raise RedisUrlError("REDIS_URL is not set")
-    return async_redis_from_url(settings.redis_url, settings=settings, **{**_timeouts(settings), **kw})

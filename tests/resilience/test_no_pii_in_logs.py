@@ -57,7 +57,10 @@ def _leaks(lines: list[tuple[str, str]]) -> list[str]:
     patterns = {
         name: re.compile(re.escape(value), re.IGNORECASE) for name, value in {**SECRETS, **PII}.items()
     }
-    patterns["NIP"] = re.compile(rf"(?<!\d){NIP}(?!\d)")
+    # A NIP is a bare run of digits: one must not be read inside a longer number or a timestamp's fraction
+    # (".918273Z" once made this check fail on a clean log).
+    patterns["NIP"] = re.compile(rf"(?<![\d.]){NIP}(?!\d)")
+    patterns["wrong NIP"] = re.compile(rf"(?<![\d.]){WRONG_NIP}(?!\d)")
     patterns["phone (spaced)"] = re.compile(r"55[\s.-]?1234[\s.-]?5678")
     found = []
     for process, line in lines:
@@ -229,6 +232,9 @@ def test_the_leak_check_finds_every_kind_of_input() -> None:
     assert not _leaks(
         [("receiver", '{"event": "receiver.redis_unavailable", "at": "2026-11-22T23:00:00.1234567Z"}')]
     )
+    clean = f'{{"event": "kiban.ok", "timestamp": "2026-12-02T00:23:01.{WRONG_NIP}Z"}}'
+    assert not _leaks([("worker", clean)])
+    assert _leaks([("worker", f'{{"event": "nip.sent", "nip": {WRONG_NIP}}}')])
 
 
 _ANY_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")

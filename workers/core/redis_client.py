@@ -221,10 +221,8 @@ def redis_from_url(url: str, *, settings: Settings | None = None, **kw: Any) -> 
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         connection, sentinel_kwargs = _sentinel_parts(target, settings, kw)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection
-        )
-        client: redis.Redis = sentinel.master_for(target.service_name)  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection)
+        client: redis.Redis = sentinel.master_for(target.service_name)
         return client
     return redis.Redis.from_url(url, **_plain_kwargs(url, settings, kw))
 
@@ -234,7 +232,7 @@ def async_redis_from_url(url: str, *, settings: Settings | None = None, **kw: An
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         connection, sentinel_kwargs = _sentinel_parts(target, settings, kw)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(
             target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection
         )
         client: redis.asyncio.Redis = sentinel.master_for(target.service_name)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test lint typecheck pytest demo bench resilience clean
+.PHONY: help install lock check-latest test lint typecheck pytest demo bench resilience clean
 
 help:
 	@echo "make demo        run the whole bridge on embedded defaults (no configuration)"
@@ -16,11 +16,27 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# The locked environment (requirements/*.lock, hashes checked), then the project itself without resolving again.
+$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the locks from pyproject.toml (uv is in the dev lock): run after changing a dependency.
+LOCK := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --quiet
+lock: $(STAMP)
+	$(LOCK) -o requirements/runtime.lock
+	$(LOCK) --extra dev -o requirements/dev.lock
+
+# The suite against the newest releases pyproject.toml allows, in a venv of its own: an incompatible
+# release shows up here, not in production.
+check-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[dev]'
+	$(MAKE) lint typecheck pytest BIN=.venv-latest/bin STAMP=.venv-latest/bin/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check receiver workers tests bench

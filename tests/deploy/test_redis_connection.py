@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from workers.core.redis_client import (
 )
 from workers.core.settings import Settings, load_settings
 from workers.sandbox.redis_server import find_redis_server, free_port
+from workers.sandbox.wait import wait_until
 
 # --- parsing --------------------------------------------------------------------------------------
 
@@ -209,16 +209,8 @@ def test_plain_url_reaches_the_test_redis(redis_url: str) -> None:
     client.close()
 
 
-def _wait(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for a redis process")
+def _wait(check: Callable[[], object]) -> None:
+    wait_until(check, timeout=5.0, what="a redis process", ignore=(redis.RedisError, OSError))
 
 
 def test_unix_socket_url() -> None:

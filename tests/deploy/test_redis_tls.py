@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import trustme
 from workers.core.redis_client import async_redis_from_url, redis_from_settings, redis_from_url
 from workers.core.settings import Settings
 from workers.sandbox.redis_server import find_redis_server, free_port
+from workers.sandbox.wait import wait_until
 
 
 def _binary_speaks_tls() -> bool:
@@ -44,16 +44,8 @@ class TlsRedis:
     client_key: Path
 
 
-def _wait(check: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for a TLS redis process")
+def _wait(check: Callable[[], object]) -> None:
+    wait_until(check, timeout=5.0, what="a redis process", ignore=(redis.RedisError, OSError))
 
 
 @pytest.fixture(scope="module")

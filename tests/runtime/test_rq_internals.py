@@ -87,6 +87,22 @@ def test_warm_stop_sets_the_flag_the_loop_checks(redis_client: redis.Redis) -> N
     assert worker._stop_requested is True
 
 
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_stopping_the_command_channel_is_bounded(
+    redis_client: redis.Redis, worker_class: type[Worker]
+) -> None:
+    """The pub/sub thread waits (up to RQ's 60 s) for a subscription once the channel is unsubscribed;
+    the worker's teardown must not wait with it."""
+    worker = worker_class([QUEUE], connection=redis_client)
+    worker.subscribe()
+    worker.pubsub.unsubscribe()  # the thread reads the reply, then waits for a new subscription
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 3
+    assert not worker.pubsub_thread.is_alive()
+
+
 def test_scheduler_lock_helpers(redis_client: redis.Redis) -> None:
     assert (
         rq_internals.scheduler_running(

@@ -26,6 +26,7 @@ from rq.serializers import DefaultSerializer
 from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
 from workers.runtime import dead_letters
 from workers.runtime.worker import BridgeSimpleWorker
+from workers.sandbox.wait import wait_until
 
 BIN = Path(sys.executable).parent / "workfloo-bridge"
 QUEUE = "workfloo"
@@ -68,15 +69,6 @@ def start_worker(
     return proc
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.parametrize(
     "worker_class", ["workers.runtime.worker.BridgeSimpleWorker", "workers.runtime.worker.BridgeWorker"]
 )
@@ -87,12 +79,16 @@ def test_sigkilled_worker_job_finishes_on_another_worker(
     queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
     job = queue.enqueue("time.sleep", 4, job_id="crash-me", job_timeout=60)
     first = start_worker(env, spawn)
-    wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, 15, "the job to start")
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, timeout=15, what="the job to start")
     os.killpg(first.pid, signal.SIGKILL)  # the whole process group: worker and any work-horse
     first.wait(timeout=10)
     killed_at = time.monotonic()
     start_worker(env, spawn)
-    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the job to finish elsewhere")
+    wait_until(
+        lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+        timeout=30,
+        what="the job to finish elsewhere",
+    )
     assert time.monotonic() - killed_at < 30
     assert Job.fetch("crash-me", connection=redis_client, serializer=JOB_SERIALIZER).meta[CRASH_REQUEUES] == 1
 
@@ -106,7 +102,11 @@ def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
     }
     holder = start_worker(env, spawn, scheduler=True)
     lock = RQScheduler.get_locking_key(QUEUE)
-    wait_for(lambda: redis_client.get(lock) is not None, 15, "the first worker to take the scheduler lock")
+    wait_until(
+        lambda: redis_client.get(lock) is not None,
+        timeout=15,
+        what="the first worker to take the scheduler lock",
+    )
     start_worker(env, spawn, scheduler=True)
     time.sleep(1)
     os.killpg(holder.pid, signal.SIGKILL)  # worker and its scheduler process
@@ -116,7 +116,11 @@ def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
         timedelta(seconds=1), "time.sleep", 0
     )
     # RQ alone: the dead holder's lock lives 61 s and is retried at the next maintenance.
-    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 30, "the scheduled job to run")
+    wait_until(
+        lambda: job.get_status(refresh=True) == JobStatus.FINISHED,
+        timeout=30,
+        what="the scheduled job to run",
+    )
     assert time.monotonic() - killed_at < 30
 
 
@@ -197,7 +201,9 @@ def test_a_pickled_job_fails_as_a_bad_job_and_never_runs(
         "builtins.len", [1, 2], job_id="after"
     )
     start_worker(worker_env(redis_url, worker_class), spawn)
-    wait_for(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 30, "the next job to run")
+    wait_until(
+        lambda: after.get_status(refresh=True) == JobStatus.FINISHED, timeout=30, what="the next job to run"
+    )
     assert after.return_value() == 2
     assert not marker.exists()
     failed = FailedJobRegistry(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)

@@ -16,6 +16,10 @@ listed in ``OVERRIDDEN_HOOKS``:
   whose exception texts are codes (``workers.core.log.safe_traceback``), then runs the exception handlers
   (``run_exception_handlers``) as RQ does. ``log_job_description`` is off: a job's description is its
   call with the arguments;
+* ``BaseWorker.unsubscribe``: RQ stops its pub/sub thread with ``PubSubWorkerThread.stop()``, which redis-py
+  8.2 made an unbounded join, while the thread may wait up to RQ's 60 s ``sleep_time`` for a subscription
+  the UNSUBSCRIBE has just ended: a worker's shutdown then hung for a minute. ``stop_pubsub`` clears the
+  thread's ``_running`` flag and joins it for a bounded time (the thread is a daemon);
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -84,6 +88,7 @@ __all__ = [
     "scheduler_lock_holder",
     "scheduler_running",
     "start_scheduler",
+    "stop_pubsub",
 ]
 
 OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
@@ -94,6 +99,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "bootstrap",
         "_install_signal_handlers",
         "handle_exception",
+        "unsubscribe",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -112,6 +118,19 @@ def _text(raw: object) -> str | None:
 def request_warm_stop(worker: BaseWorker) -> None:
     """Make the work loop stop before its next dequeue, as RQ's own SIGTERM handler does."""
     worker._stop_requested = True
+
+
+def stop_pubsub(worker: BaseWorker, wait: float = 1.0) -> None:
+    """Unsubscribe the worker's command channel and stop its pub/sub thread within ``wait`` seconds."""
+    thread = worker.pubsub_thread
+    if thread is None:
+        return
+    thread._running.clear()  # the loop ends after its current get_message, however redis-py stops it
+    worker.pubsub.unsubscribe()
+    worker.pubsub.subscribed_event.set()  # wakes a get_message waiting for a subscription that is gone
+    thread.join(timeout=wait)
+    if not thread.is_alive():
+        worker.pubsub.close()
 
 
 def run_exception_handlers(worker: BaseWorker, job: Job, *exc_info: Any) -> None:

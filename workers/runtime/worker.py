@@ -100,6 +100,10 @@ class _BridgeWorkerMixin:
         if self._early_stop:
             rq_internals.request_warm_stop(self)  # type: ignore[arg-type]
 
+    def unsubscribe(self) -> None:
+        """RQ hook: stop the command-channel thread in bounded time (``rq_internals.stop_pubsub``)."""
+        rq_internals.stop_pubsub(self)  # type: ignore[arg-type]
+
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """RQ hook: RQ logs the job's arguments and the exception's text; log the job and a traceback
         whose exception texts are codes instead, then run the exception handlers as RQ does."""

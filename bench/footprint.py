@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer, free_port
 from workers.sandbox.wait import wait_http
 
@@ -101,6 +102,7 @@ def main() -> None:
             **os.environ,
             "REDIS_URL": redis_server.url,
             "BRIDGE_CALLBACK_KEYS": CALLBACK_KEY,
+            "BRIDGE_DATA_KEYS": os.environ.get("BRIDGE_DATA_KEYS") or generate_entry("bench"),
             "LOG_LEVEL": "WARNING",
         }
         port = free_port()
@@ -108,7 +110,7 @@ def main() -> None:
             [_bin("workfloo-bridge"), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
         )
         worker = subprocess.Popen(
-            [_bin("rq"), "worker", "-u", redis_server.url, "-S", "json", "workfloo", "--quiet"],
+            [_bin("workfloo-bridge"), "worker", "--no-scheduler"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -125,7 +127,7 @@ def main() -> None:
             print(f"receiver RSS peak under load {peak:7.1f} MiB  ({requests} requests, {rate:.0f}/s,")
             print(f"{'':40}{args.concurrency} concurrent, load generator on the same cores)")
             print(f"receiver RSS after load      {receiver_after:7.1f} MiB")
-            print(f"rq worker RSS idle           {worker_idle:7.1f} MiB")
+            print(f"worker RSS idle              {worker_idle:7.1f} MiB")
         finally:
             for proc in (receiver, worker):
                 proc.terminate()

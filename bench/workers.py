@@ -23,6 +23,7 @@ from rq import Queue
 from rq.job import Job
 
 from workers.core.contract import JOB_SERIALIZER
+from workers.core.crypto import generate_entry
 from workers.core.settings import get_settings
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             "KIBAN_API_KEY": KEY,
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
+            "BRIDGE_DATA_KEYS": os.environ.get("BRIDGE_DATA_KEYS") or generate_entry("bench"),
         }
         queue = Queue("workfloo", connection=client, serializer=JOB_SERIALIZER)
         print(f"jobs per class per round: {args.jobs}, rounds: {args.rounds}, cores: {os.cpu_count()}")

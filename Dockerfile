@@ -29,7 +29,7 @@ LABEL org.opencontainers.image.title="workfloo-bridge" \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    LOG_FORMAT=json
+    BRIDGE_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 bridge \
  && useradd --system --uid 10001 --gid bridge --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin bridge

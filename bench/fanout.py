@@ -152,7 +152,7 @@ def e2e_mode(
     from workers.sandbox.serving import ServerThread
 
     key = "bench-callback-key"
-    os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "LOG_LEVEL": "WARNING"})
+    os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "BRIDGE_LOG_LEVEL": "WARNING"})
     os.environ.setdefault("BRIDGE_DATA_KEYS", generate_entry("bench"))  # receiver and workers need one
     app_settings = load_settings()
     cli = Path(sys.executable).parent / "workfloo-bridge"

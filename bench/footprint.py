@@ -103,7 +103,7 @@ def main() -> None:
             "REDIS_URL": redis_server.url,
             "BRIDGE_CALLBACK_KEYS": CALLBACK_KEY,
             "BRIDGE_DATA_KEYS": os.environ.get("BRIDGE_DATA_KEYS") or generate_entry("bench"),
-            "LOG_LEVEL": "WARNING",
+            "BRIDGE_LOG_LEVEL": "WARNING",
         }
         port = free_port()
         receiver = subprocess.Popen(

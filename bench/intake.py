@@ -275,7 +275,7 @@ def main() -> None:
 
     started = time.monotonic()
     with RedisServer(appendonly=True) as server:
-        base = {"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": KEY, "LOG_LEVEL": "WARNING",
+        base = {"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": KEY, "BRIDGE_LOG_LEVEL": "WARNING",
                 "BRIDGE_DATA_KEYS": generate_entry("bench")}  # fmt: skip
         runs = {
             "receiver": _measure("gc", "receiver.app:create_app", RECEIVER_PATH, base),

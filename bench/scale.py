@@ -108,16 +108,16 @@ SCENARIO_MIX = [
 
 WORKER_ENV = {
     # Fast retries and crash detection, as in the end-to-end tests (production defaults are slower).
-    "RETRY_BASE_SECONDS": "0.05",
-    "RETRY_CAP_SECONDS": "0.5",
-    "RETRY_MAX_ATTEMPTS": "10",
-    "NIP_RESEND_DELAY_SECONDS": "0.2",
-    "WORKER_HEARTBEAT_SECONDS": "1",
-    "WORKER_HEARTBEAT_GRACE_SECONDS": "2",
-    "REAPER_INTERVAL_SECONDS": "0.5",
-    "WORKER_TTL_SECONDS": "16",
-    "SCHEDULER_STALE_SECONDS": "3",
-    "HANDOFF_LOCK_TTL_SECONDS": "3",
+    "BRIDGE_RETRY_BASE_SECONDS": "0.05",
+    "BRIDGE_RETRY_CAP_SECONDS": "0.5",
+    "BRIDGE_RETRY_MAX_ATTEMPTS": "10",
+    "BRIDGE_NIP_RESEND_DELAY_SECONDS": "0.2",
+    "BRIDGE_WORKER_HEARTBEAT_SECONDS": "1",
+    "BRIDGE_WORKER_HEARTBEAT_GRACE_SECONDS": "2",
+    "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
+    "BRIDGE_WORKER_TTL_SECONDS": "16",
+    "BRIDGE_SCHEDULER_STALE_SECONDS": "3",
+    "BRIDGE_HANDOFF_LOCK_TTL_SECONDS": "3",
 }
 
 
@@ -226,7 +226,7 @@ class ScaleStack(Stack):
                 appendonly=True,
                 keys=StackKeys(callback=CALLBACK_KEY, internal=INTERNAL_KEY, kiban=KIBAN_KEY),
                 definition_id=DEFINITION,
-                tuning={"LOG_LEVEL": "WARNING", **WORKER_ENV},
+                tuning={"BRIDGE_LOG_LEVEL": "WARNING", **WORKER_ENV},
                 extra_env={"PYTHONPATH": str(ROOT)},
                 decision_delay=config.decision_delay,
                 nip_event_delay=config.nip_event_delay,

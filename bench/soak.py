@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         appendonly=True,
         keys=StackKeys(callback=CALLBACK_KEY, internal=INTERNAL_KEY, kiban=KIBAN_KEY),
         definition_id="def-soak",
-        tuning={"LOG_LEVEL": "WARNING"},
+        tuning={"BRIDGE_LOG_LEVEL": "WARNING"},
         decision_delay=0.2,
         nip_event_delay=0.05,
     )

@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         env = {
             **os.environ,
             "REDIS_URL": server.url,
-            "KIBAN_BASE_URL": kiban.url,
-            "KIBAN_API_KEY": KEY,
-            "LOG_LEVEL": "WARNING",
+            "BRIDGE_KIBAN_BASE_URL": kiban.url,
+            "BRIDGE_KIBAN_API_KEY": KEY,
+            "BRIDGE_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
             "BRIDGE_DATA_KEYS": os.environ.get("BRIDGE_DATA_KEYS") or generate_entry("bench"),
         }

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from workers.core.errors import SettingsError
-from workers.core.settings import KibanSettings, RedisSettings, load_settings, redact_url
+from workers.core.settings import KibanSettings, RedisSettings, Settings, env_name, load_settings, redact_url
 
 
 def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,9 +24,9 @@ def test_comma_separated_keys_allow_rotation(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KIBAN_API_KEY", "kiban-super-secret")
+    monkeypatch.setenv("BRIDGE_KIBAN_API_KEY", "kiban-super-secret")
     monkeypatch.setenv("BRIDGE_CALLBACK_KEYS", "callback-super-secret")
-    monkeypatch.setenv("KOMPLIANT_SECRET_KEY", "kompliant-super-secret")
+    monkeypatch.setenv("BRIDGE_KOMPLIANT_SECRET_KEY", "kompliant-super-secret")
     monkeypatch.setenv("BRIDGE_DATA_KEYS", "k1:" + "QUJD" * 10 + "QUI=")
     settings = load_settings()
     text = repr(settings) + str(settings) + settings.model_dump_json()
@@ -86,8 +86,8 @@ def test_intake_transport_defaults_to_stream_and_is_checked(monkeypatch: pytest.
 
 
 def test_a_section_validates_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KIBAN_BASE_URL", "https://kiban.example/")
-    monkeypatch.setenv("KIBAN_NIP_SENT_MARKERS", "a, b")
+    monkeypatch.setenv("BRIDGE_KIBAN_BASE_URL", "https://kiban.example/")
+    monkeypatch.setenv("BRIDGE_KIBAN_NIP_SENT_MARKERS", "a, b")
     kiban = KibanSettings()
     assert kiban.kiban_base_url == "https://kiban.example"
     assert kiban.kiban_nip_sent_markers == ["a", "b"]
@@ -144,3 +144,27 @@ def test_invalid_redis_url_error_never_shows_its_password(monkeypatch: pytest.Mo
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_every_variable_but_redis_url_has_the_bridge_prefix() -> None:
+    names = {env_name(field) for field in Settings.model_fields}
+    assert {n for n in names if not n.startswith("BRIDGE_")} == {"REDIS_URL"}
+
+
+def test_a_prefixed_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_RETRY_BASE_SECONDS", "7")
+    monkeypatch.setenv("BRIDGE_LOG_LEVEL", "ERROR")
+    settings = load_settings()
+    assert (settings.retry_base_seconds, settings.log_level) == (7.0, "ERROR")
+
+
+def test_an_earlier_unprefixed_name_is_refused_naming_the_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    retry, kiban = "RETRY" + "_BASE_SECONDS", "KIBAN" + "_API_KEY"  # split: kept as they are by renames
+    monkeypatch.setenv(retry, "7")
+    monkeypatch.setenv(kiban.lower(), "k")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{retry} is now called BRIDGE_{retry}" in message
+    assert f"{kiban} is now called BRIDGE_{kiban}" in message
+    assert "7" not in message

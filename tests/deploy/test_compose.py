@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests import ROOT
-from workers.core.settings import Settings
+from workers.core.settings import Settings, env_name
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
@@ -123,7 +123,7 @@ def _secret_names() -> set[str]:
     names = set()
     for name, field in Settings.model_fields.items():
         if "SecretStr" in str(field.annotation):
-            names.add(name.upper())
+            names.add(env_name(name))
     return names
 
 
@@ -145,12 +145,13 @@ def test_env_example_covers_every_secret_with_placeholders_and_env_is_ignored() 
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     )
-    needed = _secret_names() - {"REDIS_SENTINEL_PASSWORD"}  # compose runs a single Redis, no Sentinel
+    needed = _secret_names() - {"BRIDGE_REDIS_SENTINEL_PASSWORD"}  # compose runs a single Redis, no Sentinel
     assert needed <= example.keys(), needed - example.keys()
     assert "REDIS_PASSWORD" in example
     for name in needed | {"REDIS_PASSWORD"}:
         assert example[name].startswith("change-me"), f"{name} must be a placeholder in .env.example"
-    unknown = {k for k in example if k.lower() not in Settings.model_fields} - {"REDIS_PASSWORD"}
+    variables = {env_name(field) for field in Settings.model_fields}
+    unknown = {k for k in example if k not in variables} - {"REDIS_PASSWORD"}
     assert not unknown, f".env.example names settings that do not exist: {unknown}"
     ignored = subprocess.run(
         ["git", "check-ignore", "-q", "deploy/.env"], cwd=ROOT, check=False, timeout=10

@@ -36,10 +36,10 @@ def receiver(redis_url: str, graceful_seconds: int) -> Iterator[tuple[subprocess
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
-        "REDIS_TIMEOUT_SECONDS": "10",
+        "BRIDGE_REDIS_TIMEOUT_SECONDS": "10",
         "BRIDGE_INTAKE_TIMEOUT_SECONDS": "10",  # readiness waits on the paused Redis instead of 503
         "BRIDGE_GRACEFUL_SHUTDOWN_SECONDS": str(graceful_seconds),
-        "LOG_LEVEL": "WARNING",
+        "BRIDGE_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
         [_cli(), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests import ROOT
-from workers.core.settings import Settings
+from workers.core.settings import Settings, env_name
 
 K8S = ROOT / "deploy" / "k8s"
 EXAMPLE_ONLY = {"secret.example.yaml"}
@@ -66,7 +66,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 def test_no_secret_is_applied_or_inlined(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
     assert not [key for key in objects if key[0] == "Secret"], "Secrets are created outside the kustomization"
     configmap = objects[("ConfigMap", "workfloo-bridge")]
-    secret_names = {n.upper() for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+    secret_names = {env_name(n) for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
     assert not (secret_names | {"REDIS_URL"}) & configmap["data"].keys()
     for (kind, _), obj in objects.items():
         if kind != "Deployment":

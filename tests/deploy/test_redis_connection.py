@@ -195,7 +195,7 @@ def test_settings_accept_every_documented_scheme_and_refuse_others() -> None:
 
 
 def test_settings_refuse_an_unknown_cert_check() -> None:
-    with pytest.raises(SettingsError, match="REDIS_SSL_CERT_REQS"):
+    with pytest.raises(SettingsError, match="BRIDGE_REDIS_SSL_CERT_REQS"):
         load_settings(redis_ssl_cert_reqs="sometimes")
 
 

@@ -26,7 +26,7 @@ from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event, EventType
-from workers.core.settings import Settings, get_settings, load_settings
+from workers.core.settings import Settings, env_name, get_settings, load_settings
 from workers.fanout import webhooks as subscribers
 from workers.fanout.publisher import Publisher
 from workers.fanout.webhooks import forbidden_reason, next_delay, resolve_destination
@@ -74,7 +74,7 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Setting
         monkeypatch.setenv("BRIDGE_HTTP_SUBSCRIBERS", json.dumps(subs))
         monkeypatch.setenv("BRIDGE_HTTP_SUBSCRIBERS_RETRY_SCHEDULE", env.pop("schedule", "0,0,0"))
         for name, value in env.items():
-            monkeypatch.setenv(name.upper(), value)
+            monkeypatch.setenv(env_name(name), value)
         get_settings.cache_clear()
         return get_settings()
 

@@ -83,6 +83,6 @@ def test_bad_nip_pattern_is_refused_at_start_up() -> None:
     try:
         load_settings(nip_invalid_destination_patterns="unknown,(unclosed")
     except SettingsError as exc:
-        assert "NIP_INVALID_DESTINATION_PATTERNS" in str(exc)
+        assert "BRIDGE_NIP_INVALID_DESTINATION_PATTERNS" in str(exc)
     else:
         raise AssertionError("an invalid regex must be refused")

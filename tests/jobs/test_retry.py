@@ -165,7 +165,7 @@ def test_retryable_error_is_retried_then_dead_lettered_with_action_failed(redis_
     from workers.runtime import dead_letters as dlq
 
     job = _run(redis_client, "always_unavailable")
-    assert len(RUNS) == 3  # RETRY_MAX_ATTEMPTS runs, same job id
+    assert len(RUNS) == 3  # BRIDGE_RETRY_MAX_ATTEMPTS runs, same job id
     assert job.get_status(refresh=True) == "failed"
     [letter] = dlq.list_dead_letters(redis_client, "workfloo")
     assert letter.job_id == job.id and letter.reason.startswith("retries exhausted: TransientError")

@@ -15,5 +15,5 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("BRIDGE_LOG_LEVEL", "ERROR")
     yield monkeypatch

@@ -1,7 +1,7 @@
 from collections import Counter
 
 from tests import ROOT
-from workers.core.settings import Settings
+from workers.core.settings import Settings, env_name
 from workers.ops.settings_doc import render, sections
 
 DOC = ROOT / "docs" / "configuration.md"
@@ -14,7 +14,7 @@ def test_configuration_reference_is_current() -> None:
 def test_every_setting_is_in_the_reference() -> None:
     text = render()
     for name in Settings.model_fields:
-        assert f"`{name.upper()}`" in text
+        assert f"`{env_name(name)}`" in text
 
 
 def test_every_setting_belongs_to_exactly_one_section() -> None:
@@ -32,7 +32,12 @@ def test_every_section_has_a_title_and_a_one_line_docstring() -> None:
 def test_secrets_show_no_default() -> None:
     rows = [line.split(" | ") for line in render().splitlines() if line.startswith("| `")]
     defaults = {cells[0].strip("| `"): cells[2] for cells in rows}
-    secrets = ("KIBAN_API_KEY", "BRIDGE_CALLBACK_KEYS", "BRIDGE_HTTP_SUBSCRIBERS", "REDIS_SENTINEL_PASSWORD")
+    secrets = (
+        "BRIDGE_KIBAN_API_KEY",
+        "BRIDGE_CALLBACK_KEYS",
+        "BRIDGE_HTTP_SUBSCRIBERS",
+        "BRIDGE_REDIS_SENTINEL_PASSWORD",
+    )
     for name in secrets:
         assert defaults[name] == "—", name
     assert defaults["BRIDGE_QUEUE"] == "`workfloo`"

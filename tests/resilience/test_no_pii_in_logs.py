@@ -181,7 +181,9 @@ def _run_applications(stack: Bridge) -> list[str]:
 
 
 def test_no_secret_or_pii_in_any_log_line(tmp_path: Path, figures: Any) -> None:
-    with process_stack(tmp_path, {"NIP_RESEND_DELAY_SECONDS": "0.2", "RETRY_BASE_SECONDS": "0.05"}) as stack:
+    with process_stack(
+        tmp_path, {"BRIDGE_NIP_RESEND_DELAY_SECONDS": "0.2", "BRIDGE_RETRY_BASE_SECONDS": "0.05"}
+    ) as stack:
         stack.start_worker()
         stack.start_worker()
         executions = _run_applications(stack)
@@ -325,7 +327,11 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
     """A real receiver and a real worker, both at DEBUG: one ``start_application`` fails permanently on a
     Kiban 400 for the form, another uses up its retries on Kiban 503s. No canary value in any line the
     bridge's processes wrote (the fakes' logs are not the bridge's), and every reason is codes only."""
-    env = {"RETRY_BASE_SECONDS": "0.05", "RETRY_CAP_SECONDS": "0.2", "RETRY_MAX_ATTEMPTS": "3"}
+    env = {
+        "BRIDGE_RETRY_BASE_SECONDS": "0.05",
+        "BRIDGE_RETRY_CAP_SECONDS": "0.2",
+        "BRIDGE_RETRY_MAX_ATTEMPTS": "3",
+    }
     with process_stack(tmp_path, env) as stack:
         stack.start_worker()
         internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})

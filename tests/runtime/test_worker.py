@@ -36,12 +36,12 @@ def worker_env(redis_url: str, worker_class: str) -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": redis_url,
-        "WORKER_CLASS": worker_class,
-        "WORKER_HEARTBEAT_SECONDS": "1",
-        "WORKER_HEARTBEAT_GRACE_SECONDS": "2",
-        "REAPER_INTERVAL_SECONDS": "0.5",
-        "WORKER_TTL_SECONDS": "16",
-        "LOG_LEVEL": "WARNING",
+        "BRIDGE_WORKER_CLASS": worker_class,
+        "BRIDGE_WORKER_HEARTBEAT_SECONDS": "1",
+        "BRIDGE_WORKER_HEARTBEAT_GRACE_SECONDS": "2",
+        "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
+        "BRIDGE_WORKER_TTL_SECONDS": "16",
+        "BRIDGE_LOG_LEVEL": "WARNING",
     }
 
 
@@ -98,7 +98,7 @@ def test_scheduled_jobs_survive_the_death_of_the_scheduler_holder(
 ) -> None:
     env = {
         **worker_env(redis_url, "workers.runtime.worker.BridgeSimpleWorker"),
-        "SCHEDULER_STALE_SECONDS": "3",
+        "BRIDGE_SCHEDULER_STALE_SECONDS": "3",
     }
     holder = start_worker(env, spawn, scheduler=True)
     lock = RQScheduler.get_locking_key(QUEUE)
@@ -245,7 +245,7 @@ def test_a_failing_job_logs_neither_its_arguments_nor_exception_text(
     )
     env = {
         **worker_env(redis_url, f"workers.runtime.worker.{worker_class}"),
-        "LOG_LEVEL": "DEBUG",
+        "BRIDGE_LOG_LEVEL": "DEBUG",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     done = subprocess.run(

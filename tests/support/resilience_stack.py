@@ -32,16 +32,16 @@ ONCE_PER_EXECUTION = (
 )
 # Fast timings so crashes are noticed and retries run within seconds (production defaults are longer).
 FAST_ENV = {
-    "RETRY_BASE_SECONDS": "0.05",
-    "RETRY_CAP_SECONDS": "0.5",
-    "RETRY_MAX_ATTEMPTS": "10",
-    "NIP_RESEND_DELAY_SECONDS": "0.2",
-    "WORKER_HEARTBEAT_SECONDS": "1",
-    "WORKER_HEARTBEAT_GRACE_SECONDS": "2",
-    "REAPER_INTERVAL_SECONDS": "0.5",
-    "WORKER_TTL_SECONDS": "16",
-    "HANDOFF_LOCK_TTL_SECONDS": "3",
-    "LOG_LEVEL": "INFO",
+    "BRIDGE_RETRY_BASE_SECONDS": "0.05",
+    "BRIDGE_RETRY_CAP_SECONDS": "0.5",
+    "BRIDGE_RETRY_MAX_ATTEMPTS": "10",
+    "BRIDGE_NIP_RESEND_DELAY_SECONDS": "0.2",
+    "BRIDGE_WORKER_HEARTBEAT_SECONDS": "1",
+    "BRIDGE_WORKER_HEARTBEAT_GRACE_SECONDS": "2",
+    "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
+    "BRIDGE_WORKER_TTL_SECONDS": "16",
+    "BRIDGE_HANDOFF_LOCK_TTL_SECONDS": "3",
+    "BRIDGE_LOG_LEVEL": "INFO",
 }
 
 
@@ -54,7 +54,7 @@ def process_stack(logdir: Path, extra_env: dict[str, str] | None = None) -> Iter
         appendonly=True,
         keys=KEYS,
         definition_id=DEFINITION,
-        tuning={"LOG_LEVEL": "DEBUG"},
+        tuning={"BRIDGE_LOG_LEVEL": "DEBUG"},
         extra_env=extra_env or {},
         decision_delay=0.1,
         nip_event_delay=0.05,

@@ -10,7 +10,7 @@ Accepted forms::
 
 For Sentinel the credentials in the URL are the *master's*; the sentinels' own credentials (if they
 have ``requirepass``) go in the query as ``sentinel_username``/``sentinel_password`` or in the
-``REDIS_SENTINEL_PASSWORD`` setting. The client asks a sentinel for the current master on every new
+``BRIDGE_REDIS_SENTINEL_PASSWORD`` setting. The client asks a sentinel for the current master on every new
 connection, so after a failover it reconnects to the promoted replica by itself.
 
 Options (timeouts, TLS files, …) come, in order of precedence, from the URL query, the keyword
@@ -221,8 +221,10 @@ def redis_from_url(url: str, *, settings: Settings | None = None, **kw: Any) -> 
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         connection, sentinel_kwargs = _sentinel_parts(target, settings, kw)
-        sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection)
-        client: redis.Redis = sentinel.master_for(target.service_name)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection
+        )
+        client: redis.Redis = sentinel.master_for(target.service_name)  # type: ignore[no-untyped-call]
         return client
     return redis.Redis.from_url(url, **_plain_kwargs(url, settings, kw))
 
@@ -232,7 +234,7 @@ def async_redis_from_url(url: str, *, settings: Settings | None = None, **kw: An
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
         connection, sentinel_kwargs = _sentinel_parts(target, settings, kw)
-        sentinel = redis.asyncio.sentinel.Sentinel(
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             target.sentinels, sentinel_kwargs=sentinel_kwargs, **connection
         )
         client: redis.asyncio.Redis = sentinel.master_for(target.service_name)

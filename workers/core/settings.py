@@ -1,6 +1,9 @@
 """Settings for every process, read from environment variables and validated at start-up.
 
-Field names map one-to-one onto upper-case environment variables (``redis_url`` ← ``REDIS_URL``).
+Every environment variable is ``BRIDGE_`` + the field name in capitals (``retry_base_seconds`` ←
+``BRIDGE_RETRY_BASE_SECONDS``), so the bridge's settings never collide with another program's in a shared
+ConfigMap; ``REDIS_URL`` keeps its name, which every Redis tool reads. A variable under its earlier,
+unprefixed name is refused with the new name (``renamed_variables``).
 Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors. ``REDIS_URL`` stays a
 plain string (every Redis client reads it) but its passwords are secrets all the same: ``repr``/``str``
 show it through ``redact_url`` and ``Settings.secret_values`` hands them to the log redactor.
@@ -16,13 +19,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
+    AliasGenerator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -131,11 +137,29 @@ class HttpSubscriber(BaseModel):
         return matches(self.types, event_type)
 
 
+ENV_PREFIX = "BRIDGE_"
+UNPREFIXED = frozenset({"redis_url"})
+"""Fields whose variable keeps its plain name: ``REDIS_URL`` is what every Redis tool reads."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    upper = field.upper()
+    return upper if field in UNPREFIXED or upper.startswith(ENV_PREFIX) else ENV_PREFIX + upper
+
+
 class _Section(BaseSettings):
-    """Shared reading rules: any env var case, unknown variables ignored, inputs never echoed."""
+    """Shared reading rules: ``env_name`` variables in any case, unknown variables ignored, inputs never
+    echoed; code and tests may still pass a field by its name."""
 
     model_config = SettingsConfigDict(
-        case_sensitive=False, extra="ignore", hide_input_in_errors=True, validate_default=True
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+        validate_default=True,
+        alias_generator=AliasGenerator(validation_alias=env_name),
+        validate_by_name=True,
+        validate_by_alias=True,
     )
 
 
@@ -621,14 +645,28 @@ class Settings(
         return [s for s in found if s]
 
 
+def renamed_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(earlier name, name now)`` for each variable set under a name from before the ``BRIDGE_`` prefix."""
+    upper = {key.upper() for key in environ}
+    return [
+        (field.upper(), env_name(field))
+        for field in Settings.model_fields
+        if env_name(field) != field.upper() and field.upper() in upper
+    ]
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the environment; on error raise ``SettingsError`` with one line per bad variable."""
+    renamed = renamed_variables(os.environ)
+    if renamed:
+        raise SettingsError("; ".join(f"{old} is now called {new}: rename it" for old, new in renamed))
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            loc = str(error["loc"][0]) if error["loc"] else "?"
+            variable = env_name(loc) if loc in Settings.model_fields else loc.upper()
             lines.append(f"invalid setting {variable}: {error['msg']}")
         raise SettingsError("; ".join(lines)) from None
 

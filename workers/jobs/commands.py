@@ -77,7 +77,7 @@ def start_application(command: StartCommand) -> Any:
 
 def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, Any]:
     if not s.kiban_workfloo_definition_id:
-        raise PermanentError("KIBAN_WORKFLOO_DEFINITION_ID is not set")
+        raise PermanentError("BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID is not set")
     kiban = get_kiban_client(s)
     publisher = Publisher(conn, s)
     done = _checkpoints()

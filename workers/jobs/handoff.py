@@ -120,7 +120,7 @@ class Handoff:
                 return adopted, True, None
         if not applicant.email:
             raise PermanentError(
-                "no applicant e-mail in the execution's FORM nodes (check APPLICANT_EMAIL_FIELDS)"
+                "no applicant e-mail in the execution's FORM nodes (check BRIDGE_APPLICANT_EMAIL_FIELDS)"
             )
         try:
             created = self.kompliant.create_business_application(

@@ -16,7 +16,7 @@ import redis
 from workers.core.crypto import KeyRing
 from workers.core.errors import DataKeyError
 from workers.core.redis_client import redis_from_url
-from workers.core.settings import Settings, redact_url
+from workers.core.settings import Settings, env_name, redact_url
 
 DUMMY_KIBAN_ID = "000000000000000000000000"
 DUMMY_KOMPLIANT_WORKFLOW = "w_workfloobridgecheck0000"
@@ -47,14 +47,14 @@ def check_settings(settings: Settings) -> list[CheckResult]:
     if not settings.bridge_internal_keys:
         missing.append("BRIDGE_INTERNAL_KEYS (command and timeline endpoints would be closed)")
     if settings.kiban_api_key is None:
-        missing.append("KIBAN_API_KEY")
+        missing.append("BRIDGE_KIBAN_API_KEY")
     if not settings.kiban_workfloo_definition_id:
-        missing.append("KIBAN_WORKFLOO_DEFINITION_ID")
+        missing.append("BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID")
     for name in ("kompliant_api_key", "kompliant_secret_key", "kompliant_auth_token"):
         if getattr(settings, name) is None:
-            missing.append(name.upper())
+            missing.append(env_name(name))
     if not settings.kompliant_account_id:
-        missing.append("KOMPLIANT_ACCOUNT_ID")
+        missing.append("BRIDGE_KOMPLIANT_ACCOUNT_ID")
     results = []
     if missing:
         results.append(CheckResult("settings", False, "missing: " + "; ".join(missing)))
@@ -140,7 +140,7 @@ def check_kiban(settings: Settings, timeout: float = 5.0) -> CheckResult:
     import httpx
 
     if settings.kiban_api_key is None:
-        return CheckResult("kiban", False, "KIBAN_API_KEY is not set, so Kiban cannot be called")
+        return CheckResult("kiban", False, "BRIDGE_KIBAN_API_KEY is not set, so Kiban cannot be called")
     url = f"{settings.kiban_base_url}/api/v1/workfloo/status/{DUMMY_KIBAN_ID}"
     params = {"sandbox": "true"} if settings.kiban_sandbox else {}
     try:
@@ -163,14 +163,15 @@ def check_kiban(settings: Settings, timeout: float = 5.0) -> CheckResult:
         return CheckResult("kiban", True, f"reachable at {settings.kiban_base_url}, API key accepted")
     if code in (401, 403):
         return CheckResult(
-            "kiban", False, f"Kiban at {settings.kiban_base_url} rejected KIBAN_API_KEY (HTTP {code})"
+            "kiban", False, f"Kiban at {settings.kiban_base_url} rejected BRIDGE_KIBAN_API_KEY (HTTP {code})"
         )
     if code >= 500:
         return CheckResult("kiban", False, f"Kiban at {settings.kiban_base_url} is failing (HTTP {code})")
     return CheckResult(
         "kiban",
         False,
-        f"unexpected answer from Kiban at {settings.kiban_base_url} (HTTP {code}); is KIBAN_BASE_URL right?",
+        f"unexpected answer from Kiban at {settings.kiban_base_url} (HTTP {code}); "
+        "is BRIDGE_KIBAN_BASE_URL right?",
     )
 
 
@@ -202,7 +203,7 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
             "kompliant",
             False,
             f"Kompliant at {base} rejected the credentials (HTTP {exc.status_code}): check "
-            "KOMPLIANT_API_KEY, KOMPLIANT_SECRET_KEY and KOMPLIANT_AUTH_TOKEN",
+            "BRIDGE_KOMPLIANT_API_KEY, BRIDGE_KOMPLIANT_SECRET_KEY and BRIDGE_KOMPLIANT_AUTH_TOKEN",
         )
     except KompliantRetryableError as exc:
         if exc.status_code is None:
@@ -213,7 +214,7 @@ def check_kompliant(settings: Settings, timeout: float = 5.0) -> CheckResult:
             "kompliant",
             False,
             f"unexpected answer from Kompliant at {base} (HTTP {exc.status_code}, {exc.code or 'no code'}); "
-            "is KOMPLIANT_BASE_URL right?",
+            "is BRIDGE_KOMPLIANT_BASE_URL right?",
         )
     finally:
         client.close()

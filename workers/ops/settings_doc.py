@@ -15,11 +15,13 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode
 
-from workers.core.settings import Settings
+from workers.core.settings import Settings, env_name
 
 HEADER = """# Configuration reference
 
-Every setting is an environment variable (the upper-case field name), validated at start-up; a bad
+Every setting is an environment variable named `BRIDGE_` + the field name in capitals (`REDIS_URL` keeps
+its own name), validated at start-up; a variable under its earlier unprefixed name is refused with the new
+name. A bad
 value stops the process with one line naming the variable, never echoing its value. Secrets never
 appear in `repr`, logs or errors, and this reference shows no default for them. Where the vendors'
 documentation is silent, the default is the labelled assumption of `API-NOTES.md` and the description
@@ -107,7 +109,7 @@ def render() -> str:
         intro = inspect.cleandoc(section.__doc__ or "")
         out.append(f"\n## {title}\n\n{intro}\n\n| variable | type | default | meaning |\n|---|---|---|---|")
         for name, field in section.model_fields.items():
-            row = [f"`{name.upper()}`", _type(field), _default(field), field.description or ""]
+            row = [f"`{env_name(name)}`", _type(field), _default(field), field.description or ""]
             out.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
     return "\n".join(out) + "\n"
 

@@ -42,13 +42,13 @@ CLI = [sys.executable, "-m", "workers.ops.cli"]
 _OWN_PREFIXES = ("BRIDGE_", "KIBAN_", "KOMPLIANT_", "REDIS_URL", "EVENTS_", "LOG_")
 # The demo's pace and logs: production waits 30 s before resending a NIP and backs off from 1 s.
 DEMO_TUNING: Mapping[str, str] = {
-    "KIBAN_SANDBOX": "true",
-    "KIBAN_SCENARIO_ID": "approved",
-    "LOG_FORMAT": "json",
-    "LOG_LEVEL": "INFO",
-    "NIP_RESEND_DELAY_SECONDS": "0.3",
-    "RETRY_BASE_SECONDS": "0.2",
-    "RETRY_CAP_SECONDS": "2",
+    "BRIDGE_KIBAN_SANDBOX": "true",
+    "BRIDGE_KIBAN_SCENARIO_ID": "approved",
+    "BRIDGE_LOG_FORMAT": "json",
+    "BRIDGE_LOG_LEVEL": "INFO",
+    "BRIDGE_NIP_RESEND_DELAY_SECONDS": "0.3",
+    "BRIDGE_RETRY_BASE_SECONDS": "0.2",
+    "BRIDGE_RETRY_CAP_SECONDS": "2",
 }
 
 
@@ -154,14 +154,14 @@ class Stack:
                 "BRIDGE_INTERNAL_KEYS": k.internal,
                 "BRIDGE_DATA_KEYS": k.data,
                 "BRIDGE_PUBLIC_URL": self.callback_base,
-                "KIBAN_BASE_URL": self.kiban_url,
-                "KIBAN_API_KEY": k.kiban,
-                "KIBAN_WORKFLOO_DEFINITION_ID": self.config.definition_id,
-                "KOMPLIANT_BASE_URL": self.kompliant_url,
-                "KOMPLIANT_API_KEY": k.kompliant_api,
-                "KOMPLIANT_SECRET_KEY": k.kompliant_secret,
-                "KOMPLIANT_AUTH_TOKEN": k.kompliant_token,
-                "KOMPLIANT_ACCOUNT_ID": k.kompliant_account,
+                "BRIDGE_KIBAN_BASE_URL": self.kiban_url,
+                "BRIDGE_KIBAN_API_KEY": k.kiban,
+                "BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID": self.config.definition_id,
+                "BRIDGE_KOMPLIANT_BASE_URL": self.kompliant_url,
+                "BRIDGE_KOMPLIANT_API_KEY": k.kompliant_api,
+                "BRIDGE_KOMPLIANT_SECRET_KEY": k.kompliant_secret,
+                "BRIDGE_KOMPLIANT_AUTH_TOKEN": k.kompliant_token,
+                "BRIDGE_KOMPLIANT_ACCOUNT_ID": k.kompliant_account,
                 "PYTHONUNBUFFERED": "1",
             }
         )

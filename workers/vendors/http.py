@@ -1,8 +1,8 @@
 """HTTP plumbing both vendor clients share: how their ``httpx.Client`` is built, the per-process cache
 of clients (pooled sockets must never cross a fork), and the ``Retry-After`` parser.
 
-The vendor settings (``VENDOR_CONNECT_TIMEOUT_SECONDS``, ``VENDOR_READ_TIMEOUT_SECONDS``,
-``VENDOR_MAX_CONNECTIONS``) are read here only, so the two clients cannot drift apart.
+The vendor settings (``BRIDGE_VENDOR_CONNECT_TIMEOUT_SECONDS``, ``BRIDGE_VENDOR_READ_TIMEOUT_SECONDS``,
+``BRIDGE_VENDOR_MAX_CONNECTIONS``) are read here only, so the two clients cannot drift apart.
 """
 
 from __future__ import annotations

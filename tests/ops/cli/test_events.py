@@ -23,7 +23,7 @@ from workers.ops.cli.events import parse_since
 @pytest.fixture
 def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("BRIDGE_LOG_LEVEL", "WARNING")
     return {"REDIS_URL": redis_url}
 
 
@@ -110,7 +110,7 @@ def test_follow_prints_events_published_later(env: dict[str, str], redis_client:
             "3",
         ],
         stdout=subprocess.PIPE,
-        env={**env, "PATH": "/usr/bin:/bin", "LOG_LEVEL": "WARNING"},
+        env={**env, "PATH": "/usr/bin:/bin", "BRIDGE_LOG_LEVEL": "WARNING"},
     )
     try:
         time.sleep(1.5)  # let it print history and start blocking

@@ -80,18 +80,23 @@ def test_check_names_every_missing_setting_and_unreachable_redis(clean_env: pyte
     assert code == 1
     checks = {c["name"]: c for c in json.loads(out)["checks"]}
     assert not checks["settings"]["ok"]
-    for name in ("BRIDGE_CALLBACK_KEYS", "KIBAN_API_KEY", "KOMPLIANT_SECRET_KEY", "KOMPLIANT_ACCOUNT_ID"):
+    for name in (
+        "BRIDGE_CALLBACK_KEYS",
+        "BRIDGE_KIBAN_API_KEY",
+        "BRIDGE_KOMPLIANT_SECRET_KEY",
+        "BRIDGE_KOMPLIANT_ACCOUNT_ID",
+    ):
         assert name in checks["settings"]["message"]
     assert not checks["data-keys"]["ok"] and "BRIDGE_DATA_KEYS is not set" in checks["data-keys"]["message"]
     assert "cannot reach Redis" in checks["redis"]["message"]
-    assert "KIBAN_API_KEY is not set" in checks["kiban"]["message"]
+    assert "BRIDGE_KIBAN_API_KEY is not set" in checks["kiban"]["message"]
 
 
 def test_check_says_kiban_is_unreachable(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
     port = free_port()
     clean_env.setenv("REDIS_URL", redis_url)
-    clean_env.setenv("KIBAN_API_KEY", "kb_test")
-    clean_env.setenv("KIBAN_BASE_URL", f"http://127.0.0.1:{port}")
+    clean_env.setenv("BRIDGE_KIBAN_API_KEY", "kb_test")
+    clean_env.setenv("BRIDGE_KIBAN_BASE_URL", f"http://127.0.0.1:{port}")
     code, out, _ = _invoke("check")
     assert code == 1
     assert f"cannot reach Kiban at http://127.0.0.1:{port}" in out
@@ -126,27 +131,27 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
         "BRIDGE_CALLBACK_KEYS": "cb",
         "BRIDGE_INTERNAL_KEYS": "in",
         "BRIDGE_DATA_KEYS": generate_entry("k1"),
-        "KIBAN_BASE_URL": kiban.url,
-        "KIBAN_API_KEY": "kb-good",
-        "KIBAN_WORKFLOO_DEFINITION_ID": "def",
-        "KOMPLIANT_BASE_URL": kompliant.url,
-        "KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
-        "KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
-        "KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
-        "KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
+        "BRIDGE_KIBAN_BASE_URL": kiban.url,
+        "BRIDGE_KIBAN_API_KEY": "kb-good",
+        "BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID": "def",
+        "BRIDGE_KOMPLIANT_BASE_URL": kompliant.url,
+        "BRIDGE_KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
+        "BRIDGE_KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
+        "BRIDGE_KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
+        "BRIDGE_KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
     }.items():
         clean_env.setenv(name, value)
     code, out, _ = _invoke("check")
     assert code == 0, out
     assert "all checks passed" in out
 
-    clean_env.setenv("KIBAN_API_KEY", "kb-wrong")
-    clean_env.setenv("KOMPLIANT_SECRET_KEY", "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGVzdHM=")
+    clean_env.setenv("BRIDGE_KIBAN_API_KEY", "kb-wrong")
+    clean_env.setenv("BRIDGE_KOMPLIANT_SECRET_KEY", "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGVzdHM=")
     code, out, _ = _invoke("check", "--json")
     assert code == 1
     checks = {c["name"]: c for c in json.loads(out)["checks"]}
     assert checks["settings"]["ok"] and checks["redis"]["ok"]
-    assert "rejected KIBAN_API_KEY (HTTP 401)" in checks["kiban"]["message"]
+    assert "rejected BRIDGE_KIBAN_API_KEY (HTTP 401)" in checks["kiban"]["message"]
     assert "rejected the credentials" in checks["kompliant"]["message"]
 
     kompliant.stop()

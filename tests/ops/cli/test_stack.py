@@ -91,17 +91,17 @@ def test_check_passes_against_the_stack(running: Running) -> None:
 
 def test_check_says_kiban_is_unreachable(running: Running) -> None:
     port = free_port()
-    result = cli(running, "check", env={"KIBAN_BASE_URL": f"http://127.0.0.1:{port}"})
+    result = cli(running, "check", env={"BRIDGE_KIBAN_BASE_URL": f"http://127.0.0.1:{port}"})
     assert result.returncode == 1
     assert f"cannot reach Kiban at http://127.0.0.1:{port}" in result.stdout
-    data = json.loads(cli(running, "check", "--json", env={"KIBAN_API_KEY": "wrong"}).stdout)
+    data = json.loads(cli(running, "check", "--json", env={"BRIDGE_KIBAN_API_KEY": "wrong"}).stdout)
     kiban = next(c for c in data["checks"] if c["name"] == "kiban")
     assert kiban == {"name": "kiban", "ok": False, "message": kiban["message"]}
-    assert "rejected KIBAN_API_KEY" in kiban["message"]
+    assert "rejected BRIDGE_KIBAN_API_KEY" in kiban["message"]
 
 
 def test_check_says_kompliant_rejected_the_signature(running: Running) -> None:
-    result = cli(running, "check", "--json", env={"KOMPLIANT_SECRET_KEY": "d3Jvbmcgc2VjcmV0IGtleQ=="})
+    result = cli(running, "check", "--json", env={"BRIDGE_KOMPLIANT_SECRET_KEY": "d3Jvbmcgc2VjcmV0IGtleQ=="})
     assert result.returncode == 1
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["kiban"]["ok"] and checks["redis"]["ok"]

@@ -161,7 +161,7 @@ def test_demo_exits_1_and_says_why_when_an_outcome_is_wrong(tmp_path: Path) -> N
         timeout=30,
         log_dir=tmp_path / "logs",
         console=Console(file=out, width=200),
-        extra_env={"KOMPLIANT_SECRET_KEY": "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGhlIGRlbW8h"},
+        extra_env={"BRIDGE_KOMPLIANT_SECRET_KEY": "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGhlIGRlbW8h"},
     )
     text = out.getvalue()
     assert code == 1, text

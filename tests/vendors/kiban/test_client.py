@@ -339,7 +339,7 @@ def test_factory_caches_one_client_per_settings() -> None:
 
 
 def test_from_settings_needs_a_key() -> None:
-    with pytest.raises(ValueError, match="KIBAN_API_KEY"):
+    with pytest.raises(ValueError, match="BRIDGE_KIBAN_API_KEY"):
         KibanClient.from_settings(Settings(kiban_api_key=None))
 
 

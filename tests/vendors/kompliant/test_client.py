@@ -204,5 +204,5 @@ def test_factory_caches_per_settings() -> None:
         kompliant_account_id=DEFAULT_ACCOUNT_ID,
     )
     assert get_kompliant_client(settings) is get_kompliant_client(settings)
-    with pytest.raises(ValueError, match="KOMPLIANT_API_KEY"):
+    with pytest.raises(ValueError, match="BRIDGE_KOMPLIANT_API_KEY"):
         KompliantClient.from_settings(Settings())

@@ -9,7 +9,7 @@ from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
 
 @click.command()
 def scheduler() -> None:
-    """Run RQ's cron scheduler: the reconciler sweep every RECONCILE_INTERVAL_SECONDS."""
+    """Run RQ's cron scheduler: the reconciler sweep every BRIDGE_RECONCILE_INTERVAL_SECONDS."""
     from rq.cron import CronScheduler
 
     from workers.jobs.callbacks import job_options

@@ -15,7 +15,7 @@ from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
     show_default=True,
     help="Also run RQ's scheduler (retries with backoff and NIP resends are scheduled jobs).",
 )
-@click.option("--worker-class", "worker_class", default=None, help="Override WORKER_CLASS.")
+@click.option("--worker-class", "worker_class", default=None, help="Override BRIDGE_WORKER_CLASS.")
 @click.option("--name", default=None, help="Worker name (default: random).")
 @click.option("--max-jobs", type=int, default=None, help="Quit after this many jobs.")
 def worker(

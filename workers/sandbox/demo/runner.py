@@ -28,9 +28,9 @@ def _keep_running_text(stack: Stack) -> str:
     exports = " ".join(
         f"{name}={env[name]}"
         for name in ("REDIS_URL", "BRIDGE_INTERNAL_KEYS", "BRIDGE_CALLBACK_KEYS", "BRIDGE_PUBLIC_URL",
-                     "KIBAN_BASE_URL", "KIBAN_API_KEY", "KIBAN_WORKFLOO_DEFINITION_ID", "KOMPLIANT_BASE_URL",
-                     "KOMPLIANT_API_KEY", "KOMPLIANT_SECRET_KEY", "KOMPLIANT_AUTH_TOKEN",
-                     "KOMPLIANT_ACCOUNT_ID")
+                     "BRIDGE_KIBAN_BASE_URL", "BRIDGE_KIBAN_API_KEY", "BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID",
+                     "BRIDGE_KOMPLIANT_BASE_URL", "BRIDGE_KOMPLIANT_API_KEY", "BRIDGE_KOMPLIANT_SECRET_KEY",
+                     "BRIDGE_KOMPLIANT_AUTH_TOKEN", "BRIDGE_KOMPLIANT_ACCOUNT_ID")
     )  # fmt: skip
     start_body = json.dumps(
         {

@@ -146,7 +146,7 @@ class ScenarioRunner:
         self._deadline = time.monotonic() + timeout
         self._http = httpx.Client(base_url=stack.receiver_url, timeout=10.0)
         self._redis = stack.redis()
-        self._stream = stack.env().get("EVENTS_STREAM", "workfloo:events")
+        self._stream = stack.env().get("BRIDGE_EVENTS_STREAM", "workfloo:events")
         self._stream_at_start = int(self._redis.xlen(self._stream))  # an existing Redis may hold old ones
 
     # -- bridge calls ------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class KibanClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> KibanClient:
         if settings.kiban_api_key is None:
-            raise ValueError("KIBAN_API_KEY is not set")
+            raise ValueError("BRIDGE_KIBAN_API_KEY is not set")
         options: dict[str, Any] = {
             "sandbox": settings.kiban_sandbox,
             "sandbox_host": settings.kiban_sandbox_host,
@@ -124,7 +124,9 @@ class KibanClient:
             raise ValueError("definition_id (idWorkflooDefinition) is required")
         scenario = scenario_id if scenario_id is not None else self.default_scenario_id
         if self.sandbox and not scenario:
-            raise ValueError("scenario_id is required in sandbox (set KIBAN_SCENARIO_ID or pass scenario_id)")
+            raise ValueError(
+                "scenario_id is required in sandbox (set BRIDGE_KIBAN_SCENARIO_ID or pass scenario_id)"
+            )
         body: dict[str, Any] = {"idWorkflooDefinition": definition_id}
         if scenario:
             body["scenarioId"] = scenario

@@ -251,7 +251,8 @@ class WorkflooDetail(_KibanModel):
 
     def is_approved(self, approved_exits: Iterable[str] = ("APPROVED",)) -> bool:
         """SUCCESS whose ruleset exit is one of ``approved_exits``. A convenience for scripts; the bridge's
-        own rule is ``workers.jobs.outcome`` (settings ``APPROVAL_RULE``, ``APPROVAL_EXIT_VALUES``)."""
+        own rule is ``workers.jobs.outcome`` (settings ``BRIDGE_APPROVAL_RULE``,
+        ``BRIDGE_APPROVAL_EXIT_VALUES``)."""
         wanted = {e.upper() for e in approved_exits}
         return self.status == "SUCCESS" and (self.ruleset_exit or "").upper() in wanted
 

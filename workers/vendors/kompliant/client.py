@@ -18,7 +18,7 @@ from workers.core.errors import (
     KompliantRetryableError,
 )
 from workers.core.log import get_logger
-from workers.core.settings import Settings
+from workers.core.settings import Settings, env_name
 from workers.vendors.http import (
     DEFAULT_MAX_CONNECTIONS,
     SharedClients,
@@ -75,7 +75,7 @@ class KompliantClient:
             if getattr(settings, name) is None
         ]
         if missing:
-            raise ValueError("not set: " + ", ".join(m.upper() for m in missing))
+            raise ValueError("not set: " + ", ".join(env_name(m) for m in missing))
         assert settings.kompliant_api_key and settings.kompliant_secret_key and settings.kompliant_auth_token
         options: dict[str, Any] = {
             "api_key": settings.kompliant_api_key.get_secret_value(),

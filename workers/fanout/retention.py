@@ -175,11 +175,14 @@ local soft_more = 0
 if length > maxlen then
   local excess = length - maxlen
   if excess > batch then excess = batch end
-  local rows = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
-  local cut = nextid(rows[#rows][1])
-  if less(target, cut) then
-    target = cut
-    if length - maxlen > batch then soft_more = 1 end
+  -- only entries below the floor can go: never look further
+  local rows = redis.call('XRANGE', stream, '-', floor and ('(' .. floor) or '+', 'COUNT', excess)
+  if #rows > 0 then
+    local cut = nextid(rows[#rows][1])
+    if less(target, cut) then
+      target = cut
+      if #rows == batch and length - maxlen > batch then soft_more = 1 end
+    end
   end
 end
 if floor and less(floor, target) then target = floor; soft_more = 0 end

@@ -249,3 +249,16 @@ def test_status_reports_the_real_lag_after_trimming(redis_client: redis.Redis) -
     reader.run_once(block=False)
     groups = {g["name"]: g for g in collect_status(redis_client, settings)["consumer_groups"]}
     assert groups["g"]["lag"] == 0
+
+
+def test_a_group_starting_at_zero_is_not_charged_for_history_trimmed_before_it_existed(
+    redis_client: redis.Redis,
+) -> None:
+    settings = _settings()
+    _publish(redis_client, settings, 50)
+    redis_client.xtrim(settings.events_stream, maxlen=10, approximate=False)
+    Consumer(redis_client, "late", "l", lambda e: None, start_id="0", settings=settings).ensure_group()
+
+    assert trim_events(redis_client, settings).lost == {}
+    assert lost_counts(redis_client, settings) == {}
+    assert group_positions(redis_client, settings)[0].lag == 10

@@ -126,7 +126,6 @@ for _, raw in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   local name = group['name']
   local last = group['last-delivered-id']
   local read = group['entries-read']
-  if last == '0-0' then read = 0 end
   local undelivered = 0
   if less(last, first_before) and read and not tombstones then
     local earlier = added - length_before - read

@@ -210,6 +210,7 @@ def test_age_trimming_removes_old_acknowledged_entries_and_keeps_unacknowledged_
     redis_client.xgroup_destroy(settings.events_stream, "g")
     trim_events(redis_client, settings, now_ms=later)
     assert redis_client.xlen(settings.events_stream) == 0
+    assert not redis_client.exists(keys.stream_groups(settings.events_stream))  # the destroyed group too
 
 
 def test_timelines_are_trimmed_by_age_behind_the_group_floor(redis_client: redis.Redis) -> None:

@@ -25,6 +25,7 @@ covers a whole idle timeline) unless they may still be in the stream for a group
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -234,6 +235,12 @@ def _less(a: str, b: str) -> bool:
     return (int(a_ms), int(a_seq or 0)) < (int(b_ms), int(b_seq or 0))
 
 
+def _id_time(entry_id: Any) -> str:
+    """The time part of a stream id, as RFC 3339 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(_ms(_text(entry_id)) / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _redis_now_ms(client: redis.Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
@@ -268,16 +275,19 @@ def trim_events(client: redis.Redis, settings: Settings, *, now_ms: int | None =
         for raw_name, undelivered, pending, lost_after, lost_before, pending_first, pending_last in losses:
             group = _text(raw_name)
             report.lost[group] = report.lost.get(group, 0) + int(undelivered) + int(pending)
+            # Stream ids look like phone numbers to the log redactor: the log names the lost range by
+            # time, the dead-letter entries by id.
             seen = runs.setdefault(
-                group, {"undelivered": 0, "pending": 0, "lost_after": _text(lost_after), "dead_letters": 0}
+                group,
+                {"undelivered": 0, "pending": 0, "lost_after_at": _id_time(lost_after), "dead_letters": 0},
             )
             seen["undelivered"] += int(undelivered)
             seen["pending"] += int(pending)
-            seen["lost_before"] = _text(lost_before)
+            seen["lost_before_at"] = _id_time(lost_before)
             seen["dead_letters"] += 1
             if pending_first:
-                seen.setdefault("pending_first", _text(pending_first))
-                seen["pending_last"] = _text(pending_last)
+                seen.setdefault("pending_first_at", _id_time(pending_first))
+                seen["pending_last_at"] = _id_time(pending_last)
         if not int(more):
             break
     for group, seen in runs.items():
@@ -372,8 +382,6 @@ def _trim_timeline(client: redis.Redis, name: str, cutoff_ms: int) -> int:
 
 
 def _iso_ms(value: str) -> int:
-    from datetime import datetime
-
     return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 

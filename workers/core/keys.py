@@ -67,3 +67,19 @@ OPEN_EXECUTIONS = f"{PREFIX}:open"
 
 DEAD_LETTER_STREAM = f"{PREFIX}:events:dead"
 """Stream of entries a consumer group gave up on after too many deliveries."""
+
+
+def stream_groups(stream: str) -> str:
+    """Hash: consumer group → its dead-letter stream, written by each consumer when it joins ``stream``
+    (one field per group: bounded)."""
+    return f"{stream}:groups"
+
+
+def stream_trimmed_unacked(stream: str) -> str:
+    """Hash: consumer group → entries of ``stream`` it never acknowledged that were trimmed or deleted
+    (a counter for metrics and ``status``; one field per group: bounded)."""
+    return f"{stream}:trimmed_unacked"
+
+
+TIMELINE_SWEEP_CURSOR = f"{PREFIX}:timeline-sweep:cursor"
+"""String: where the retention job's ``SCAN`` over timelines resumes (expires after a day unused)."""

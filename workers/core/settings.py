@@ -37,6 +37,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -530,7 +531,31 @@ class FanoutSettings(_Section):
     model_config = SettingsConfigDict(title="Fan-out")
 
     events_stream: str = Field(default="workfloo:events", description="Durable event stream key.")
-    events_stream_maxlen: int = Field(default=1_000_000, gt=0, description="Approximate stream length cap.")
+    events_stream_maxlen: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Stream length kept once every consumer group has acknowledged; entries a group has "
+        "not acknowledged stay beyond it, up to BRIDGE_EVENTS_STREAM_HARD_MAXLEN. Also caps the dead-letter "
+        "stream.",
+    )
+    bridge_events_stream_hard_maxlen: int = Field(
+        default=2_000_000,
+        gt=0,
+        description="Hard stream length cap (memory ~ 410 B per entry): past it the oldest entries go even "
+        "if a group has not acknowledged them, and the loss is logged (events.trimmed_unacked), counted and "
+        "dead-lettered. The publisher's own XADD bound sits a tenth (at least 1000 entries) above it.",
+    )
+    bridge_events_retention_seconds: int = Field(
+        default=3 * 24 * 3600,
+        ge=60,
+        description="Stream entries older than this are trimmed once every consumer group has acknowledged "
+        "them.",
+    )
+    bridge_events_retention_interval_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="How often RQ's cron scheduler runs the stream and timeline retention job.",
+    )
     events_timeline_ttl_seconds: int = Field(
         default=30 * 24 * 3600,
         gt=0,
@@ -571,6 +596,19 @@ class FanoutSettings(_Section):
     bridge_http_subscribers_max_retry_after_seconds: float = Field(
         default=36_000.0, ge=0, description="Cap on the Retry-After a subscriber may ask for."
     )
+
+    @model_validator(mode="after")
+    def _check_stream_caps(self) -> FanoutSettings:
+        if self.bridge_events_stream_hard_maxlen < self.events_stream_maxlen:
+            raise ValueError("BRIDGE_EVENTS_STREAM_HARD_MAXLEN must be at least EVENTS_STREAM_MAXLEN")
+        return self
+
+    @property
+    def events_stream_bound(self) -> int:
+        """The publisher's ``XADD MAXLEN ~`` bound: a tenth (at least 1000 entries) above the hard cap, so
+        a burst between two retention runs is still trimmed, counted and reported by the retention job."""
+        hard = self.bridge_events_stream_hard_maxlen
+        return hard + max(1000, hard // 10)
 
 
 class DataKeySettings(_Section):

@@ -9,6 +9,12 @@ An entry whose delivery count (``XPENDING``) exceeds ``max_deliveries`` is copie
 stream (``keys.DEAD_LETTER_STREAM``, with the original id, group and reason) and acknowledged, so one
 poison entry cannot block a group forever. Entries whose type matches none of ``types`` are
 acknowledged without calling the handler.
+
+An entry deleted from the stream while pending (``XAUTOCLAIM`` returns its id among the deleted ones:
+trimmed past the hard cap, erased) goes to the dead-letter stream too, with reason ``deleted_unacked``,
+and is counted in ``keys.stream_trimmed_unacked``: it is never acknowledged silently. ``ensure_group``
+records the group's dead-letter stream in ``keys.stream_groups`` so the retention job
+(``workers.fanout.retention``) reports its trimming losses there as well.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class ConsumerStats:
     failed: int = 0
     claimed: int = 0
     dead_lettered: int = 0
+    deleted: int = 0
 
 
 class Consumer:
@@ -100,6 +107,7 @@ class Consumer:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self.redis.hset(keys.stream_groups(self.stream), self.group, self.dead_letter_stream)
         self._group_ready = True
 
     def run_once(self, block: bool = True) -> int:
@@ -160,13 +168,16 @@ class Consumer:
             count=self.count,
         )
         entries: list[Entry] = [(eid, fields) for eid, fields in reply[1] if eid is not None]
+        deleted: list[bytes] = list(reply[2]) if len(reply) > 2 else []  # Redis 7: gone from the stream
+        for entry_id in deleted:
+            self._dead_letter_deleted(entry_id)
         if not entries:
-            return 0
+            return len(deleted)
         self.stats.claimed += len(entries)
         counts = self._delivery_counts([eid for eid, _ in entries])
         for entry_id, fields in entries:
             self._process(entry_id, fields, deliveries=counts[entry_id])
-        return len(entries)
+        return len(entries) + len(deleted)
 
     def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
         rows: Any = self.redis.xpending_range(
@@ -182,8 +193,8 @@ class Consumer:
         return counts
 
     def _process(self, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
-        if not fields:  # trimmed away while pending: nothing left to deliver
-            self.redis.xack(self.stream, self.group, entry_id)
+        if not fields:  # Redis < 7 claims an entry deleted while pending as an empty one
+            self._dead_letter_deleted(entry_id)
             return
         event_type = fields.get(b"type", b"").decode()
         if not matches(self.types, event_type):
@@ -236,6 +247,24 @@ class Consumer:
             entry_id=entry_id.decode(),
             reason=reason,
             deliveries=deliveries,
+        )
+
+    def _dead_letter_deleted(self, entry_id: bytes) -> None:
+        record: dict[Any, Any] = {
+            b"reason": "deleted_unacked",
+            b"original_stream": self.stream,
+            b"original_id": entry_id,
+            b"group": self.group,
+            b"consumer": self.name,
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.dead_letter_stream, record, maxlen=self.dead_letter_maxlen, approximate=True)
+        pipe.xack(self.stream, self.group, entry_id)  # Redis 7 already dropped it from the PEL
+        pipe.hincrby(keys.stream_trimmed_unacked(self.stream), self.group, 1)
+        pipe.execute()
+        self.stats.deleted += 1
+        log.warning(
+            "consumer_deleted_unacked", group=self.group, consumer=self.name, entry_id=entry_id.decode()
         )
 
 

@@ -151,7 +151,7 @@ class Publisher:
         ]
         args: list[Any] = [
             settings.bridge_dedupe_ttl_seconds,
-            settings.events_stream_maxlen,
+            settings.events_stream_bound,
             event.type,
             event.execution_id or "",
             envelope,

@@ -102,11 +102,16 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
     )
     if status["consumer_groups"]:
         groups = Table(title="consumer groups", title_justify="left")
-        for column in ("group", "consumers", "pending", "lag", "last delivered"):
+        for column in ("group", "consumers", "pending", "lag", "last delivered", "lost to trimming"):
             groups.add_column(column)
         for g in status["consumer_groups"]:
             groups.add_row(
-                g["name"], str(g["consumers"]), str(g["pending"]), str(g["lag"]), g["last_delivered_id"]
+                g["name"],
+                str(g["consumers"]),
+                str(g["pending"]),
+                str(g["lag"]),
+                g["last_delivered_id"],
+                str(g.get("trimmed_unacked", 0)),
             )
         console.print(groups)
     else:

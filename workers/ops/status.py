@@ -11,6 +11,7 @@ import redis
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import Settings
+from workers.fanout.retention import group_positions
 
 
 def _text(value: Any) -> str:
@@ -68,20 +69,19 @@ def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) ->
                 "occurred_at": occurred,
             }
         )
-    groups: list[dict[str, Any]] = []
-    try:
-        for group in client.xinfo_groups(stream):
-            groups.append(
-                {
-                    "name": _text(group.get("name")),
-                    "consumers": group.get("consumers"),
-                    "pending": group.get("pending"),
-                    "lag": group.get("lag"),
-                    "last_delivered_id": _text(group.get("last-delivered-id")),
-                }
-            )
-    except redis.ResponseError:  # the stream does not exist yet
-        pass
+    # Lag counts only what is still in the stream (Redis's own lag keeps counting trimmed entries);
+    # trimmed_unacked is what each group lost to trimming or deletion (workers.fanout.retention).
+    groups: list[dict[str, Any]] = [
+        {
+            "name": position.name,
+            "consumers": position.consumers,
+            "pending": position.pending,
+            "lag": position.lag,
+            "last_delivered_id": position.last_delivered_id,
+            "trimmed_unacked": position.trimmed_unacked,
+        }
+        for position in group_positions(client, settings)
+    ]
     return {
         "queues": queues,
         "workers": workers,

@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -202,6 +203,26 @@ class RedisSettings(_Section):
     redis_sentinel_password: SecretStr | None = Field(
         default=None, description="Password of the Sentinel processes themselves (their requirepass)."
     )
+    bridge_durability: Literal["auto", "none", "aof", "replica", "replica+aof"] = Field(
+        default="auto",
+        description="What must hold before a vendor call whose anchor is in Redis: none; aof (the "
+        "primary fsynced its AOF, WAITAOF, Redis 7.2+); replica (BRIDGE_DURABILITY_REPLICAS replicas "
+        "received it, WAIT); replica+aof (both); auto (read from INFO at each wait: replica when a "
+        "replica is connected, aof when AOF is on and Redis has WAITAOF). Table per topology in "
+        "docs/operations.md.",
+    )
+    bridge_durability_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas that must acknowledge an anchor at the replica levels (auto: at most the "
+        "connected ones).",
+    )
+    bridge_durability_timeout_ms: int = Field(
+        default=500,
+        gt=0,
+        description="Longest wait for the durability level; past it the step retries (transient) "
+        "without calling the vendor. Must stay below REDIS_TIMEOUT_SECONDS.",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -211,6 +232,15 @@ class RedisSettings(_Section):
         if not value.startswith(_REDIS_SCHEMES):
             raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
         return value
+
+    @model_validator(mode="after")
+    def _check_durability_timeout(self) -> RedisSettings:
+        if self.bridge_durability_timeout_ms >= self.redis_timeout_seconds * 1000:
+            raise ValueError(
+                "BRIDGE_DURABILITY_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS (the socket timeout "
+                "would cut the wait short)"
+            )
+        return self
 
     @field_serializer("redis_url")
     def _dump_redis_url(self, value: str | None) -> str | None:
@@ -628,8 +658,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
-            lines.append(f"invalid setting {variable}: {error['msg']}")
+            if error["loc"]:
+                lines.append(f"invalid setting {str(error['loc'][0]).upper()}: {error['msg']}")
+            else:  # a rule across settings names them in its message
+                lines.append(f"invalid settings: {error['msg']}")
         raise SettingsError("; ".join(lines)) from None
 
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tests.support.replication import Pair, replicated_pair
+from workers.core.errors import DurabilityError
 from workers.core.events import EventType
 from workers.core.settings import Settings, load_settings
 from workers.fanout.publisher import Publisher
@@ -23,6 +24,7 @@ from workers.jobs.handoff import Handoff, HandoffResult
 from workers.jobs.outcome import Applicant
 from workers.sandbox.fakes import kompliant as fake
 from workers.sandbox.serving import ServerThread
+from workers.sandbox.wait import wait_until
 from workers.vendors.kompliant.client import KompliantClient
 
 LATENCY_SECONDS = 0.3
@@ -95,3 +97,22 @@ def test_a_failover_that_loses_the_last_writes_leaves_one_started_application(
     assert_exactly_one_started(kompliant, ["exec-failover"], {"exec-failover": again})
     assert again.workflow_id == first.workflow_id
     assert EventType.KOMPLIANT_WORKFLOW_REJECTED not in timeline_types(promoted, "exec-failover")
+
+
+def test_a_replica_level_with_no_replica_refuses_to_call_the_vendor(
+    pair: Pair, serve: Callable[..., ServerThread]
+) -> None:
+    """BRIDGE_DURABILITY=replica is a floor: with the replica gone the hand-off retries (transient)
+    instead of creating a workflow whose anchor would live on the primary alone."""
+    kompliant = serve(fake.create_app())
+    primary = pair.client(pair.primary)
+    pair.client(pair.replica).execute_command("REPLICAOF", "NO", "ONE")
+    wait_until(lambda: primary.info("replication")["connected_slaves"] == 0, what="the replica to leave")
+    s = load_settings(
+        redis_url=_url_of(primary), bridge_durability="replica", bridge_durability_timeout_ms=300
+    )
+    with kompliant_client(kompliant) as client, pytest.raises(DurabilityError) as caught:
+        Handoff(primary, s, client, Publisher(primary, s)).run("exec-alone", applicant(2))
+    assert caught.value.retryable
+    methods = [method for method, _, _ in kompliant.server.config.app.state.fake.requests]
+    assert methods == ["subjectRecord.create"]  # no workflow.create, no workflow.start

@@ -7,8 +7,8 @@ second of an AOF ``everysec`` host crash. ``ensure`` waits until everything writ
 connection, reached the level ``BRIDGE_DURABILITY`` asks for, or raises ``DurabilityError`` (transient:
 the step retries and the vendor is not called).
 
-Two calls: ``target(connection, settings)`` says what will be waited for and why; ``ensure(connection,
-settings, before=...)`` waits for it. The levels and the table per topology are in docs/operations.md.
+Two calls: ``target(connection, settings)`` says what will be waited for and why (``check`` shows it);
+``ensure(connection, settings, before=...)`` waits for it. The levels and the table per topology are in docs/operations.md.
 
 ``WAIT`` and ``WAITAOF`` count the writes of their own connection only, and a pooled client may have
 written the anchor on another one. So the wait runs in one pipeline after a tiny write of its own
@@ -42,6 +42,8 @@ class Target:
     replicas: int
     local_fsync: bool
     why: str
+    problem: str | None = None
+    """What this server cannot give an explicit level right now (every wait would refuse), else None."""
 
     @property
     def waits(self) -> bool:
@@ -93,7 +95,14 @@ def _target(settings: Settings, server: _Server | None) -> Target:
         local = level in ("aof", "replica+aof")
         said = [f"WAIT {replicas}"] if replicas else []
         said += ["WAITAOF 1 0"] if local else []
-        return Target(replicas, local, f"{level}: " + " and ".join(said))
+        problems = []
+        if replicas > server.connected_replicas:
+            problems.append(f"{server.connected_replicas} of {_plural(replicas)} connected")
+        if local and not server.aof_enabled:
+            problems.append("AOF is off")
+        elif local and server.version < WAITAOF_SINCE:
+            problems.append(f"Redis {server.version_text} has no WAITAOF (7.2 or later)")
+        return Target(replicas, local, f"{level}: " + " and ".join(said), "; ".join(problems) or None)
     connected = server.connected_replicas
     replicas = min(connected, wanted)
     said = [f"{_plural(connected).replace('replica', 'connected replica')}: WAIT {replicas}"]

@@ -8,7 +8,8 @@ connection, reached the level ``BRIDGE_DURABILITY`` asks for, or raises ``Durabi
 the step retries and the vendor is not called).
 
 Two calls: ``target(connection, settings)`` says what will be waited for and why (``check`` shows it);
-``ensure(connection, settings, before=...)`` waits for it. The levels and the table per topology are in docs/operations.md.
+``ensure(connection, settings, before=...)`` waits for it. The levels and the table per topology are
+in docs/operations.md.
 
 ``WAIT`` and ``WAITAOF`` count the writes of their own connection only, and a pooled client may have
 written the anchor on another one. So the wait runs in one pipeline after a tiny write of its own

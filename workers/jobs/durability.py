@@ -141,9 +141,8 @@ def ensure(connection: redis.Redis, settings: Settings, *, before: str = "") -> 
     except (redis.TimeoutError, redis.ConnectionError) as exc:
         raise _refused(goal, before, f"Redis did not answer the wait ({type(exc).__name__})") from exc
     for result in results:
-        if isinstance(result, redis.ResponseError):
-            first_word = str(result).split(" ", 1)[0]
-            raise _refused(goal, before, f"Redis refused the wait ({first_word})")
+        if isinstance(result, redis.ResponseError):  # e.g. WAITAOF on a primary with AOF off
+            raise _refused(goal, before, f"Redis refused the wait: {str(result)[:120]}")
     answers = results[1:]
     if goal.replicas:
         acked = int(answers.pop(0))

@@ -144,3 +144,17 @@ def test_invalid_redis_url_error_never_shows_its_password(monkeypatch: pytest.Mo
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_a_durability_wait_must_fit_in_the_redis_socket_timeout() -> None:
+    assert load_settings().bridge_durability == "auto"
+    with pytest.raises(
+        SettingsError, match="BRIDGE_DURABILITY_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS"
+    ):
+        load_settings(bridge_durability_timeout_ms=1000, redis_timeout_seconds=1)
+    assert (
+        load_settings(bridge_durability_timeout_ms=1000, redis_timeout_seconds=2).bridge_durability_timeout_ms
+        == 1000
+    )
+    with pytest.raises(SettingsError, match="BRIDGE_DURABILITY"):
+        load_settings(bridge_durability="sometimes")

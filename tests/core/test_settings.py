@@ -168,3 +168,17 @@ def test_an_earlier_unprefixed_name_is_refused_naming_the_new_one(monkeypatch: p
     assert f"{retry} is now called BRIDGE_{retry}" in message
     assert f"{kiban} is now called BRIDGE_{kiban}" in message
     assert "7" not in message
+
+
+def test_a_durability_wait_must_fit_in_the_redis_socket_timeout() -> None:
+    assert load_settings().bridge_durability == "auto"
+    with pytest.raises(
+        SettingsError, match="BRIDGE_DURABILITY_TIMEOUT_MS must be below BRIDGE_REDIS_TIMEOUT_SECONDS"
+    ):
+        load_settings(bridge_durability_timeout_ms=1000, redis_timeout_seconds=1)
+    assert (
+        load_settings(bridge_durability_timeout_ms=1000, redis_timeout_seconds=2).bridge_durability_timeout_ms
+        == 1000
+    )
+    with pytest.raises(SettingsError, match="BRIDGE_DURABILITY"):
+        load_settings(bridge_durability="sometimes")

@@ -135,14 +135,15 @@ def test_vendor_503_burst_is_retried(bridge: Bridge) -> None:
     assert T.ACTION_FAILED not in bridge.types(execution_id)
 
 
-def test_duplicate_email_is_a_rejection_not_a_dead_letter(bridge: Bridge) -> None:
+def test_duplicate_email_is_a_conflict_not_a_rejection_nor_a_dead_letter(bridge: Bridge) -> None:
     email = "same-person@example.com"
     first = approved_run(bridge, email=email)
     bridge.wait_types(first, T.KOMPLIANT_WORKFLOW_STARTED)
     second = approved_run(bridge, email=email)
-    bridge.wait_types(second, T.KOMPLIANT_WORKFLOW_REJECTED)
-    rejected = bridge.events(second, T.KOMPLIANT_WORKFLOW_REJECTED)[0].data
-    assert rejected["sub_code"] == "DUPLICATE_EMAIL"
+    bridge.wait_types(second, T.KOMPLIANT_WORKFLOW_CONFLICT)
+    conflict = bridge.events(second, T.KOMPLIANT_WORKFLOW_CONFLICT)[0].data
+    assert conflict["sub_code"] == "DUPLICATE_EMAIL"
+    assert T.KOMPLIANT_WORKFLOW_REJECTED not in bridge.types(second)
     assert bridge.business_applications(first) == 1
     assert bridge.business_applications(second) == 0
     assert T.ACTION_FAILED not in bridge.types(second)

@@ -108,24 +108,51 @@ def test_crash_after_start_before_marking_treats_started_as_success(
     assert state_of(kompliant).business_applications_by_referrer()["exec3"] == 1
 
 
-def test_duplicate_email_is_rejected_and_remembered(
+def test_duplicate_email_without_proof_of_ownership_is_a_conflict_and_remembered(
     redis_client: redis.Redis, settings: Settings, client: KompliantClient, kompliant: ServerThread
 ) -> None:
+    """Kompliant cannot be asked which application holds an e-mail, and the other one may be this
+    execution's own whose anchors Redis lost: an explicit conflict, never a rejection."""
     handoff(redis_client, settings, client).run("exec4", ANA)
     result = handoff(redis_client, settings, client).run("exec5", ANA)
-    assert result.outcome == "rejected" and result.reason == "DUPLICATE_EMAIL"
-    assert handoff(redis_client, settings, client).run("exec5", ANA).outcome == "rejected"
+    assert result.outcome == "conflict" and result.reason == "DUPLICATE_EMAIL"
+    assert handoff(redis_client, settings, client).run("exec5", ANA).outcome == "conflict"
     assert "exec5" not in state_of(kompliant).business_applications_by_referrer()
-    assert types(redis_client, settings, "exec5") == [EventType.KOMPLIANT_WORKFLOW_REJECTED]
+    assert types(redis_client, settings, "exec5") == [EventType.KOMPLIANT_WORKFLOW_CONFLICT]
+    [event] = Publisher(redis_client, settings).timeline("exec5")
+    assert event.data == {
+        "code": "ACCOUNT_CONFIGURATION_VIOLATION",
+        "sub_code": "DUPLICATE_EMAIL",
+        "entity_type": "WORKFLOW",
+        "trace_id": event.data["trace_id"],
+    }
+    assert "ana@example.com" not in event.model_dump_json()
 
 
-def test_rejection_is_remembered_only_together_with_its_event(
+def test_a_foreign_application_on_the_subject_record_is_a_conflict_not_adopted(
+    redis_client: redis.Redis, settings: Settings, client: KompliantClient, kompliant: ServerThread
+) -> None:
+    """Adoption needs proof: an application under the anchored subject record whose referrer names
+    another execution is not this execution's own."""
+    subject = client.create_subject_record()
+    state.set_fields(redis_client, "exec9", {state.KOMPLIANT_SUBJECT_RECORD: subject})
+    client.create_business_application(
+        email="other@example.com", referrer_value="another-execution", subject_record_id=subject
+    )
+    result = handoff(redis_client, settings, client).run("exec9", ANA)
+    assert result.outcome == "conflict" and result.reason == "SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT"
+    assert "exec9" not in state_of(kompliant).business_applications_by_referrer()
+    assert state.get_field(redis_client, "exec9", state.KOMPLIANT_WORKFLOW) is None
+    assert types(redis_client, settings, "exec9") == [EventType.KOMPLIANT_WORKFLOW_CONFLICT]
+
+
+def test_conflict_is_remembered_only_together_with_its_event(
     redis_client: redis.Redis,
     settings: Settings,
     client: KompliantClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A re-run stops at the remembered rejection, so the flag must never exist without the event:
+    """A re-run stops at a remembered outcome, so the flag must never exist without the event:
     when publishing fails (Redis gone, worker killed), neither is written and the retry publishes."""
     handoff(redis_client, settings, client).run("exec4", ANA)
 
@@ -136,9 +163,9 @@ def test_rejection_is_remembered_only_together_with_its_event(
         patch.setattr(Publisher, "publish", redis_gone)
         with pytest.raises(redis.ConnectionError):
             handoff(redis_client, settings, client).run("exec7", ANA)
-    assert state.get_field(redis_client, "exec7", state.KOMPLIANT_REJECTED) is None
-    assert handoff(redis_client, settings, client).run("exec7", ANA).outcome == "rejected"
-    assert types(redis_client, settings, "exec7") == [EventType.KOMPLIANT_WORKFLOW_REJECTED]
+    assert state.get_field(redis_client, "exec7", state.KOMPLIANT_CONFLICT) is None
+    assert handoff(redis_client, settings, client).run("exec7", ANA).outcome == "conflict"
+    assert types(redis_client, settings, "exec7") == [EventType.KOMPLIANT_WORKFLOW_CONFLICT]
 
 
 def test_missing_email_is_permanent(

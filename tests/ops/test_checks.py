@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from workers.core.settings import load_settings
-from workers.ops.checks import check_redis, check_settings, safe_url
+from workers.ops.checks import check_durability, check_redis, check_settings, safe_url
 from workers.sandbox.redis_server import RedisServer
 
 
@@ -39,3 +39,12 @@ def test_check_redis_never_shows_the_password(private_redis: RedisServer) -> Non
         assert "refused the password" in result.message
         assert "Pa55" not in result.message
     assert check_redis(load_settings(redis_url=f"redis://:right-Pa55word@{host}/0")).ok
+
+
+def test_check_durability_explains_the_level_and_flags_one_redis_cannot_meet(redis_url: str) -> None:
+    auto = check_durability(load_settings(redis_url=redis_url))
+    assert auto.ok and auto.message == "auto: no replica connected; AOF off"
+    floor = check_durability(load_settings(redis_url=redis_url, bridge_durability="replica"))
+    assert not floor.ok and "0 of 1 replica connected" in floor.message
+    aof = check_durability(load_settings(redis_url=redis_url, bridge_durability="aof"))
+    assert not aof.ok and "AOF is off" in aof.message

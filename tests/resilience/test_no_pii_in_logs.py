@@ -121,7 +121,7 @@ def _abuse_with_pii(receiver_url: str) -> None:
 
 def _run_applications(stack: Bridge) -> list[str]:
     """Applications through the bridge's own command API (HTTP on the receiver, and the Python API),
-    including a DUPLICATE_EMAIL rejection at Kompliant, a NIP delivery error with a resend and a wrong
+    including a DUPLICATE_EMAIL conflict at Kompliant, a NIP delivery error with a resend and a wrong
     NIP, until each has its outcome."""
     internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
     person = {"first_name": "María", "last_name_1": "López", "phone_number": PHONE, "country_code": "52",
@@ -172,7 +172,7 @@ def _run_applications(stack: Bridge) -> list[str]:
 
     def outcome(e: str) -> bool:
         types = {json.loads(x)["type"] for x in stack.redis.lrange(f"workfloo:timeline:{e}", 0, -1)}
-        return bool(types & {"kompliant.workflow.started", "kompliant.workflow.rejected"})
+        return bool(types & {"kompliant.workflow.started", "kompliant.workflow.conflict"})
 
     for execution_id in executions:
         wait_until(lambda e=execution_id: outcome(e), timeout=60, what=f"the outcome of {execution_id}")
@@ -219,7 +219,7 @@ def test_no_secret_or_pii_in_any_log_line(tmp_path: Path, figures: Any) -> None:
     figures.add("lines per process", " ".join(f"{k}:{v}" for k, v in sorted(per_process.items())), section)
     leaks = _leaks(lines)
     figures.add("leaks", len(leaks), section)
-    assert "kompliant.workflow.rejected" in types and "nip.resent" in types, "the flow missed a branch"
+    assert "kompliant.workflow.conflict" in types and "nip.resent" in types, "the flow missed a branch"
     assert per_process["worker"] > 0 and per_process["receiver"] > 0, (
         "a process wrote nothing: nothing checked"
     )

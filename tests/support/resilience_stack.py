@@ -29,6 +29,7 @@ ONCE_PER_EXECUTION = (
     "kompliant.workflow.created",
     "kompliant.workflow.started",
     "kompliant.workflow.rejected",
+    "kompliant.workflow.conflict",
 )
 # Fast timings so crashes are noticed and retries run within seconds (production defaults are longer).
 FAST_ENV = {

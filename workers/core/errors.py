@@ -13,6 +13,7 @@ Hierarchy:
   + RedisUrlError (also a ``ValueError``)
   + IntakeUnavailableError (retryable)
   + TransientError (retryable)
+  | + DurabilityError (retryable)
   + PermanentError
   + JobFailedError
   + DestinationRefusedError
@@ -95,6 +96,11 @@ class TransientError(BridgeError):
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message, retryable=True, retry_after=retry_after)
+
+
+class DurabilityError(TransientError):
+    """Redis did not confirm, in time, that the writes so far reached the configured durability level
+    (``BRIDGE_DURABILITY``): the step retries instead of calling a vendor on an anchor it may lose."""
 
 
 class PermanentError(BridgeError):

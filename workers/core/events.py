@@ -41,6 +41,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_CREATED = "kompliant.workflow.created"
     KOMPLIANT_WORKFLOW_STARTED = "kompliant.workflow.started"
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
+    KOMPLIANT_WORKFLOW_CONFLICT = "kompliant.workflow.conflict"
     ACTION_FAILED = "action.failed"
 
 

@@ -62,6 +62,13 @@ def subscriber_state(subscriber_key: str) -> str:
     return f"{PREFIX}:subscriber:{subscriber_key}"
 
 
+DURABILITY_PROBE = f"{PREFIX}:durability:probe"
+"""A tiny write the durability wait is measured against (``workers.jobs.durability``): ``WAIT`` and
+``WAITAOF`` count the writes of their own connection, so the probe goes on the waiting connection."""
+
+DURABILITY_PROBE_TTL_SECONDS = 60
+"""TTL of ``DURABILITY_PROBE``: it only needs to outlive one wait."""
+
 OPEN_EXECUTIONS = f"{PREFIX}:open"
 """Sorted set: execution id → time it was last touched, for executions with no terminal event yet."""
 

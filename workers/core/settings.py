@@ -227,6 +227,26 @@ class RedisSettings(_Section):
     redis_sentinel_password: SecretStr | None = Field(
         default=None, description="Password of the Sentinel processes themselves (their requirepass)."
     )
+    bridge_durability: Literal["auto", "none", "aof", "replica", "replica+aof"] = Field(
+        default="auto",
+        description="What must hold before a vendor call whose anchor is in Redis: none; aof (the "
+        "primary fsynced its AOF, WAITAOF, Redis 7.2+); replica (BRIDGE_DURABILITY_REPLICAS replicas "
+        "received it, WAIT); replica+aof (both); auto (read from INFO at each wait: replica when a "
+        "replica is connected, aof when AOF is on and Redis has WAITAOF). Table per topology in "
+        "docs/operations.md.",
+    )
+    bridge_durability_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas that must acknowledge an anchor at the replica levels (auto: at most the "
+        "connected ones).",
+    )
+    bridge_durability_timeout_ms: int = Field(
+        default=500,
+        gt=0,
+        description="Longest wait for the durability level; past it the step retries (transient) "
+        "without calling the vendor. Must stay below BRIDGE_REDIS_TIMEOUT_SECONDS.",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -236,6 +256,15 @@ class RedisSettings(_Section):
         if not value.startswith(_REDIS_SCHEMES):
             raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
         return value
+
+    @model_validator(mode="after")
+    def _check_durability_timeout(self) -> RedisSettings:
+        if self.bridge_durability_timeout_ms >= self.redis_timeout_seconds * 1000:
+            raise ValueError(
+                "BRIDGE_DURABILITY_TIMEOUT_MS must be below BRIDGE_REDIS_TIMEOUT_SECONDS (the socket timeout "
+                "would cut the wait short)"
+            )
+        return self
 
     @field_serializer("redis_url")
     def _dump_redis_url(self, value: str | None) -> str | None:
@@ -600,7 +629,7 @@ class FanoutSettings(_Section):
     @model_validator(mode="after")
     def _check_stream_caps(self) -> FanoutSettings:
         if self.bridge_events_stream_hard_maxlen < self.events_stream_maxlen:
-            raise ValueError("BRIDGE_EVENTS_STREAM_HARD_MAXLEN must be at least EVENTS_STREAM_MAXLEN")
+            raise ValueError("BRIDGE_EVENTS_STREAM_HARD_MAXLEN must be at least BRIDGE_EVENTS_STREAM_MAXLEN")
         return self
 
     @property
@@ -703,9 +732,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            loc = str(error["loc"][0]) if error["loc"] else "?"
-            variable = env_name(loc) if loc in Settings.model_fields else loc.upper()
-            lines.append(f"invalid setting {variable}: {error['msg']}")
+            if error["loc"]:
+                loc = str(error["loc"][0])
+                variable = env_name(loc) if loc in Settings.model_fields else loc.upper()
+                lines.append(f"invalid setting {variable}: {error['msg']}")
+            else:  # a rule across settings names them in its message
+                lines.append(f"invalid settings: {error['msg']}")
         raise SettingsError("; ".join(lines)) from None
 
 

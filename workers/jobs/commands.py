@@ -2,9 +2,11 @@
 
 ``start_application`` checkpoints each step in the RQ job's ``meta`` (execution id, form submitted,
 NIP sent), so a retried or crash-requeued job resumes where it stopped instead of executing a second
-workfloo. The one window left is a crash between Kiban answering ``execute`` and ``save_meta``: Kiban
-has no idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons
-it (documented in docs/workers.md).
+workfloo. The checkpointed execution id is made durable (``workers.jobs.durability``) before the form is
+submitted, so a Redis failover that loses it leaves at most an execution with no form. The one window
+left is a crash (or such a loss) between Kiban answering ``execute`` and the checkpoint: Kiban has no
+idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons it
+(documented in docs/workers.md).
 
 The form arrives sealed (``workers.core.crypto``) and is opened only right before ``submit_form``; once
 Kiban accepted it, the sealed form is dropped from the job's stored payload. The NIP of ``validate_nip``
@@ -33,7 +35,7 @@ from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
-from workers.jobs import connection, data_keys, settings, state
+from workers.jobs import connection, data_keys, durability, settings, state
 from workers.jobs.retry import guarded, publish_action_failed, reason_of
 from workers.runtime import rq_internals
 from workers.vendors.kiban.client import get_kiban_client
@@ -110,6 +112,9 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
         once_key=f"started:{execution_id}",
     )
     if not done.get("form_submitted"):
+        # The execution id checkpoint is this job's anchor: a Redis that loses it re-executes a second
+        # workfloo, so the form and the NIP go only to an execution whose id survives a failover.
+        durability.ensure(conn, s, before="submit_form")
         if form:
             try:
                 kiban.submit_form(execution_id, form)

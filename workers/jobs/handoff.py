@@ -1,9 +1,13 @@
 """Hand an approved execution to Kompliant: exactly one BUSINESS_APPLICATION per execution.
 
-Each anchor (subject record, then workflow id) is written to the execution hash before the next vendor
-call, and a re-run adopts what an earlier run created; the lock only saves vendor calls. Rule and
-configuration violations are a business outcome (``kompliant.workflow.rejected``), not a retry. The
-whole argument is in docs/workers.md, "Exactly one Kompliant business application".
+Each anchor (subject record, then workflow id) is written to the execution hash and made durable
+(``workers.jobs.durability``) before the next vendor call, and a re-run adopts what an earlier run
+created, once the listing proves it its own; the lock only saves vendor calls. Rule and configuration
+violations are a business outcome (``kompliant.workflow.rejected``), not a retry; a conflict the bridge
+cannot attribute (``DUPLICATE_EMAIL``, or another execution's application under the anchored subject
+record) is ``kompliant.workflow.conflict``, since the other application may be this execution's own
+whose anchors Redis lost. The whole argument is in docs/workers.md, "Exactly one Kompliant business
+application".
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
-from workers.jobs import state
+from workers.jobs import durability, state
 from workers.jobs.outcome import Applicant
 from workers.vendors.kompliant.client import KompliantClient
 
@@ -27,12 +31,14 @@ log = get_logger(__name__)
 BUSINESS_APPLICATION = "BUSINESS_APPLICATION"
 REJECTION_CODES = frozenset({"SYSTEM_RULE_VIOLATION", "ACCOUNT_CONFIGURATION_VIOLATION"})
 TYPE_LIMIT = "SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT"
+DUPLICATE_EMAIL = "DUPLICATE_EMAIL"
+REFERRER_MAX = 100
 ALREADY_STARTED = ("WORKFLOW_STARTED", "WORKFLOW_ENDED")
 
 
 @dataclass(frozen=True)
 class HandoffResult:
-    outcome: str  # "started" | "rejected"
+    outcome: str  # "started" | "rejected" | "conflict"
     workflow_id: str | None = None
     subject_record_id: str | None = None
     adopted: bool = False
@@ -95,6 +101,24 @@ class Handoff:
         log.info("kompliant_rejected", execution_id=execution_id, code=exc.code, sub_code=exc.sub_code)
         return HandoffResult(outcome="rejected", reason=reason)
 
+    def _conflict(self, execution_id: str, exc: KompliantError) -> HandoffResult:
+        reason = (exc.sub_code or exc.code or "CONFLICT").upper()
+        # Flag and event in one step, as for a rejection; an operator resolves it (docs/operations.md).
+        self._publish(
+            execution_id,
+            EventType.KOMPLIANT_WORKFLOW_CONFLICT,
+            "kompliant-conflict",
+            {
+                "code": exc.code,
+                "sub_code": exc.sub_code,
+                "entity_type": exc.entity_type,
+                "trace_id": exc.trace_id,
+            },
+            state_fields={state.KOMPLIANT_CONFLICT: reason},
+        )
+        log.warning("kompliant_conflict", execution_id=execution_id, code=exc.code, sub_code=exc.sub_code)
+        return HandoffResult(outcome="conflict", reason=reason)
+
     # --- steps -----------------------------------------------------------------------------
     def _subject_record(self, execution_id: str, known: dict[str, str]) -> tuple[str, bool]:
         existing = known.get(state.KOMPLIANT_SUBJECT_RECORD)
@@ -104,38 +128,50 @@ class Handoff:
         winner = state.set_once(self.redis, execution_id, state.KOMPLIANT_SUBJECT_RECORD, created)
         return winner, winner == created
 
-    def _adopt(self, subject_record_id: str) -> str | None:
+    def _adopt(self, execution_id: str, subject_record_id: str) -> tuple[str | None, bool]:
+        """(this execution's business application under the subject record, whether another one is
+        there). Its own: the referrer the bridge sets names this execution; a listing without referrer
+        counts as its own, since the bridge creates each subject record for one execution."""
+        foreign = False
         for workflow in self.kompliant.list_workflows(subject_record_id):
-            if (workflow.type or "").upper() == BUSINESS_APPLICATION:
-                return str(workflow.workflow_id)
-        return None
+            if (workflow.type or "").upper() != BUSINESS_APPLICATION:
+                continue
+            if workflow.referrer_value in (None, execution_id[:REFERRER_MAX]):
+                return str(workflow.workflow_id), foreign
+            foreign = True
+        return None, foreign
 
     def _workflow(
         self, execution_id: str, subject_record_id: str, fresh_record: bool, applicant: Applicant
     ) -> tuple[str | None, bool, HandoffResult | None]:
         """(workflow id, adopted, rejection)."""
         if not fresh_record:
-            adopted = self._adopt(subject_record_id)
+            adopted, _ = self._adopt(execution_id, subject_record_id)
             if adopted:
                 return adopted, True, None
         if not applicant.email:
             raise PermanentError(
                 "no applicant e-mail in the execution's FORM nodes (check BRIDGE_APPLICANT_EMAIL_FIELDS)"
             )
+        durability.ensure(self.redis, self.settings, before="workflow.create")
         try:
             created = self.kompliant.create_business_application(
                 email=applicant.email,
                 first_name=applicant.first_name,
                 last_name=applicant.last_name,
-                referrer_value=execution_id[:100],
+                referrer_value=execution_id[:REFERRER_MAX],
                 subject_record_id=subject_record_id,
                 state="CREATED",
             )
         except KompliantError as exc:
-            if _sub_code_is(exc, TYPE_LIMIT):
-                adopted = self._adopt(subject_record_id)
+            if _sub_code_is(exc, TYPE_LIMIT) or _sub_code_is(exc, DUPLICATE_EMAIL):
+                # Look for this execution's own application (a listing that lagged the create); the
+                # API lists by subject record only, so one whose anchor Redis lost cannot be found.
+                adopted, foreign = self._adopt(execution_id, subject_record_id)
                 if adopted:
                     return adopted, True, None
+                if foreign or _sub_code_is(exc, DUPLICATE_EMAIL):
+                    return None, False, self._conflict(execution_id, exc)
                 raise TransientError("workflow limit reported but workflow.list shows none yet") from exc
             if _is_rejection(exc):
                 return None, False, self._rejected(execution_id, exc)
@@ -164,6 +200,9 @@ class Handoff:
         rejected = known.get(state.KOMPLIANT_REJECTED)
         if rejected:
             return HandoffResult(outcome="rejected", reason=rejected)
+        conflict = known.get(state.KOMPLIANT_CONFLICT)
+        if conflict:
+            return HandoffResult(outcome="conflict", reason=conflict)
 
         subject_record_id, fresh = self._subject_record(execution_id, known)
         workflow_id = known.get(state.KOMPLIANT_WORKFLOW)
@@ -183,6 +222,7 @@ class Handoff:
             {"workflow_id": workflow_id, "subject_record_id": subject_record_id, "adopted": adopted},
         )
         if known.get(state.KOMPLIANT_STARTED) != "1":
+            durability.ensure(self.redis, self.settings, before="workflow.start")
             self._start(workflow_id)
             state.set_fields(self.redis, execution_id, {state.KOMPLIANT_STARTED: "1"})
         self._publish(

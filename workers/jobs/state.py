@@ -44,6 +44,7 @@ KOMPLIANT_SUBJECT_RECORD = "kompliant_subject_record_id"
 KOMPLIANT_WORKFLOW = "kompliant_workflow_id"
 KOMPLIANT_STARTED = "kompliant_started"
 KOMPLIANT_REJECTED = "kompliant_rejected"
+KOMPLIANT_CONFLICT = "kompliant_conflict"
 RECONCILE_POLLS = "reconcile_polls"
 
 

@@ -17,6 +17,7 @@ from workers.core.crypto import KeyRing
 from workers.core.errors import DataKeyError
 from workers.core.redis_client import redis_from_url
 from workers.core.settings import Settings, env_name, redact_url
+from workers.jobs import durability
 
 DUMMY_KIBAN_ID = "000000000000000000000000"
 DUMMY_KOMPLIANT_WORKFLOW = "w_workfloobridgecheck0000"
@@ -130,6 +131,26 @@ def check_redis(settings: Settings) -> CheckResult:
     return CheckResult("redis", True, f"reachable, Redis {version}")
 
 
+def check_durability(settings: Settings) -> CheckResult:
+    """What ``BRIDGE_DURABILITY`` waits for on this Redis (``auto`` resolved from ``INFO``), and whether
+    an explicit level can be met at all."""
+    if settings.redis_url is None:
+        return CheckResult("durability", False, "REDIS_URL is not set")
+    try:
+        client = redis_from_url(
+            settings.redis_url, settings=settings, socket_timeout=3, socket_connect_timeout=3
+        )
+        try:
+            goal = durability.target(client, settings)
+        finally:
+            client.close()
+    except (ValueError, redis.RedisError, OSError) as exc:
+        return CheckResult("durability", False, f"cannot read Redis INFO ({type(exc).__name__})")
+    if goal.problem:
+        return CheckResult("durability", False, f"{goal.why}, but {goal.problem}: vendor calls would wait")
+    return CheckResult("durability", True, goal.why)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) < 160 else text[:157] + "..."
@@ -226,6 +247,7 @@ def run_checks(settings: Settings) -> list[CheckResult]:
         *check_settings(settings),
         check_data_keys(settings),
         check_redis(settings),
+        check_durability(settings),
         check_kiban(settings),
         check_kompliant(settings),
     ]

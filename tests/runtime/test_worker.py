@@ -27,6 +27,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import DefaultSerializer
 
 from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.settings import load_settings
 from workers.runtime import dead_letters
 from workers.runtime.worker import BridgeSimpleWorker
 
@@ -208,6 +209,7 @@ def test_a_pickled_job_fails_as_a_bad_job_and_never_runs(
     job = Job.fetch("crafted", connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.get_status() == JobStatus.FAILED
     assert "DeserializationError" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    assert 0 < redis_client.ttl("rq:results:crafted") <= load_settings().job_failure_ttl_seconds
     (letter,) = dead_letters.list_dead_letters(redis_client, QUEUE)  # listed, never unpickled
     assert (letter.job_id, letter.function, letter.reason) == (
         "crafted",
@@ -356,3 +358,15 @@ def test_a_failed_jobs_stored_record_holds_no_applicant_data_and_expires(
     assert letter.reason == "RuntimeError"
     for key in (job.key, f"rq:results:{job.id}"):
         assert 7000 < redis_client.ttl(key) <= 7200, (key, redis_client.ttl(key))
+
+
+def test_rqs_own_failure_texts_are_stored_through_the_redactor(redis_client: redis.Redis) -> None:
+    """RQ's other callers (a killed work-horse, a job stuck in the intermediate queue) pass their own
+    words, with no exception for ``handle_exception`` to render: stored redacted, never as given."""
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("builtins.len", [1], job_id="own-words")
+    worker.handle_job_failure(job, queue, exc_string="Work-horse terminated; rfc=GODE-561231-GR8 5512349876")
+    result = Job.fetch("own-words", connection=redis_client, serializer=JOB_SERIALIZER).latest_result()
+    assert result is not None and result.exc_string == "Work-horse terminated; rfc=[REDACTED] [REDACTED]"
+    assert 0 < redis_client.ttl(f"rq:results:{job.id}") <= load_settings().job_failure_ttl_seconds

@@ -16,6 +16,7 @@ from rq.cron import CronJob, CronScheduler
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_TTL
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
+from rq.results import Result
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker
@@ -69,6 +70,35 @@ def test_rqs_failure_path_is_what_the_handle_exception_override_replaces(redis_c
     assert "if self.log_job_description:" in inspect.getsource(BaseWorker.dequeue_job_and_maintain_ttl)
     for worker_class in WORKER_CLASSES:
         assert worker_class([QUEUE], connection=redis_client).log_job_description is False
+
+
+def test_rqs_stored_failure_is_the_exc_string_the_handle_job_failure_override_replaces() -> None:
+    """RQ formats the failure it stores from the exc_info it has just given ``handle_exception`` (so the
+    override can pair them by job), passes it to ``handle_job_failure`` by keyword, and writes it into the
+    failed registry (the job hash's ``exc_info``) and the ``rq:results`` entry, with the job's failure TTL
+    (None: a year for the job, no TTL for the result)."""
+    finalize = inspect.getsource(BaseWorker._finalize_failure)
+    logged_at = finalize.index("self.handle_exception(job, *exc_info)")
+    assert logged_at < finalize.index("self.handle_job_failure(")
+    assert "exc_string=format_exc_info(exc_info)" in finalize
+    handle = inspect.getsource(BaseWorker.handle_job_failure)
+    assert "job._handle_failure(\n                    exc_string," in handle
+    stored = inspect.getsource(Job._handle_failure)
+    assert "ttl=self.failure_ttl,\n            exc_string=exc_string" in stored
+    assert "self.failure_ttl,\n            exc_string=exc_string" in stored
+    assert "job._exc_info = exc_string" in inspect.getsource(FailedJobRegistry.add)
+    assert "if ttl is not None:" in inspect.getsource(Result.save)
+
+
+def test_keep_failure_for_fills_only_rqs_default(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    default, own = queue.enqueue("time.sleep", 0), queue.enqueue("time.sleep", 0, failure_ttl=90)
+    for job in (default, own):
+        rq_internals.keep_failure_for(job, 600)
+    assert (default.failure_ttl, own.failure_ttl) == (600, 90)
+    rq_internals.fail_job(redis_client, default, "gave up")
+    assert 590 < redis_client.ttl(f"rq:results:{default.id}") <= 600
+    assert 590 < redis_client.ttl(default.key) <= 600
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

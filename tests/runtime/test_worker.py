@@ -4,6 +4,9 @@ clean stop. The reaper's decisions are in test_reaper.py."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +27,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import DefaultSerializer
 
 from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.settings import load_settings
 from workers.runtime import dead_letters
 from workers.runtime.worker import BridgeSimpleWorker
 from workers.sandbox.wait import wait_until
@@ -211,11 +215,12 @@ def test_a_pickled_job_fails_as_a_bad_job_and_never_runs(
     job = Job.fetch("crafted", connection=redis_client, serializer=JOB_SERIALIZER)
     assert job.get_status() == JobStatus.FAILED
     assert "DeserializationError" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    assert 0 < redis_client.ttl("rq:results:crafted") <= load_settings().job_failure_ttl_seconds
     (letter,) = dead_letters.list_dead_letters(redis_client, QUEUE)  # listed, never unpickled
     assert (letter.job_id, letter.function, letter.reason) == (
         "crafted",
         None,
-        "rq.exceptions.DeserializationError",
+        "DeserializationError",
     )
     assert not marker.exists()
 
@@ -275,3 +280,99 @@ def test_the_exception_handlers_still_run(redis_client: redis.Redis) -> None:
     )
     worker.work(burst=True)
     assert seen == [job.id]
+
+
+# --- a failed job's stored failure record: no applicant data, and it expires -------------------------
+
+# Awkward forms on purpose: accents, a dashed RFC, a CURP, an address, an integer phone, 4- and 8-digit
+# NIPs, a URL-encoded e-mail.
+RECORD_FORM: dict[str, object] = {
+    "nombre": "Begoña",
+    "apellido": "Ibáñez",
+    "rfc_pf": "GODE-561231-GR8",
+    "curp": "GODE561231HDFRRN09",
+    "domicilio": "Calle Ámsterdam 250",
+    "telefono": 5512349876,
+    "nip": 7394,
+    "nip_buro": 48213579,
+    "email": "begona.ibanez%40example.com",
+}
+RECORD_CANARIES = (
+    "Begoña", "Ibáñez", "GODE-561231-GR8", "GODE561231", "GODE561231HDFRRN09", "Ámsterdam", "5512349876",
+    "7394", "48213579", "begona.ibanez",
+)  # fmt: skip
+
+
+def failing_applicant_job(form: dict[str, object]) -> None:
+    """Fails the way a careless library does: every exception of the chain repeats the applicant."""
+    try:
+        try:
+            raise ValueError(f"bad form {form!r}")
+        except ValueError as exc:
+            raise LookupError(f"no applicant {form['nombre']} {form['apellido']} {form['curp']}") from exc
+    except LookupError:
+        raise RuntimeError(  # noqa: B904 - the implicit chain ("During handling …") on purpose
+            f"{form['rfc_pf']} at {form['domicilio']}: tel {form['telefono']} nip {form['nip']}/"
+            f"{form['nip_buro']} mail={form['email']}"
+        )
+
+
+def _stored(client: redis.Redis, key: str) -> str:
+    """A job hash's failure field, or every field of a result stream, with RQ's encodings undone."""
+    raw: list[bytes] = []
+    if client.type(key) == b"hash":  # the job's own fields (its arguments are the test's input)
+        raw += [client.hget(key, "exc_info") or b""]
+    else:
+        for _id, fields in client.xrange(key):
+            for field, value in fields.items():
+                raw += [field, value]
+    texts = []
+    for value in raw:
+        texts.append(value)
+        with contextlib.suppress(zlib.error):
+            texts.append(zlib.decompress(value))
+        with contextlib.suppress(binascii.Error, ValueError, zlib.error):
+            texts.append(zlib.decompress(base64.b64decode(value, validate=True)))
+    return b"\n".join(texts).decode(errors="replace")
+
+
+@pytest.mark.parametrize("worker_class", ["BridgeSimpleWorker", "BridgeWorker"])
+def test_a_failed_jobs_stored_record_holds_no_applicant_data_and_expires(
+    redis_url: str, redis_client: redis.Redis, spawn: list[subprocess.Popen[bytes]], worker_class: str
+) -> None:
+    """RQ stores the failure (``exc_string`` in ``rq:results:<id>``, ``exc_info`` in the job hash) as the
+    full traceback text; the bridge stores the code-only one. A job enqueued with RQ's default failure
+    TTL (a year for the job, never for its result) gets the bridge's ``BRIDGE_JOB_FAILURE_TTL_SECONDS``."""
+    job = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.failing_applicant_job", RECORD_FORM, job_id=f"record-{worker_class}"
+    )
+    env = {
+        **worker_env(redis_url, f"workers.runtime.worker.{worker_class}"),
+        "BRIDGE_JOB_FAILURE_TTL_SECONDS": "7200",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    start_worker(env, spawn)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FAILED, timeout=30, what="the job to fail")
+    result = job.latest_result()
+    assert result is not None and result.exc_string is not None
+    assert "in failing_applicant_job" in result.exc_string  # the frames are kept
+    assert result.exc_string.splitlines()[-1] == "RuntimeError"  # the reason, from codes
+    stored = _stored(redis_client, job.key) + _stored(redis_client, f"rq:results:{job.id}")
+    leaks = [canary for canary in RECORD_CANARIES if canary.lower() in stored.lower()]
+    assert leaks == [], stored[-3000:]
+    (letter,) = dead_letters.list_dead_letters(redis_client, QUEUE)
+    assert letter.reason == "RuntimeError"
+    for key in (job.key, f"rq:results:{job.id}"):
+        assert 7000 < redis_client.ttl(key) <= 7200, (key, redis_client.ttl(key))
+
+
+def test_rqs_own_failure_texts_are_stored_through_the_redactor(redis_client: redis.Redis) -> None:
+    """RQ's other callers (a killed work-horse, a job stuck in the intermediate queue) pass their own
+    words, with no exception for ``handle_exception`` to render: stored redacted, never as given."""
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("builtins.len", [1], job_id="own-words")
+    worker.handle_job_failure(job, queue, exc_string="Work-horse terminated; rfc=GODE-561231-GR8 5512349876")
+    result = Job.fetch("own-words", connection=redis_client, serializer=JOB_SERIALIZER).latest_result()
+    assert result is not None and result.exc_string == "Work-horse terminated; rfc=[REDACTED] [REDACTED]"
+    assert 0 < redis_client.ttl(f"rq:results:{job.id}") <= load_settings().job_failure_ttl_seconds

@@ -32,8 +32,10 @@ E2E_ENV = {
 }
 
 
-def make_bridge(tmp_env: dict[str, str] | None = None) -> Iterator[Bridge]:
+def make_bridge(tmp_env: dict[str, str] | None = None, *, redis_url: str | None = None) -> Iterator[Bridge]:
+    """The stack on its own redis-server, or on ``redis_url`` (a test's ``private_redis``)."""
     config = StackConfig(
+        redis_url=redis_url,
         in_process=True,
         guarded=False,
         workers=0,

@@ -20,6 +20,13 @@ listed in ``OVERRIDDEN_HOOKS``:
   8.2 made an unbounded join, while the thread may wait up to RQ's 60 s ``sleep_time`` for a subscription
   the UNSUBSCRIBE has just ended: a worker's shutdown then hung for a minute. ``stop_pubsub`` clears the
   thread's ``_running`` flag and joins it for a bounded time (the thread is a daemon);
+* ``BaseWorker.handle_job_failure(job, queue, started_job_registry, exc_string, execution)``: RQ stores
+  ``exc_string`` as the failure record (``exc_string`` of the ``rq:results:<id>`` entry, ``exc_info`` of the
+  job hash, the failed registry) and logs its start at DEBUG. ``_finalize_failure`` formats it from the
+  ``exc_info`` it has just handed to ``handle_exception``, with the chained exceptions' texts (the data
+  they echo); the bridge stores the code-only traceback ``handle_exception`` built for that job instead.
+  RQ's other callers pass its own words (a killed work-horse, a stopped job). A job whose
+  ``failure_ttl`` is None would keep its record a year and its result for ever: ``keep_failure_for``;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -78,6 +85,7 @@ __all__ = [
     "claim_started_entry",
     "expired_started_entries",
     "fail_job",
+    "keep_failure_for",
     "leave_intermediate_queue",
     "register_cron_job",
     "release_scheduler_lock",
@@ -100,6 +108,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "_install_signal_handlers",
         "handle_exception",
         "unsubscribe",
+        "handle_job_failure",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -188,6 +197,13 @@ def claim_started_entry(connection: redis.Redis, queue: Queue, entry: str) -> st
 
 def leave_intermediate_queue(connection: redis.Redis, queue: Queue, job_id: str) -> None:
     connection.lrem(queue.intermediate_queue_key, 1, job_id)
+
+
+def keep_failure_for(job: Job, seconds: int) -> None:
+    """Give ``job`` a failure TTL of ``seconds`` unless it has its own: RQ's default (None) keeps the
+    failed job a year (``DEFAULT_FAILURE_TTL``) and its ``rq:results`` failure record without a TTL."""
+    if job.failure_ttl is None:
+        job.failure_ttl = seconds
 
 
 def fail_job(connection: redis.Redis, job: Job, reason: str) -> None:

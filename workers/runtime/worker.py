@@ -27,7 +27,7 @@ from rq.worker import WorkerStatus
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
-from workers.core.log import describe_exception, get_logger, safe_traceback
+from workers.core.log import describe_exception, get_logger, redactor, safe_traceback
 from workers.core.settings import Settings, get_settings
 from workers.runtime import rq_internals
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
@@ -104,6 +104,8 @@ class _BridgeWorkerMixin:
         """RQ hook: stop the command-channel thread in bounded time (``rq_internals.stop_pubsub``)."""
         rq_internals.stop_pubsub(self)  # type: ignore[arg-type]
 
+    _failure_text: tuple[str, str] | None = None  # (job id, code-only traceback) for handle_job_failure
+
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """RQ hook: RQ logs the job's arguments and the exception's text; log the job and a traceback
         whose exception texts are codes instead, then run the exception handlers as RQ does."""
@@ -111,12 +113,29 @@ class _BridgeWorkerMixin:
             func: str | None = job.func_name
         except Exception:  # an undeserialisable job still gets its failure logged
             func = None
+        exception = safe_traceback(exc_info) if exc_info[1] is not None else None
+        self._failure_text = (job.id, exception) if exception else None
         log.error(
             "job_exception", job_id=job.id, func=func, queue=job.origin,
             error=describe_exception(exc_info[1]) if exc_info[1] is not None else None,
-            exception=safe_traceback(exc_info) if exc_info[1] is not None else None,
+            exception=exception,
         )  # fmt: skip
         rq_internals.run_exception_handlers(self, job, *exc_info)  # type: ignore[arg-type]
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+        execution: Any = None,
+    ) -> None:  # fmt: skip
+        """RQ hook: RQ stores ``exc_string`` (the traceback with every exception's text) as the failure
+        record; store the code-only traceback ``handle_exception`` built for this job instead (RQ's own
+        words, such as a killed work-horse's, through the redactor), for ``BRIDGE_JOB_FAILURE_TTL_SECONDS``
+        unless the job has its own failure TTL."""
+        built, self._failure_text = self._failure_text, None
+        text = built[1] if built is not None and built[0] == job.id else redactor.text(exc_string)
+        rq_internals.keep_failure_for(job, self._bridge_settings.job_failure_ttl_seconds)
+        super().handle_job_failure(  # type: ignore[misc]
+            job, queue, started_job_registry=started_job_registry, exc_string=text, execution=execution
+        )
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ hook: the started-registry entry lives heartbeat + grace (+ RQ's cleanup margin)."""

@@ -1,0 +1,41 @@
+"""The files an adopter looks for first: the licence, the changelog, the security policy, how to
+contribute, and a pre-commit configuration that runs the same checks as `make test`."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from tests import ROOT
+
+
+def test_apache_2_licence_in_the_tree_and_the_metadata() -> None:
+    licence = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+
+
+def test_changelog_keeps_an_unreleased_section() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert "Keep a Changelog" in text
+    assert re.search(r"^## \[Unreleased\]$", text, re.MULTILINE)
+
+
+def test_security_policy_says_how_to_report_and_what_data_is_held() -> None:
+    text = (ROOT / "SECURITY.md").read_text()
+    assert "## Reporting a vulnerability" in text
+    assert "docs/data-protection.md" in text and (ROOT / "docs/data-protection.md").exists()
+
+
+def test_pre_commit_runs_the_same_tools_as_make_test() -> None:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    entries = [hook["entry"] for repo in config["repos"] for hook in repo["hooks"]]
+    makefile = (ROOT / "Makefile").read_text()
+    for entry in entries:
+        assert entry.startswith(".venv/bin/"), entry  # the locked tools, not a second copy
+        assert entry.replace(".venv/bin/", "$(BIN)/") in makefile, entry
+    assert {entry.split()[0].rsplit("/", 1)[1] for entry in entries} == {"ruff", "mypy", "lint-imports"}
+    assert (ROOT / "CONTRIBUTING.md").exists()

@@ -4,8 +4,8 @@ Field names map one-to-one onto upper-case environment variables (``redis_url`` 
 Secrets are ``SecretStr``: they never appear in ``repr``, logs or validation errors. ``REDIS_URL`` stays a
 plain string (every Redis client reads it) but its passwords are secrets all the same: ``repr``/``str``
 show it through ``redact_url`` and ``Settings.secret_values`` hands them to the log redactor.
-Anything the vendor docs leave open (see ``API-NOTES.md``) is a setting whose default is the labelled
-assumption, so it can be changed without a release.
+Anything the vendor docs leave open (see ``docs/vendor-assumptions.md``) is a setting whose default is the
+labelled assumption, so it can be changed without a release.
 
 Each concern is a section class with its own validators; ``Settings`` inherits them all, so every
 field stays a flat attribute and ``docs/configuration.md`` is generated section by section.

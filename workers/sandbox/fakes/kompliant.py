@@ -2,9 +2,9 @@
 
 Implements ``subjectRecord.create``, ``workflow.create``, ``workflow.update``, ``workflow.start``,
 ``workflow.get`` and ``workflow.list`` with the workflow state rules of the Kompliant docs
-(API-NOTES §2, docs/kompliant-*.txt), including ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` and
-``DUPLICATE_EMAIL``. ``app.state.fake`` is the inspectable ``FakeKompliantState``; ``GET /_fake/workflows``
-lists everything for tests and the demo in other processes.
+(docs/vendor-assumptions.md §2 and the Kompliant guides there), including
+``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` and ``DUPLICATE_EMAIL``. ``app.state.fake`` is the inspectable
+``FakeKompliantState``; ``GET /_fake/workflows`` lists everything for tests and the demo in other processes.
 Run it as a process with ``python -m workers.sandbox.fakes.kompliant --port N``.
 """
 

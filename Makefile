@@ -50,8 +50,8 @@ check-latest:
 	$(MAKE) lint typecheck pytest BIN=.venv-latest/bin STAMP=.venv-latest/bin/python
 
 lint: $(STAMP)
-	$(BIN)/ruff check receiver workers tests bench
-	$(BIN)/ruff format --check receiver workers tests bench
+	$(BIN)/ruff check receiver workers tests bench consumer
+	$(BIN)/ruff format --check receiver workers tests bench consumer
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)

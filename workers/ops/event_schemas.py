@@ -314,6 +314,7 @@ def consumer_events_py() -> str:
         blocks.append(_typed_dict(data_model, nested))
     nested_blocks = [_typed_dict(model, {}) for name, model in nested.items() if name not in models]
     members = [f'    {member.name} = "{member.value}"' for member in EventType]
+    exported = ["DATA_TYPES", "SCHEMA_VERSION", "EventType", "Source", *nested, *models]
     mapping = [f"    EventType.{member.name}: {DATA_MODELS[member].__name__}," for member in EventType]
     out = [
         '"""Typed events of workfloo-bridge: ``EventType`` and the ``data`` of each type.',
@@ -346,8 +347,7 @@ def consumer_events_py() -> str:
         '"""The ``TypedDict`` of each event type\'s ``data``."""',
         "",
         "__all__ = [",
-        *[f'    "{name}",' for name in sorted(["DATA_TYPES", "SCHEMA_VERSION", "EventType", "Source"])],
-        *[f'    "{name}",' for name in sorted([*nested, *models])],
+        *[f'    "{name}",' for name in sorted(exported, key=lambda name: (not name.isupper(), name))],
         "]",
     ]
     return "\n".join(out) + "\n"

@@ -242,14 +242,13 @@ DATA_TYPES: dict[EventType, type] = {
 
 __all__ = [
     "DATA_TYPES",
-    "EventType",
     "SCHEMA_VERSION",
-    "Source",
     "ActionFailedData",
     "ApplicationForgottenData",
     "ApplicationStartedData",
     "CallbackReceivedData",
     "ErasureCounts",
+    "EventType",
     "KompliantWorkflowCreatedData",
     "KompliantWorkflowRejectedData",
     "KompliantWorkflowStartedData",
@@ -257,6 +256,7 @@ __all__ = [
     "NipFailedData",
     "NipResentData",
     "NipValidatedData",
+    "Source",
     "StatusChangedData",
     "WorkflooFinishedData",
 ]

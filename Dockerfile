@@ -20,12 +20,15 @@ RUN python -m venv /opt/venv
 COPY requirements/runtime.lock requirements/build.lock ./requirements/
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/runtime.lock \
  && python -m pip install --no-cache-dir --require-hashes -r requirements/build.lock
-# Then the code: the wheel holds receiver/ and workers/ without the sandbox (pyproject.toml excludes
-# workers.sandbox); installed without resolving again, then checked against the locked dependencies.
+# Then the code: two wheels, the consumer package (consumer/, which workers.fanout runs) and the bridge
+# with receiver/ and workers/ but not the sandbox (pyproject.toml excludes workers.sandbox); installed
+# without resolving again, then checked against the locked dependencies.
+COPY consumer/pyproject.toml consumer/README.md ./consumer/
+COPY consumer/src ./consumer/src
 COPY pyproject.toml README.md LICENSE ./
 COPY receiver ./receiver
 COPY workers ./workers
-RUN python -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+RUN python -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels ./consumer . \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
  && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -m compileall -q /opt/venv

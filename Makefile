@@ -19,14 +19,14 @@ $(BIN)/python:
 
 # The locked environments (requirements/*.lock, hashes checked), then the project itself without resolving
 # again. The demo needs only the runtime and the sandbox extra; the checks need the dev extra too.
-$(SANDBOX_STAMP): pyproject.toml requirements/sandbox.lock | $(BIN)/python
+$(SANDBOX_STAMP): pyproject.toml consumer/pyproject.toml requirements/sandbox.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/sandbox.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./consumer -e .
 	@touch $(SANDBOX_STAMP)
 
-$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
+$(STAMP): pyproject.toml consumer/pyproject.toml requirements/dev.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./consumer -e .
 	@touch $(STAMP) $(SANDBOX_STAMP)
 
 install: $(STAMP)
@@ -34,7 +34,8 @@ install: $(STAMP)
 # Re-resolve the locks from pyproject.toml (uv is in the dev lock): run after changing a dependency.
 # runtime: the image; sandbox: runtime + sandbox extra (make demo); dev: everything (make test);
 # build: the build backend, so the image builds the wheel without fetching an unpinned setuptools.
-LOCK := $(BIN)/uv pip compile --python-version 3.11 --generate-hashes --quiet
+# The consumer package (consumer/, a path in [tool.uv.sources]) is installed from the tree, not the locks.
+LOCK := $(BIN)/uv pip compile --python-version 3.11 --generate-hashes --quiet --no-emit-package workfloo-bridge-consumer
 lock: $(STAMP)
 	$(LOCK) pyproject.toml -o requirements/runtime.lock
 	$(LOCK) pyproject.toml --extra sandbox -o requirements/sandbox.lock
@@ -46,7 +47,7 @@ lock: $(STAMP)
 check-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
-	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[dev]'
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e ./consumer -e '.[dev]'
 	$(MAKE) lint typecheck pytest BIN=.venv-latest/bin STAMP=.venv-latest/bin/python
 
 lint: $(STAMP)

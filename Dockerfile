@@ -23,7 +23,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/ru
 # Then the code: two wheels, the consumer package (consumer/, which workers.fanout runs) and the bridge
 # with receiver/ and workers/ but not the sandbox (pyproject.toml excludes workers.sandbox); installed
 # without resolving again, then checked against the locked dependencies.
-COPY consumer/pyproject.toml consumer/README.md ./consumer/
+COPY consumer/pyproject.toml consumer/README.md consumer/LICENSE ./consumer/
 COPY consumer/src ./consumer/src
 COPY pyproject.toml README.md LICENSE ./
 COPY receiver ./receiver

@@ -14,8 +14,10 @@ from tests import ROOT
 def test_apache_2_licence_in_the_tree_and_the_metadata() -> None:
     licence = (ROOT / "LICENSE").read_text()
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "Apache-2.0"
+    for folder in (ROOT, ROOT / "consumer"):
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+        assert project["license"] == "Apache-2.0"
+        assert (folder / "LICENSE").read_text() == licence
 
 
 def test_changelog_keeps_an_unreleased_section() -> None:

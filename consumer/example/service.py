@@ -6,8 +6,8 @@ prints one JSON line per handled event, so it can be piped or watched:
 
     REDIS_URL=redis://localhost:6379/0 python example/service.py --group crm --type 'workfloo.*'
 
-SIGTERM or Ctrl-C stops it after the event in hand. A real service keeps the handled ids in its own
-database (a unique constraint), not in memory.
+SIGTERM or Ctrl-C stops it after the event in hand (within ``--block-ms`` when it is waiting). A real
+service keeps the handled ids in its own database (a unique constraint), not in memory.
 """
 
 from __future__ import annotations
@@ -59,12 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type", dest="types", action="append", help="event type pattern, repeatable")
     parser.add_argument("--start", default="$", help="where a new group starts: $ (new events) or 0 (all)")
     parser.add_argument("--stream", default="workfloo:events", help="the bridge's EVENTS_STREAM")
+    parser.add_argument(
+        "--block-ms", type=int, default=1000, help="longest wait for new events (and to stop)"
+    )
     args = parser.parse_args(argv)
 
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0"), socket_timeout=10)
     service = Service()
     consumer = Consumer(
-        client, args.group, args.name, service.handle, args.types, stream=args.stream, start_id=args.start
+        client,
+        args.group,
+        args.name,
+        service.handle,
+        args.types,
+        stream=args.stream,
+        start_id=args.start,
+        block_ms=args.block_ms,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

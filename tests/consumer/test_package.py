@@ -167,3 +167,54 @@ def test_the_bridge_runs_the_package_code_with_its_own_defaults() -> None:
     assert defaults["events_max_deliveries"] == package.MAX_DELIVERIES
     assert defaults["events_block_ms"] == package.BLOCK_MS
     assert defaults["events_stream_maxlen"] == package.DEAD_LETTER_MAXLEN
+
+
+def test_the_example_receives_every_event_of_the_demo(
+    consumer_venv: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    example = subprocess.Popen(
+        [consumer_venv, "-I", CONSUMER / "example" / "service.py", "--group", "all"],
+        env={"REDIS_URL": redis_url, "PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    try:
+        assert example.stdout is not None
+        assert json.loads(example.stdout.readline()) == {"ready": "all"}
+        demo = subprocess.run(
+            [
+                Path(sys.executable).parent / "workfloo-bridge",
+                "demo",
+                "--redis-url",
+                redis_url,
+                "-n",
+                "1",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert demo.returncode == 0, demo.stderr[-2000:]
+        published = json.loads(demo.stdout)["events_published"]
+        stream_ids = [
+            json.loads(fields[b"event"])["id"] for _, fields in redis_client.xrange("workfloo:events")
+        ]
+        assert published == len(stream_ids) > 10
+
+        def caught_up() -> bool:
+            [group] = redis_client.xinfo_groups("workfloo:events")
+            return bool(group["entries-read"] == published and group["pending"] == 0)
+
+        wait_until(caught_up, timeout=15, what="the example to handle every event")
+        example.send_signal(signal.SIGTERM)
+        out, _ = example.communicate(timeout=15)
+        assert example.returncode == 0
+        assert [json.loads(line)["id"] for line in out.splitlines()] == stream_ids
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait(timeout=10)

@@ -3,8 +3,10 @@ document and the consumer package's typed events (regenerate with `python -m wor
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,3 +84,18 @@ def test_consumer_typed_events_match_the_models() -> None:
         required = {name for name, field in model.model_fields.items() if field.is_required()}
         assert typed_dict.__required_keys__ == required, event_type
     assert json.loads(json.dumps(module.SCHEMA_VERSION)) == 1
+
+
+# The official AsyncAPI 3.0.0 JSON Schema, copied verbatim from the npm package @asyncapi/specs 6.11.1
+# (schemas/3.0.0-without-$id.json, Apache-2.0, the AsyncAPI Initiative), so the check runs offline.
+ASYNCAPI_SCHEMA = Path(__file__).with_name("asyncapi-3.0.0.schema.json")
+ASYNCAPI_SCHEMA_SHA256 = "abe96881dbfaad495ccbb6bd8d3fb43ca18a13b9d7564849ccb66f39d5e5b20f"
+
+
+def test_asyncapi_document_is_valid_asyncapi_3() -> None:
+    assert hashlib.sha256(ASYNCAPI_SCHEMA.read_bytes()).hexdigest() == ASYNCAPI_SCHEMA_SHA256
+    validator = Draft7Validator(json.loads(ASYNCAPI_SCHEMA.read_text()))
+    document = yaml.safe_load((ROOT / event_schemas.ASYNCAPI).read_text())
+    assert [error.message for error in validator.iter_errors(document)] == []
+    broken = {**document, "operations": {"x": {**document["operations"]["consumeStream"], "action": "pull"}}}
+    assert list(validator.iter_errors(broken)), "the official schema would catch a wrong operation"

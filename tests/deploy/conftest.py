@@ -7,7 +7,7 @@ import pytest
 from workers.core.settings import Settings
 
 # The longest a bridge job may run: RQ's job timeout. 180 s is the documented ceiling; if the
-# settings carry a job timeout (the workers area), the larger of the two is used.
+# settings carry a job timeout, the larger of the two is used.
 DOCUMENTED_JOB_TIMEOUT_SECONDS = 180
 
 

@@ -1,4 +1,5 @@
-"""Fixtures of the worker tests: the end-to-end stack of ``workers_stack``."""
+"""Fixtures of the worker tests: the end-to-end stack of ``workers_stack``. When a stack stops, every
+event in its stream is validated against the checked-in event schemas (``tests.support.event_contract``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def bridge() -> Iterator[Bridge]:
         stack.start_worker()
         stack.start_worker()
         yield stack
+        _events_fit_the_contract(stack)
 
 
 @pytest.fixture
@@ -27,7 +29,22 @@ def bare_bridge() -> Iterator[Bridge]:
     """The stack with no worker: the test starts, kills and replaces workers itself."""
     from tests.support.workers_stack import make_bridge
 
-    yield from make_bridge()
+    for stack in make_bridge():
+        yield stack
+        _events_fit_the_contract(stack)
+
+
+def _events_fit_the_contract(stack: Bridge) -> None:
+    """Every event the stack's workers published validates against its checked-in JSON Schema."""
+    import redis
+
+    from tests.support.event_contract import check_stream
+
+    try:
+        check = check_stream(stack.redis, stack.settings.events_stream)
+    except redis.ConnectionError:  # the test left its Redis stopped: nothing to read
+        return
+    assert not check.problems, "events off the contract:\n" + "\n".join(check.problems[:20])
 
 
 @pytest.fixture(autouse=True)

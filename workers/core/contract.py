@@ -9,8 +9,8 @@ the Python API share them); the start form leaves the builder sealed (``workers.
 ``TypedDict``s: plain JSON-able dicts at run time (nothing is validated twice on the hot path), checked
 by mypy on both sides.
 
-Vendor gaps (``API-NOTES.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored by the
-schemas). ``CallbackPayload["body"]`` keeps only the fields the jobs read (``stored_body``): a status
+Vendor gaps (``docs/vendor-assumptions.md`` K1-K3): bodies are parsed loosely (unknown fields are ignored
+by the schemas). ``CallbackPayload["body"]`` keeps only the fields the jobs read (``stored_body``): a status
 object's form, contact data and anything else Kiban adds never reach Redis.
 """
 

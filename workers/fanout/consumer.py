@@ -1,5 +1,10 @@
 """Consumer-group helper for internal services reading the durable event stream.
 
+The code is the consumer package's (``consumer/``, distribution ``workfloo-bridge-consumer``, which
+subscribers install without the bridge): ``GroupConsumer`` there holds the whole delivery logic, and this
+``Consumer`` runs it with the bridge's settings as defaults, the bridge's ``Event`` model and its
+structured logs. One copy, so the two cannot drift.
+
 Delivery is **at-least-once**: an entry is acknowledged (``XACK``) only after the handler returned, so a
 consumer that dies mid-handler leaves it pending; another consumer of the group (or the same one after
 a restart) claims it with ``XAUTOCLAIM`` once it has been idle for ``claim_idle_ms`` and runs the handler
@@ -9,48 +14,27 @@ An entry whose delivery count (``XPENDING``) exceeds ``max_deliveries`` is copie
 stream (``keys.DEAD_LETTER_STREAM``, with the original id, group and reason) and acknowledged, so one
 poison entry cannot block a group forever. Entries whose type matches none of ``types`` are
 acknowledged without calling the handler.
-
-An entry deleted from the stream while pending (``XAUTOCLAIM`` returns its id among the deleted ones:
-trimmed past the hard cap, erased) goes to the dead-letter stream too, with reason ``deleted_unacked``,
-and is counted in ``keys.stream_trimmed_unacked``: it is never acknowledged silently. ``ensure_group``
-records the group's dead-letter stream in ``keys.stream_groups`` so the retention job
-(``workers.fanout.retention``) reports its trimming losses there as well.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
+from workfloo_bridge_consumer.group import ConsumerStats, GroupConsumer
 
 from workers.core import keys
-from workers.core.events import Event, matches
+from workers.core.events import Event
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
 
 log = get_logger(__name__)
 
 Handler = Callable[[Event], object]
-Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
-@dataclass
-class ConsumerStats:
-    """Counters since the consumer was created (tests and logs)."""
-
-    handled: int = 0
-    filtered: int = 0
-    failed: int = 0
-    claimed: int = 0
-    dead_lettered: int = 0
-    deleted: int = 0
-
-
-class Consumer:
+class Consumer(GroupConsumer[Event]):
     """Reads one stream as member ``name`` of consumer group ``group`` and calls ``handler`` per event."""
 
     def __init__(
@@ -74,207 +58,29 @@ class Consumer:
         """``start_id``: where a new group starts, ``$`` (only new events) or ``0`` (the whole stream).
 
         ``claim_interval_ms``: how often to look for idle entries (default: half of ``claim_idle_ms``).
+        Unset options come from the settings (``EVENTS_*``).
         """
         settings = settings or get_settings()
-        self.redis = redis_client
-        self.group = group
-        self.name = name
-        self.handler = handler
-        self.types = list(types) if types else None
-        self.stream = stream or settings.events_stream
-        self.claim_idle_ms = claim_idle_ms if claim_idle_ms is not None else settings.events_claim_idle_ms
-        self.max_deliveries = max_deliveries if max_deliveries is not None else settings.events_max_deliveries
-        self.block_ms = _bounded_block(
-            redis_client, block_ms if block_ms is not None else settings.events_block_ms
-        )
-        self.count = count
-        self.start_id = start_id
-        self.claim_interval_s = (
-            claim_interval_ms if claim_interval_ms is not None else self.claim_idle_ms // 2
-        ) / 1000
-        self.dead_letter_stream = dead_letter_stream
-        self.dead_letter_maxlen = settings.events_stream_maxlen
-        self.stats = ConsumerStats()
-        self._group_ready = False
-        self._last_claim = float("-inf")
-
-    # --- public API ------------------------------------------------------------------------------
-
-    def ensure_group(self) -> None:
-        """Create the group (and the stream) if missing; an existing group keeps its position."""
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id=self.start_id, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self.redis.hset(keys.stream_groups(self.stream), self.group, self.dead_letter_stream)
-        self._group_ready = True
-
-    def run_once(self, block: bool = True) -> int:
-        """Claim idle entries when due, then read new ones (blocking up to ``block_ms``); returns how many
-        entries were processed (handled, filtered or dead-lettered)."""
-        if not self._group_ready:
-            self.ensure_group()
-        try:
-            processed = self._claim_if_due()
-            entries = self._read_new(block=block and processed == 0)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._group_ready = False  # the group or stream was deleted: recreate on the next call
-            return 0
-        for entry_id, fields in entries:
-            self._process(entry_id, fields, deliveries=1)
-        return processed + len(entries)
-
-    def run(self, stop_event: threading.Event) -> None:
-        """Loop until ``stop_event`` is set; a Redis outage is logged and retried with a short back-off."""
-        backoff = 0.1
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("consumer_redis_unavailable", group=self.group, error=type(exc).__name__)
-                stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    # --- internals -------------------------------------------------------------------------------
-
-    def _read_new(self, block: bool) -> list[Entry]:
-        reply: Any = self.redis.xreadgroup(
-            self.group,
-            self.name,
-            {self.stream: ">"},
-            count=self.count,
-            block=self.block_ms if block else None,
-        )
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
-
-    def _claim_if_due(self) -> int:
-        now = time.monotonic()
-        if now - self._last_claim < self.claim_interval_s:
-            return 0
-        self._last_claim = now
-        reply: Any = self.redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.name,
-            min_idle_time=self.claim_idle_ms,
-            start_id="0-0",
-            count=self.count,
-        )
-        entries: list[Entry] = [(eid, fields) for eid, fields in reply[1] if eid is not None]
-        deleted: list[bytes] = list(reply[2]) if len(reply) > 2 else []  # Redis 7: gone from the stream
-        for entry_id in deleted:
-            self._dead_letter_deleted(entry_id)
-        if not entries:
-            return len(deleted)
-        self.stats.claimed += len(entries)
-        counts = self._delivery_counts([eid for eid, _ in entries])
-        for entry_id, fields in entries:
-            self._process(entry_id, fields, deliveries=counts[entry_id])
-        return len(entries) + len(deleted)
-
-    def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
-        rows: Any = self.redis.xpending_range(
-            self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100, consumername=self.name
-        )
-        counts = {_as_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
-        for entry_id in ids:  # more of this consumer's entries in the range than asked for: look up alone
-            if entry_id not in counts:
-                one: Any = self.redis.xpending_range(
-                    self.stream, self.group, min=entry_id, max=entry_id, count=1, consumername=self.name
-                )
-                counts[entry_id] = int(one[0]["times_delivered"]) if one else 1
-        return counts
-
-    def _process(self, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
-        if not fields:  # Redis < 7 claims an entry deleted while pending as an empty one
-            self._dead_letter_deleted(entry_id)
-            return
-        event_type = fields.get(b"type", b"").decode()
-        if not matches(self.types, event_type):
-            self.redis.xack(self.stream, self.group, entry_id)
-            self.stats.filtered += 1
-            return
-        if deliveries > self.max_deliveries:
-            self._dead_letter(entry_id, fields, f"delivered {deliveries - 1} times without ack", deliveries)
-            return
-        try:
-            event = Event.from_json(fields[b"event"])
-        except Exception:  # a malformed entry will never parse: retrying cannot help
-            self._dead_letter(entry_id, fields, "unparseable envelope", deliveries)
-            return
-        try:
-            self.handler(event)
-        except Exception as exc:
-            self.stats.failed += 1
-            log.warning(
-                "consumer_handler_failed",
-                group=self.group,
-                consumer=self.name,
-                entry_id=entry_id.decode(),
-                event_type=event_type,
-                deliveries=deliveries,
-                error=type(exc).__name__,
-            )
-            return  # left pending: claimed again after claim_idle_ms
-        self.redis.xack(self.stream, self.group, entry_id)
-        self.stats.handled += 1
-
-    def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:
-        record: dict[Any, Any] = {
-            **fields,
-            b"original_stream": self.stream,
-            b"original_id": entry_id,
-            b"group": self.group,
-            b"consumer": self.name,
-            b"reason": reason,
-            b"deliveries": deliveries,
-        }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.dead_letter_stream, record, maxlen=self.dead_letter_maxlen, approximate=True)
-        pipe.xack(self.stream, self.group, entry_id)
-        pipe.execute()
-        self.stats.dead_lettered += 1
-        log.warning(
-            "consumer_dead_lettered",
-            group=self.group,
-            entry_id=entry_id.decode(),
-            reason=reason,
-            deliveries=deliveries,
+        super().__init__(
+            redis_client,
+            group,
+            name,
+            handler,
+            types,
+            parse=Event.from_json,
+            stream=stream or settings.events_stream,
+            claim_idle_ms=claim_idle_ms if claim_idle_ms is not None else settings.events_claim_idle_ms,
+            max_deliveries=max_deliveries if max_deliveries is not None else settings.events_max_deliveries,
+            block_ms=block_ms if block_ms is not None else settings.events_block_ms,
+            count=count,
+            start_id=start_id,
+            claim_interval_ms=claim_interval_ms,
+            dead_letter_stream=dead_letter_stream,
+            dead_letter_maxlen=settings.events_stream_maxlen,
         )
 
-    def _dead_letter_deleted(self, entry_id: bytes) -> None:
-        record: dict[Any, Any] = {
-            b"reason": "deleted_unacked",
-            b"original_stream": self.stream,
-            b"original_id": entry_id,
-            b"group": self.group,
-            b"consumer": self.name,
-        }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.dead_letter_stream, record, maxlen=self.dead_letter_maxlen, approximate=True)
-        pipe.xack(self.stream, self.group, entry_id)  # Redis 7 already dropped it from the PEL
-        pipe.hincrby(keys.stream_trimmed_unacked(self.stream), self.group, 1)
-        pipe.execute()
-        self.stats.deleted += 1
-        log.warning(
-            "consumer_deleted_unacked", group=self.group, consumer=self.name, entry_id=entry_id.decode()
-        )
+    def log(self, event: str, **fields: Any) -> None:
+        log.warning(event, **fields)
 
 
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def _bounded_block(client: redis.Redis, block_ms: int) -> int:
-    """Keep BLOCK below the client's socket timeout, else the read would fail with a timeout error."""
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    if timeout:
-        return max(1, min(block_ms, int(float(timeout) * 1000 * 0.8)))
-    return block_ms
+__all__ = ["Consumer", "ConsumerStats", "Handler"]

@@ -2,9 +2,10 @@
 
 Delivery is an RQ job (``workers.fanout.webhooks.deliver``) on ``bridge_http_subscribers_queue``. The first
 attempt is enqueued by the publisher's Lua script, atomically with the stream append. A failed attempt
-enqueues the next one itself (``Queue.enqueue_in``; run the worker with ``--with-scheduler``) after the
-configured schedule with jitter, or later when the subscriber sent ``Retry-After``. ``410 Gone`` disables
-the subscriber (flag in Redis, reason kept) until ``enable()`` is called.
+enqueues the next one itself (``Queue.enqueue_in``: a scheduled job, so the worker that runs this queue must
+run RQ's scheduler, with the project's worker class for the JSON serializer) after the configured schedule
+with jitter, or later when the subscriber sent ``Retry-After``. ``410 Gone`` disables the subscriber (flag in
+Redis, reason kept) until ``enable()`` is called.
 
 SSRF guard: the host is resolved at every attempt (DNS may change) and every address it resolves to
 must be public unless private destinations are allowed; the request then goes to the checked address

@@ -119,6 +119,12 @@ def _target(settings: Settings, server: _Server | None) -> Target:
     return Target(replicas, local, "auto: " + "; ".join(said))
 
 
+def wait_ms(settings: Settings) -> int:
+    """``BRIDGE_DURABILITY_TIMEOUT_MS``, held below the Redis socket timeout that would cut the wait short
+    (a receiver with a short socket timeout never waits, so this is no start-up rule)."""
+    return max(1, min(settings.bridge_durability_timeout_ms, int(settings.redis_timeout_seconds * 800)))
+
+
 def ensure(connection: redis.Redis, settings: Settings, *, before: str = "") -> Target:
     """Wait until every write made so far is durable to ``BRIDGE_DURABILITY``; raise ``DurabilityError``
     (retryable) when Redis does not confirm it within ``BRIDGE_DURABILITY_TIMEOUT_MS``. ``before`` names
@@ -127,7 +133,7 @@ def ensure(connection: redis.Redis, settings: Settings, *, before: str = "") -> 
     goal = _target(settings, server)
     if not goal.waits:
         return goal
-    timeout = settings.bridge_durability_timeout_ms
+    timeout = wait_ms(settings)
     if goal.local_fsync and server is not None and server.version < WAITAOF_SINCE:
         raise _refused(goal, before, "the aof levels need WAITAOF, Redis 7.2 or later")
     try:

@@ -3,7 +3,8 @@ validates against Kiban's published OpenAPI file (openapi-core), for every opera
 implements, success and error answers alike. The fake's webhook bodies are checked against
 ``WorkflooStatus`` too.
 
-``kiban-workfloo.openapi.yaml`` here is a verbatim copy of /work/shared/vendor (sha256 checked below);
+``kiban-workfloo.openapi.yaml`` here is a verbatim copy of Kiban's upstream document (source and sha256 in
+docs/vendor-assumptions.md, checked below);
 refresh it only by copying a newer upstream version.
 """
 

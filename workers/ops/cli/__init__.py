@@ -13,6 +13,7 @@ from workers.ops.cli import (
     demo,
     dlq,
     events,
+    fake,
     forget,
     keygen,
     scheduler,
@@ -35,6 +36,7 @@ main.add_command(scheduler.scheduler)
 main.add_command(dlq.dlq)
 main.add_command(events.events)
 main.add_command(demo.demo)
+main.add_command(fake.fake)
 main.add_command(status.status)
 main.add_command(check.check)
 main.add_command(timeline.timeline)

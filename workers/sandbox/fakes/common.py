@@ -75,11 +75,13 @@ def serve_main(
     """Parse ``--host``/``--port``/``--latency-ms``/``--faults`` and the fake's own options, serve the app."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=port)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=port, help="port to listen on")
     add_arguments(parser)
-    parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0, help="added to every response")
     parser.add_argument("--faults", default="{}", help='initial fault knobs as JSON, e.g. {"fail_next": 2}')
     args = parser.parse_args(argv)
     knobs = {"latency_ms": args.latency_ms, **json.loads(args.faults)}

@@ -2,9 +2,9 @@
 
 Implements ``subjectRecord.create``, ``workflow.create``, ``workflow.update``, ``workflow.start``,
 ``workflow.get`` and ``workflow.list`` with the workflow state rules of the Kompliant docs
-(API-NOTES §2, docs/kompliant-*.txt), including ``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` and
-``DUPLICATE_EMAIL``. ``app.state.fake`` is the inspectable ``FakeKompliantState``; ``GET /_fake/workflows``
-lists everything for tests and the demo in other processes.
+(docs/vendor-assumptions.md §2 and the Kompliant guides there), including
+``SUBJECT_RECORD_WORKFLOW_TYPE_LIMIT`` and ``DUPLICATE_EMAIL``. ``app.state.fake`` is the inspectable
+``FakeKompliantState``; ``GET /_fake/workflows`` lists everything for tests and the demo in other processes.
 Run it as a process with ``python -m workers.sandbox.fakes.kompliant --port N``.
 """
 
@@ -411,11 +411,13 @@ def create_app(
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
-    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
-    parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
-    parser.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID)
-    parser.add_argument("--allow-duplicate-emails", action="store_true")
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="API key the fake accepts")
+    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY, help="KSig1 signing secret")
+    parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN, help="bearer token the fake accepts")
+    parser.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID, help="account id in signed requests")
+    parser.add_argument(
+        "--allow-duplicate-emails", action="store_true", help="accept a second application per e-mail"
+    )
 
 
 def _build(args: argparse.Namespace, faults: Faults) -> Starlette:
@@ -429,11 +431,11 @@ def _build(args: argparse.Namespace, faults: Faults) -> Starlette:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m workers.sandbox.fakes.kompliant") -> None:
     """``python -m workers.sandbox.fakes.kompliant --port 8102 --api-key ... --secret-key ...``"""
     serve_main(
         argv,
-        prog="python -m workers.sandbox.fakes.kompliant",
+        prog=prog,
         description="Fake Kompliant API",
         port=8102,
         add_arguments=_arguments,

@@ -1,8 +1,9 @@
 """Kiban's error bodies, read into ``workers.core.errors.ErrorBody`` for the ``KibanError`` tree there.
 
-Kiban answers errors in several shapes (API-NOTES §1.8, assumption K4): an empty body (401/404), a flat
-``{field: "CODE; [CODE; ] message"}`` map (field validation), the ``{typeError, errors, errorMessage}``
-envelope (execute guide) and ``{"error", "remainingRetries"}`` (OTP). ``parse_error_body`` reads all of them.
+Kiban answers errors in several shapes (docs/vendor-assumptions.md §1.8, assumption K4): an empty body
+(401/404), a flat ``{field: "CODE; [CODE; ] message"}`` map (field validation), the ``{typeError, errors,
+errorMessage}`` envelope (execute guide) and ``{"error", "remainingRetries"}`` (OTP). ``parse_error_body``
+reads all of them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""KSig1-HMAC-SHA256 request signing ("Kompliant Signature Version 1", API-NOTES §2.2).
+"""KSig1-HMAC-SHA256 request signing ("Kompliant Signature Version 1", docs/vendor-assumptions.md §2.2).
 
 Confirmed: signature = Base64(HMAC-SHA256(Base64Decode(secret), UTF-8(string_to_sign))) and, in the
 minimum case, string_to_sign is the API key alone (the published vector reproduces). Everything about

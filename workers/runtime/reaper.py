@@ -122,9 +122,10 @@ def _stranded_jobs(connection: redis.Redis, s: Settings, queue: Queue, clock: fl
     patience = s.worker_heartbeat_seconds + s.worker_heartbeat_grace_seconds
     stranded: list[Job] = []
     for job_id in ids:
-        if job_id in started:
-            continue
         mark = keys.stranded(queue.name, job_id)
+        if job_id in started:
+            connection.delete(mark)  # it was only on its way to running
+            continue
         connection.set(mark, repr(clock), nx=True, ex=max(60, 4 * patience))
         first_seen = connection.get(mark)
         if first_seen is None or clock - float(first_seen) < patience:

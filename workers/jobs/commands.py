@@ -2,9 +2,11 @@
 
 ``start_application`` checkpoints each step in the RQ job's ``meta`` (execution id, form submitted,
 NIP sent), so a retried or crash-requeued job resumes where it stopped instead of executing a second
-workfloo. The one window left is a crash between Kiban answering ``execute`` and ``save_meta``: Kiban
-has no idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons
-it (documented in docs/workers.md).
+workfloo. The execution id is recorded with compare-and-set under the run's lease (``workers.jobs.lease``)
+right after ``execute``: a run that lost its job to the reaper (a paused worker) stops there. The one
+window left is a crash or a lost lease between Kiban answering ``execute`` and that record: Kiban has no
+idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons it
+(documented in docs/workers.md).
 
 The form arrives sealed (``workers.core.crypto``) and is opened only right before ``submit_form``; once
 Kiban accepted it, the sealed form is dropped from the job's stored payload. The NIP of ``validate_nip``

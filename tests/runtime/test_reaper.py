@@ -149,3 +149,26 @@ def test_job_stranded_in_the_intermediate_list_is_requeued(redis_client: redis.R
     for now in (later, later + patience + 1):
         assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings, now=now) == []
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [b"running"]
+
+
+def test_what_rqs_cleanup_leaves_is_recovered_once(redis_client: redis.Redis) -> None:
+    """Every worker down, and an RQ tool (``rq info``, a dashboard) counted the started registry: RQ's
+    cleanup requeued the dead worker's job (it carries RQ retries) but left its id in the intermediate
+    list. The reaper clears the leftover and does not queue the job a second time."""
+    from rq import Retry
+
+    settings = load_settings()
+    patience = settings.worker_heartbeat_seconds + settings.worker_heartbeat_grace_seconds
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("time.sleep", 1, job_id="retried", retry=Retry(max=3))
+    redis_client.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")
+    job.set_status(JobStatus.STARTED)
+    redis_client.zadd(queue.started_job_registry.key, {"retried:exec1": time.time() - 600})
+    assert queue.started_job_registry.count == 0  # RQ's cleanup ran: requeued, not failed
+    assert redis_client.lrange(queue.key, 0, -1) == [b"retried"]
+    t0 = rq_internals.redis_time(redis_client)
+    for now in (t0, t0 + patience + 1):
+        assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings, now=now) == []
+    assert redis_client.lrange(queue.key, 0, -1) == [b"retried"]
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
+    assert FailedJobRegistry(QUEUE, connection=redis_client).get_job_count(cleanup=False) == 0

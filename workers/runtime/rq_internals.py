@@ -61,7 +61,7 @@ from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers, record_job_failure
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
-from rq.utils import now, parse_composite_key, utcparse
+from rq.utils import parse_composite_key, utcparse
 from rq.worker import BaseWorker
 
 from workers.core.contract import JOB_SERIALIZER
@@ -157,9 +157,10 @@ def scheduler_lock_holder(connection: redis.Redis, queue_name: str) -> str | Non
 
 
 def scheduler_heartbeat_age(connection: redis.Redis, holder: str) -> float | None:
-    """Seconds since scheduler ``holder`` last beat; None when it never did (or its hash is gone)."""
+    """Seconds since scheduler ``holder`` last beat, on Redis's clock; None when it never did (or its
+    hash is gone)."""
     text = _text(connection.hget(SCHEDULER_KEY_TEMPLATE % holder, "last_heartbeat"))
-    return None if text is None else (now() - utcparse(text)).total_seconds()
+    return None if text is None else redis_time(connection) - utcparse(text).timestamp()
 
 
 def release_scheduler_lock(connection: redis.Redis, queue_name: str, holder: str) -> bool:

@@ -94,9 +94,9 @@ def _mine() -> _Run | None:
 def begin(connection: redis.Redis, settings: Settings) -> None:
     """Take the lease of the running job for this run (a newer token than any earlier run's)."""
     global _run
+    _run = None
     job = get_current_job()
     if job is None:
-        _run = None
         return
     owner = f"{job.worker_name or 'worker'}:{os.getpid()}"
     ttl_ms = settings.bridge_job_lease_ttl_seconds * 1000

@@ -133,8 +133,8 @@ def guarded(
     """Run ``body`` under the retry policy; return its value, an ``rq.Retry``, or raise ``JobFailedError``."""
     policy = RetryPolicy.from_settings(settings)
     attempt = current_attempt()
-    lease.begin(connection, settings)
     try:
+        lease.begin(connection, settings)  # inside: Redis trouble here is retried like any other
         return body()
     except Exception as exc:
         if isinstance(exc, LeaseLostError) or not lease.current(connection):

@@ -62,8 +62,12 @@ def wait_running(bridge: Bridge, worker: str, job_id: str) -> None:
 
 
 def test_worker_paused_during_execute_leaves_one_started_application(bare_bridge: Bridge) -> None:
-    bridge = bare_bridge
-    paused = bridge.start_worker("paused-a")
+    paused_during_execute(bare_bridge)
+
+
+def paused_during_execute(bridge: Bridge, worker_env: dict[str, str] | None = None) -> None:
+    """Freeze the worker waiting for Kiban's ``execute``; another finishes the job; thaw the first."""
+    paused = bridge.start_worker("paused-a", extra_env=worker_env)
     bridge.kiban_faults(latency_ms=4000)  # execute answers after 4 s: the worker is frozen meanwhile
     command_id = commands_api.start_application(
         bridge.redis, bridge.form(), "approved", settings=bridge.settings
@@ -73,7 +77,7 @@ def test_worker_paused_during_execute_leaves_one_started_application(bare_bridge
     freeze(paused)
     try:
         bridge.kiban_faults(latency_ms=0)
-        bridge.start_worker("takes-over")
+        bridge.start_worker("takes-over", extra_env=worker_env)
 
         def finished() -> str | None:
             result = finished_result(bridge, command_id)

@@ -20,6 +20,7 @@ from tests.e2e.test_paused_worker import (
     freeze,
     kiban_calls,
     kiban_executions,
+    paused_during_execute,
     started_events,
     thaw,
 )
@@ -142,3 +143,11 @@ def test_every_worker_down_past_rqs_cleanup_window_while_status_runs(
     )
     assert statuses == Counter({JobStatus.FINISHED: 4})
     assert kiban_calls(bridge)["sendWorkflooNip"] == 4
+
+
+def test_fork_per_job_worker_paused_during_execute_repeats_nothing(bare_bridge: Bridge) -> None:
+    """The same with ``BridgeWorker``: the thawed work-horse stands down and exits cleanly, so its
+    parent records no failure beside the newer run's result."""
+    paused_during_execute(bare_bridge, {"WORKER_CLASS": "workers.runtime.worker.BridgeWorker"})
+    failed = FailedJobRegistry(bare_bridge.settings.bridge_queue, connection=bare_bridge.redis)
+    assert failed.get_job_count(cleanup=False) == 0

@@ -49,6 +49,8 @@ def test_rqs_work_loop_still_calls_the_hooks() -> None:
         "self._install_signal_handlers()",
         "if self._stop_requested",
         "self.get_heartbeat_ttl(",
+        "self.prepare_job_execution(job",
+        "self.handle_job_success(",
     ):
         assert call in source, call
     work = inspect.getsource(BaseWorker.work)
@@ -57,6 +59,7 @@ def test_rqs_work_loop_still_calls_the_hooks() -> None:
         for step in ("self.bootstrap(", "self._start_scheduler(", "self._install_signal_handlers()")
     ]
     assert order == sorted(order), "the early-signal window no longer spans the scheduler's fork"
+    assert "self.maintain_heartbeats(job, execution)" in inspect.getsource(Worker)  # the fork's monitor
     simple = inspect.getsource(SimpleWorker.execute_job)
     assert "prepare_execution" in simple and "perform_job" in simple
 
@@ -233,3 +236,45 @@ def test_the_cron_job_enqueues_json_jobs_as_rqs_own_would(redis_client: redis.Re
     assert "probe-cron" in cron_job_registry.get_names(redis_client)
     SimpleWorker([QUEUE], connection=redis_client, serializer=JOB_SERIALIZER).work(burst=True)
     assert Job.fetch(job_id, connection=redis_client, serializer=JOB_SERIALIZER).return_value() == 5
+
+
+def test_started_entry_names_its_worker_and_the_worker_key_tells_if_it_lives(
+    redis_client: redis.Redis,
+) -> None:
+    from rq.executions import Execution
+
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("time.sleep", 1, job_id="owned")
+    with redis_client.pipeline() as pipe:
+        Execution.create(job, 30, pipeline=pipe, worker_name="w-owner")
+        pipe.execute()
+    [entry] = rq_internals.expired_started_entries(redis_client, queue, time.time() + 60)
+    assert rq_internals.started_entry_worker(redis_client, entry) == "w-owner"
+    assert rq_internals.started_job_ids(redis_client, queue) == {"owned"}
+    assert not rq_internals.worker_key_exists(redis_client, "w-owner")
+    worker = BridgeSimpleWorker([QUEUE], connection=redis_client, name="w-owner")
+    worker.register_birth()
+    assert rq_internals.worker_key_exists(redis_client, "w-owner")
+    rq_internals.expire_worker_key(worker, 5)
+    assert 0 < redis_client.ttl(worker.key) <= 5
+
+
+def test_registry_size_runs_no_cleanup(redis_client: redis.Redis) -> None:
+    """RQ's ``count`` would fail this dead worker's job (AbandonedJobError); ``registry_size`` only counts."""
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    job = queue.enqueue("time.sleep", 1, job_id="abandoned")
+    job.set_status(JobStatus.STARTED)
+    redis_client.zadd(queue.started_job_registry.key, {"abandoned:exec1": time.time() - 600})
+    assert rq_internals.registry_size(redis_client, queue.started_job_registry.key) == 1
+    assert job.get_status(refresh=True) == JobStatus.STARTED
+    assert queue.started_job_registry.count == 0  # RQ's own count: the cleanup the bridge avoids
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+
+
+def test_intermediate_list_helpers(redis_client: redis.Redis) -> None:
+    queue = Queue(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER)
+    queue.enqueue("time.sleep", 1, job_id="taken")
+    redis_client.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")
+    assert rq_internals.intermediate_job_ids(redis_client, queue) == ["taken"]
+    assert rq_internals.claim_intermediate_job(redis_client, queue, "taken")
+    assert not rq_internals.claim_intermediate_job(redis_client, queue, "taken")

@@ -16,6 +16,7 @@ Hierarchy:
   | + DurabilityError (retryable)
   + PermanentError
   + JobFailedError
+  + LeaseLostError
   + DestinationRefusedError
   + ErasureRefusedError
   + VendorError
@@ -112,6 +113,11 @@ class PermanentError(BridgeError):
 
 class JobFailedError(BridgeError):
     """Raised to move a job into RQ's FailedJobRegistry; the message is the (redacted) reason."""
+
+
+class LeaseLostError(BridgeError):
+    """This run of a job lost its lease (``workers.jobs.lease``): the reaper gave the job to another
+    run, which owns its effects now. The run stops without an effect, a retry or a dead letter."""
 
 
 class DestinationRefusedError(BridgeError):

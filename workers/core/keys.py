@@ -52,6 +52,23 @@ def handoff_lock(execution_id: str) -> str:
     return f"{PREFIX}:lock:handoff:{execution_id}"
 
 
+def job_lease(job_id: str) -> str:
+    """Workers: hash with the fencing token and owner of the run holding a job's lease, and the values
+    that run recorded with compare-and-set (``workers.jobs.lease``); TTL ``BRIDGE_JOB_LEASE_TTL_SECONDS``."""
+    return f"{PREFIX}:lease:{job_id}"
+
+
+LEASE_SEQUENCE = f"{PREFIX}:lease-seq"
+"""Integer: the last fencing token handed out (``INCR``), for every job. One key, never expires: a token
+must never be handed out twice."""
+
+
+def stranded(queue_name: str, job_id: str) -> str:
+    """Reaper: when a job id was first seen in RQ's intermediate list with no started-registry entry
+    (Redis time, string; TTL ``BRIDGE_JOB_LEASE_TTL_SECONDS``)."""
+    return f"{PREFIX}:stranded:{queue_name}:{job_id}"
+
+
 def subscriber_disabled(subscriber_key: str) -> str:
     """HTTP subscriber: string (JSON reason) present while it is disabled (set on ``410 Gone``)."""
     return f"{PREFIX}:subscriber:{subscriber_key}:disabled"

@@ -456,6 +456,13 @@ class WorkerSettings(_Section):
         default=3, ge=0, description="Crash requeues of one job before it is dead-lettered (poison pill)."
     )
     job_timeout_seconds: int = Field(default=60, ge=1, description="RQ job timeout for worker jobs.")
+    bridge_job_lease_ttl_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="How long a job run's lease (fencing token and the ids it recorded) outlives the run's "
+        "last check; a run paused longer than this is no longer fenced. Keep it well above "
+        "BRIDGE_JOB_TIMEOUT_SECONDS: a paused in-process run meets its job timeout as soon as it resumes.",
+    )
     job_result_ttl_seconds: int = Field(default=3600, ge=0, description="How long finished jobs are kept.")
     job_failure_ttl_seconds: int = Field(
         default=30 * 24 * 3600, ge=60, description="How long dead letters stay in the failed-job registry."

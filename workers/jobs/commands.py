@@ -2,9 +2,11 @@
 
 ``start_application`` checkpoints each step in the RQ job's ``meta`` (execution id, form submitted,
 NIP sent), so a retried or crash-requeued job resumes where it stopped instead of executing a second
-workfloo. The checkpointed execution id is made durable (``workers.jobs.durability``) before the form is
-submitted, so a Redis failover that loses it leaves at most an execution with no form. The one window
-left is a crash (or such a loss) between Kiban answering ``execute`` and the checkpoint: Kiban has no
+workfloo. The execution id is recorded with compare-and-set under the run's lease (``workers.jobs.lease``)
+right after ``execute``: a run that lost its job to the reaper (a paused worker) stops there. It is made
+durable (``workers.jobs.durability``) before the form is submitted, so a Redis failover that loses it
+leaves at most an execution with no form. The one window left is a crash, a lost lease or such a loss
+between Kiban answering ``execute`` and that record: Kiban has no
 idempotency key, so that orphan execution is possible; it never gets a form and Kiban abandons it
 (documented in docs/workers.md).
 
@@ -35,7 +37,7 @@ from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
-from workers.jobs import connection, data_keys, durability, settings, state
+from workers.jobs import connection, data_keys, durability, lease, settings, state
 from workers.jobs.retry import guarded, publish_action_failed, reason_of
 from workers.runtime import rq_internals
 from workers.vendors.kiban.client import get_kiban_client
@@ -88,15 +90,19 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
 
     # Opened before any effect, so a form that fails to open (moved, tampered, unknown kid) costs nothing.
     form = _open_form(s, command) if not done.get("form_submitted") else {}
-    execution_id = done.get("execution_id")
+    execution_id = done.get("execution_id") or lease.recorded(conn, "execution_id")
     if not execution_id:
-        execution_id = kiban.execute(
+        lease.check(conn, "kiban.execute")
+        created = kiban.execute(
             s.kiban_workfloo_definition_id,
             scenario_id=scenario,
             callback_url=status_callback_url(s),
             callback_api_key=callback_key(s),
         )
-        _checkpoint("execution_id", execution_id)
+        # Compare-and-set: a run that lost the job meanwhile stops here, leaving `created` an orphan
+        # execution with no form (Kiban abandons it); the id that stands is the one this job goes on with.
+        execution_id = lease.record_once(conn, "execution_id", created)
+    _checkpoint("execution_id", execution_id)
     state.set_fields(
         conn,
         execution_id,
@@ -117,6 +123,7 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
         durability.ensure(conn, s, before="submit_form")
         if form:
             try:
+                lease.check(conn, "kiban.submit_form")
                 kiban.submit_form(execution_id, form)
             except KibanConflictError:
                 # The execution is this job's own (checkpointed above), so a 409 away from the FORM
@@ -126,6 +133,7 @@ def _start(conn: redis.Redis, s: Settings, command: StartCommand) -> dict[str, A
         _checkpoint("form_submitted", True)
         _drop_form(command)
     if not done.get("nip_sent"):
+        lease.check(conn, "kiban.send_nip")
         with contextlib.suppress(KibanNipAlreadySentError):  # sent by an earlier run of this job
             kiban.send_nip(
                 execution_id,
@@ -173,6 +181,7 @@ def _validate(
         raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
     kiban = get_kiban_client(s)
     try:
+        lease.check(conn, "kiban.validate_nip")
         phase = kiban.validate_nip_twice(execution_id, nip)
     except KibanValidationError as exc:
         if _crash_rerun() and _past_the_nip_step(kiban.get_status(execution_id)):
@@ -234,6 +243,7 @@ def _resend(conn: redis.Redis, s: Settings, command: ResendNipCommand, execution
         return {"execution_id": execution_id, "resent": False, "why": "already_resent"}
     if known.get(state.TERMINAL) == "1" or known.get("nip_delivered") == "1":
         return {"execution_id": execution_id, "resent": False, "why": "no_longer_needed"}
+    lease.check(conn, "kiban.resend_nip")
     get_kiban_client(s).resend_nip(
         execution_id, url_callback=nip_callback_url(s, execution_id), api_key_callback=callback_key(s)
     )

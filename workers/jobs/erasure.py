@@ -419,6 +419,7 @@ def _delete_keys(conn: redis.Redis, execution_id: str, found: _Found, skip: str 
             names.add(key)
     for job_id in found.job_ids - {skip or ""}:
         names.update({keys.dedupe(job_id), keys.event_once(job_id), keys.event_once(f"status:{job_id}")})
+        names.add(keys.job_lease(job_id))  # holds the execution id a start job recorded
         names.update(keys.event_once(f"action-failed:{job_id}:{n}") for n in range(found.replays + 1))
     names.update(keys.nip_ref(ref) for ref in found.nip_refs)
     names.update(keys.link(link_id) for link_id in found.link_ids)

@@ -22,7 +22,7 @@ from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger
 from workers.core.settings import Settings
 from workers.fanout.publisher import Publisher
-from workers.jobs import durability, state
+from workers.jobs import durability, lease, state
 from workers.jobs.outcome import Applicant
 from workers.vendors.kompliant.client import KompliantClient
 
@@ -124,6 +124,7 @@ class Handoff:
         existing = known.get(state.KOMPLIANT_SUBJECT_RECORD)
         if existing:
             return existing, False
+        lease.check(self.redis, "kompliant.subject_record.create")
         created = self.kompliant.create_subject_record("BUSINESS")
         winner = state.set_once(self.redis, execution_id, state.KOMPLIANT_SUBJECT_RECORD, created)
         return winner, winner == created
@@ -155,6 +156,7 @@ class Handoff:
             )
         durability.ensure(self.redis, self.settings, before="workflow.create")
         try:
+            lease.check(self.redis, "kompliant.workflow.create")
             created = self.kompliant.create_business_application(
                 email=applicant.email,
                 first_name=applicant.first_name,
@@ -180,6 +182,7 @@ class Handoff:
 
     def _start(self, workflow_id: str) -> None:
         try:
+            lease.check(self.redis, "kompliant.workflow.start")
             self.kompliant.start_workflow(workflow_id)
         except KompliantError as exc:
             if any(_sub_code_is(exc, code) for code in ALREADY_STARTED):

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 import redis
 from rq import Retry, get_current_job
 
-from workers.core.errors import BridgeError, JobFailedError
+from workers.core.errors import BridgeError, JobFailedError, LeaseLostError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
 from workers.core.settings import Settings
+from workers.jobs import lease
 
 T = TypeVar("T")
 
@@ -133,8 +134,12 @@ def guarded(
     policy = RetryPolicy.from_settings(settings)
     attempt = current_attempt()
     try:
+        lease.begin(connection, settings)  # inside: Redis trouble here is retried like any other
         return body()
     except Exception as exc:
+        if isinstance(exc, LeaseLostError) or not lease.current(connection):
+            stood_down: T = _stood_down(action, execution_id)  # a newer run owns the job: no retry,
+            return stood_down  # no dead letter
         retryable = is_retryable(exc)
         reason = reason_of(exc)
         if retryable and policy.can_retry(attempt):
@@ -155,6 +160,12 @@ def guarded(
         )  # fmt: skip
         prefix = "retries exhausted: " if retryable else "permanent: "
         raise JobFailedError(prefix + reason) from exc
+
+
+def _stood_down(action: str, execution_id: str | None) -> Any:
+    """What a run that lost its lease returns; the worker records nothing for it (``lease.stood_down``)."""
+    log.warning("job_stood_down", action=action, execution_id=execution_id)
+    return {"stood_down": True}
 
 
 def _interval(delay: float, honour_floor: bool = False) -> Any:

@@ -1,4 +1,7 @@
-"""What ``status`` reports, as one plain document: the CLI renders it or prints it as JSON."""
+"""What ``status`` reports, as one plain document: the CLI renders it or prints it as JSON.
+
+Read-only: registries are counted with ``ZCARD``, never with RQ's ``count`` (whose cleanup fails the
+jobs of dead workers)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import Settings
 from workers.fanout.retention import group_positions
+from workers.runtime import rq_internals
 
 
 def _text(value: Any) -> str:
@@ -21,13 +25,6 @@ def _text(value: Any) -> str:
 def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) -> dict[str, Any]:
     """Queue depths, started/failed jobs, workers, the event stream and per-consumer-group lag."""
     from rq import Queue, Worker
-    from rq.registry import (
-        DeferredJobRegistry,
-        FailedJobRegistry,
-        FinishedJobRegistry,
-        ScheduledJobRegistry,
-        StartedJobRegistry,
-    )
 
     # The HTTP subscribers' delivery queue is their lag: deliveries waiting, retrying (scheduled), failed.
     queue_names = {
@@ -38,15 +35,17 @@ def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) ->
     queues = []
     for name in sorted(queue_names):
         queue = Queue(name, connection=client, serializer=JOB_SERIALIZER)
+        # Counted without RQ's registry cleanup: on the started registry it would fail every job whose
+        # workers are all down (AbandonedJobError) instead of leaving it to the reaper.
         queues.append(
             {
                 "name": name,
                 "queued": queue.count,
-                "started": StartedJobRegistry(queue=queue).count,
-                "failed": FailedJobRegistry(queue=queue).count,
-                "scheduled": ScheduledJobRegistry(queue=queue).count,  # type: ignore[no-untyped-call]
-                "deferred": DeferredJobRegistry(queue=queue).count,
-                "finished": FinishedJobRegistry(queue=queue).count,
+                "started": rq_internals.registry_size(client, queue.started_job_registry.key),
+                "failed": rq_internals.registry_size(client, queue.failed_job_registry.key),
+                "scheduled": rq_internals.registry_size(client, queue.scheduled_job_registry.key),
+                "deferred": rq_internals.registry_size(client, queue.deferred_job_registry.key),
+                "finished": rq_internals.registry_size(client, queue.finished_job_registry.key),
             }
         )
     workers = [

@@ -9,18 +9,18 @@ job's meta counts them (jobs read it to know a run is a crash re-run).
 
 from __future__ import annotations
 
-import time
-
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from workers.core import keys
 from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
 from workers.fanout.publisher import Publisher
+from workers.jobs import lease
 from workers.runtime import rq_internals
 
 log = get_logger(__name__)
@@ -44,30 +44,51 @@ def reap_abandoned(
     settings: Settings | None = None,
     now: float | None = None,
 ) -> list[str]:
-    """Requeue jobs whose worker stopped heart-beating; return their ids."""
+    """Requeue jobs whose worker is dead, and jobs stranded in RQ's intermediate list; return their ids.
+
+    A worker is dead when its job's started-registry entry expired *and* its RQ worker key is gone too
+    (a key expires on Redis's clock, whoever wrote it). Times are compared on Redis's clock (``TIME``),
+    never this host's, unless ``now`` is given."""
+    s = settings or get_settings()
+    clock = rq_internals.redis_time(connection) if now is None else now
     requeued: list[str] = []
     # Entries carry RQ_CLEANUP_MARGIN_SECONDS on top of heartbeat + grace: dead = within the margin.
-    cutoff = (time.time() if now is None else now) + RQ_CLEANUP_MARGIN_SECONDS
+    cutoff = clock + RQ_CLEANUP_MARGIN_SECONDS
     for name in queue_names:
         queue = Queue(name, connection=connection, serializer=JOB_SERIALIZER)
         for entry in rq_internals.expired_started_entries(connection, queue, cutoff):
+            owner = rq_internals.started_entry_worker(connection, entry)
+            if owner is not None and rq_internals.worker_key_exists(connection, owner):
+                continue  # a late heartbeat, not a dead worker: its key still lives
             job = _abandoned_job(connection, queue, entry)
             if job is None:
                 continue
             rq_internals.leave_intermediate_queue(connection, queue, job.id)
-            crashes = int(job.meta.get(CRASH_REQUEUES, 0)) + 1
-            if crashes > max_requeues:
-                reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"
-                rq_internals.fail_job(connection, job, reason)
-                _publish_abandoned(connection, settings, job, reason)
-                log.error("job_dead_lettered_after_crashes", job_id=job.id, crashes=crashes)
-                continue
-            job.meta[CRASH_REQUEUES] = crashes
-            job.save_meta()  # type: ignore[no-untyped-call]
-            queue.enqueue_job(job, at_front=True)
-            requeued.append(job.id)
-            log.warning("job_requeued_after_worker_death", job_id=job.id, crashes=crashes, queue=name)
+            if _requeue(connection, s, queue, job, max_requeues):
+                requeued.append(job.id)
+        for job in _stranded_jobs(connection, s, queue, clock):
+            if _requeue(connection, s, queue, job, max_requeues):
+                requeued.append(job.id)
     return requeued
+
+
+def _requeue(connection: redis.Redis, s: Settings, queue: Queue, job: Job, max_requeues: int) -> bool:
+    """Requeue a recovered job at the front of its queue (True), or dead-letter a poison pill (False).
+    Either way the run that had it loses its lease first: if its worker was only paused, it stops
+    before its next effect."""
+    lease.revoke(connection, job.id, s)
+    crashes = int(job.meta.get(CRASH_REQUEUES, 0)) + 1
+    if crashes > max_requeues:
+        reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"
+        rq_internals.fail_job(connection, job, reason)
+        _publish_abandoned(connection, s, job, reason)
+        log.error("job_dead_lettered_after_crashes", job_id=job.id, crashes=crashes)
+        return False
+    job.meta[CRASH_REQUEUES] = crashes
+    job.save_meta()  # type: ignore[no-untyped-call]
+    queue.enqueue_job(job, at_front=True)
+    log.warning("job_requeued_after_worker_death", job_id=job.id, crashes=crashes, queue=queue.name)
+    return True
 
 
 def _abandoned_job(connection: redis.Redis, queue: Queue, entry: str) -> Job | None:
@@ -88,12 +109,46 @@ def _abandoned_job(connection: redis.Redis, queue: Queue, entry: str) -> Job | N
     return job if status == JobStatus.STARTED else None
 
 
-def _publish_abandoned(connection: redis.Redis, settings: Settings | None, job: Job, reason: str) -> None:
+def _stranded_jobs(connection: redis.Redis, s: Settings, queue: Queue, clock: float) -> list[Job]:
+    """Jobs left in RQ's intermediate list by a worker that died between taking them off the queue and
+    registering them as started: in no queue and no registry, and failed by RQ's intermediate-queue
+    clean-up a minute later. A live worker registers a job milliseconds after taking it, so one seen
+    there without a started entry for heartbeat + grace is stranded; ``LREM`` decides which reaper
+    recovers it."""
+    ids = rq_internals.intermediate_job_ids(connection, queue)
+    if not ids:
+        return []
+    started = rq_internals.started_job_ids(connection, queue)
+    patience = s.worker_heartbeat_seconds + s.worker_heartbeat_grace_seconds
+    stranded: list[Job] = []
+    for job_id in ids:
+        mark = keys.stranded(queue.name, job_id)
+        if job_id in started:
+            connection.delete(mark)  # it was only on its way to running
+            continue
+        connection.set(mark, repr(clock), nx=True, ex=max(60, 4 * patience))
+        first_seen = connection.get(mark)
+        if first_seen is None or clock - float(first_seen) < patience:
+            continue
+        if not rq_internals.claim_intermediate_job(connection, queue, job_id):
+            continue  # another reaper took it
+        connection.delete(mark)
+        try:
+            job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
+        except NoSuchJobError:
+            continue
+        status = job.get_status(refresh=True)
+        if status in (JobStatus.QUEUED, JobStatus.STARTED) and connection.lpos(queue.key, job_id) is None:
+            stranded.append(job)  # else a leftover of a finished run, or still queued: nothing to do
+    return stranded
+
+
+def _publish_abandoned(connection: redis.Redis, settings: Settings, job: Job, reason: str) -> None:
     execution_id = None
     if job.args and isinstance(job.args[0], dict):
         execution_id = job.args[0].get("execution_id")
     try:
-        Publisher(connection, settings or get_settings()).publish(
+        Publisher(connection, settings).publish(
             Event(
                 type=EventType.ACTION_FAILED,
                 execution_id=execution_id,

@@ -67,11 +67,12 @@ from rq.defaults import (
     DEFAULT_MAINTENANCE_TASK_INTERVAL,
     DEFAULT_WORKER_TTL,
 )
+from rq.executions import Execution, cleanup_execution
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers, record_job_failure
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
-from rq.utils import now, parse_composite_key, utcparse
+from rq.utils import parse_composite_key, utcparse
 from rq.worker import BaseWorker
 
 from workers.core.contract import JOB_SERIALIZER
@@ -109,6 +110,9 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "handle_exception",
         "unsubscribe",
         "handle_job_failure",
+        "prepare_job_execution",
+        "maintain_heartbeats",
+        "handle_job_success",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -147,6 +151,26 @@ def run_exception_handlers(worker: BaseWorker, job: Job, *exc_info: Any) -> None
     call_exception_handlers(worker._exc_handlers, job, *exc_info)
 
 
+def expire_worker_key(worker: BaseWorker, seconds: int) -> None:
+    """Set the TTL of the worker's key (``rq:worker:<name>``) and of its executions set."""
+    with worker.connection.pipeline() as pipe:
+        pipe.expire(worker.key, seconds)
+        pipe.expire(worker.executions_key, seconds)
+        pipe.execute()
+
+
+def worker_key_exists(connection: redis.Redis, worker_name: str) -> bool:
+    """True while RQ's key of worker ``worker_name`` exists (the worker beat within its TTL)."""
+    return bool(connection.exists(BaseWorker.redis_worker_namespace_prefix + worker_name))
+
+
+def end_execution(worker: BaseWorker, job: Job, execution: Execution) -> None:
+    """Delete a run's execution record as RQ does at the end of a run, touching nothing else of the job."""
+    with worker.connection.pipeline() as pipe:
+        cleanup_execution(worker, job, pipe, execution)
+        pipe.execute()
+
+
 # --- scheduler -------------------------------------------------------------------------------------
 
 
@@ -161,9 +185,10 @@ def scheduler_lock_holder(connection: redis.Redis, queue_name: str) -> str | Non
 
 
 def scheduler_heartbeat_age(connection: redis.Redis, holder: str) -> float | None:
-    """Seconds since scheduler ``holder`` last beat; None when it never did (or its hash is gone)."""
+    """Seconds since scheduler ``holder`` last beat, on Redis's clock; None when it never did (or its
+    hash is gone)."""
     text = _text(connection.hget(SCHEDULER_KEY_TEMPLATE % holder, "last_heartbeat"))
-    return None if text is None else (now() - utcparse(text)).total_seconds()
+    return None if text is None else redis_time(connection) - utcparse(text).timestamp()
 
 
 def release_scheduler_lock(connection: redis.Redis, queue_name: str, holder: str) -> bool:
@@ -193,6 +218,47 @@ def claim_started_entry(connection: redis.Redis, queue: Queue, entry: str) -> st
         return None
     job_id, _execution = parse_composite_key(entry)
     return job_id
+
+
+def started_entry_worker(connection: redis.Redis, entry: str) -> str | None:
+    """Name of the worker that wrote started-registry ``entry`` (its execution record, else the job
+    hash's ``worker_name``); None when neither is left."""
+    job_id, execution_id = parse_composite_key(entry)
+    name = _text(connection.hget(Execution(execution_id, job_id, connection).key, "worker_name"))
+    if not name:
+        name = _text(connection.hget(Job.key_for(job_id), "worker_name"))
+    return name or None
+
+
+def redis_time(connection: redis.Redis) -> float:
+    """Redis's clock (``TIME``), in epoch seconds: one clock for every host comparing times."""
+    seconds, micros = connection.time()
+    return float(seconds) + micros / 1_000_000
+
+
+def started_job_ids(connection: redis.Redis, queue: Queue) -> set[str]:
+    """Job ids with an entry (``<job id>:<execution id>``) in ``queue``'s started registry, read without
+    RQ's cleanup (the registry holds one entry per running job: small)."""
+    entries = (_text(raw) for raw in connection.zrange(queue.started_job_registry.key, 0, -1))
+    return {parse_composite_key(entry)[0] for entry in entries if entry}
+
+
+def intermediate_job_ids(connection: redis.Redis, queue: Queue) -> list[str]:
+    """Job ids in RQ's intermediate list of ``queue`` (dequeued, not yet started)."""
+    return [
+        text for text in (_text(r) for r in connection.lrange(queue.intermediate_queue_key, 0, -1)) if text
+    ]
+
+
+def claim_intermediate_job(connection: redis.Redis, queue: Queue, job_id: str) -> bool:
+    """Remove ``job_id`` from the intermediate list; True when this caller removed it."""
+    return bool(connection.lrem(queue.intermediate_queue_key, 1, job_id))
+
+
+def registry_size(connection: redis.Redis, key: str) -> int:
+    """Entries in one of RQ's registries, counted without RQ's ``cleanup`` (which ``count`` runs: for
+    the started registry it fails every expired entry's job with ``AbandonedJobError``)."""
+    return int(connection.zcard(key))
 
 
 def leave_intermediate_queue(connection: redis.Redis, queue: Queue, job_id: str) -> None:

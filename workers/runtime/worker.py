@@ -29,6 +29,7 @@ from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
 from workers.core.log import describe_exception, get_logger, redactor, safe_traceback
 from workers.core.settings import Settings, get_settings
+from workers.jobs import lease
 from workers.runtime import rq_internals
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
 
@@ -143,6 +144,30 @@ class _BridgeWorkerMixin:
         if job.timeout and job.timeout > 0:
             interval = int(max(1, min(job.timeout - working_time, interval)))
         return interval + self._grace + RQ_CLEANUP_MARGIN_SECONDS
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ hook: RQ's bookkeeping before a job runs, then the busy worker key's TTL cut as below."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
+        self._busy_key_ttl()
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        """RQ hook: RQ's heartbeat, then the worker key's TTL cut to heartbeat + grace while busy (RQ
+        gives it 60 s more), so the reaper, which takes a worker for dead only once its key is gone too,
+        recovers a dead worker's job within seconds."""
+        super().maintain_heartbeats(job, execution)  # type: ignore[misc]
+        self._busy_key_ttl()
+
+    def _busy_key_ttl(self) -> None:
+        rq_internals.expire_worker_key(self, self.job_monitoring_interval + self._grace)  # type: ignore[arg-type]
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        """RQ hook: a run that lost its job's lease to a newer run (``workers.jobs.lease``) records
+        nothing, neither status nor result: the newer run owns them. Only its execution is cleaned up."""
+        if lease.stood_down(job.id):
+            log.warning("job_run_stood_down", job_id=job.id)
+            rq_internals.end_execution(self, job, execution)  # type: ignore[arg-type]
+            return
+        super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
 
     @property
     def should_run_maintenance_tasks(self) -> bool:

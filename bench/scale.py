@@ -110,7 +110,6 @@ WORKER_ENV = {
     # Fast retries and crash detection, as in the end-to-end tests (production defaults are slower).
     "RETRY_BASE_SECONDS": "0.05",
     "RETRY_CAP_SECONDS": "0.5",
-    "RETRY_MAX_ATTEMPTS": "10",
     "NIP_RESEND_DELAY_SECONDS": "0.2",
     "WORKER_HEARTBEAT_SECONDS": "1",
     "WORKER_HEARTBEAT_GRACE_SECONDS": "2",

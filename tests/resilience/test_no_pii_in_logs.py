@@ -323,9 +323,9 @@ def _action_failed(stack: Bridge) -> list[dict[str, Any]]:
 
 def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Path, figures: Any) -> None:
     """A real receiver and a real worker, both at DEBUG: one ``start_application`` fails permanently on a
-    Kiban 400 for the form, another uses up its retries on Kiban 503s. No canary value in any line the
+    Kiban 400 for the form, another spends its retry budget on Kiban 503s. No canary value in any line the
     bridge's processes wrote (the fakes' logs are not the bridge's), and every reason is codes only."""
-    env = {"RETRY_BASE_SECONDS": "0.05", "RETRY_CAP_SECONDS": "0.2", "RETRY_MAX_ATTEMPTS": "3"}
+    env = {"RETRY_BASE_SECONDS": "0.05", "RETRY_CAP_SECONDS": "0.2", "BRIDGE_RETRY_BUDGET_SECONDS": "0.5"}
     with process_stack(tmp_path, env) as stack:
         stack.start_worker()
         internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
@@ -363,7 +363,7 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
     unavailable = "KibanRetryableError: executeWorkfloo: http 503"
     by_job = {e["data"]["job_id"]: e["data"] for e in failures}
     assert by_job[rejected]["reason"] == form_400 and by_job[rejected]["retryable"] is False
-    assert by_job[exhausted]["reason"] == unavailable and by_job[exhausted]["attempts"] == 3
+    assert by_job[exhausted]["reason"] == unavailable and by_job[exhausted]["attempts"] >= 2
     assert letters[rejected] == f"permanent: {form_400}"
     assert letters[exhausted] == f"retries exhausted: {unavailable}"
     logged = [json.loads(line) for _, line in lines if '"job_failed"' in line]

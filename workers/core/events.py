@@ -42,6 +42,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_STARTED = "kompliant.workflow.started"
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
     ACTION_FAILED = "action.failed"
+    JOB_DEAD_LETTERED = "job.dead_lettered"
 
 
 def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bool:

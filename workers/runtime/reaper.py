@@ -16,12 +16,13 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.contract import ABANDONED, CRASH_REQUEUES, JOB_SERIALIZER
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
 from workers.fanout.publisher import Publisher
 from workers.runtime import rq_internals
+from workers.runtime.dead_letters import publish_dead_lettered
 
 log = get_logger(__name__)
 
@@ -60,6 +61,13 @@ def reap_abandoned(
                 reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"
                 rq_internals.fail_job(connection, job, reason)
                 _publish_abandoned(connection, settings, job, reason)
+                publish_dead_lettered(
+                    connection,
+                    settings or get_settings(),
+                    job,
+                    code=ABANDONED,
+                    reason=f"abandoned {crashes} times",
+                )
                 log.error("job_dead_lettered_after_crashes", job_id=job.id, crashes=crashes)
                 continue
             job.meta[CRASH_REQUEUES] = crashes

@@ -316,9 +316,9 @@ def _canary_leaks(lines: list[tuple[str, str]]) -> list[str]:
     ]
 
 
-def _action_failed(stack: Bridge) -> list[dict[str, Any]]:
+def _action_failed(stack: Bridge, type_: str = "action.failed") -> list[dict[str, Any]]:
     events = [json.loads(fields[b"event"]) for _id, fields in stack.redis.xrange("workfloo:events")]
-    return [e for e in events if e["type"] == "action.failed"]
+    return [e for e in events if e["type"] == type_]
 
 
 def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Path, figures: Any) -> None:
@@ -343,6 +343,7 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
         stack.reset_faults()
         internal.close()
         failures = _action_failed(stack)
+        dead = _action_failed(stack, "job.dead_lettered")
         letters = {d.job_id: d.reason for d in dead_letters.list_dead_letters(stack.redis, "workfloo")}
         statuses = {c: commands_api.command_result(stack.redis, c) for c in (rejected, exhausted)}
         lines = [(p, line) for p, line in stack.log_lines() if p in ("receiver", "worker")]
@@ -368,7 +369,14 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
     assert letters[exhausted] == f"retries exhausted: {unavailable}"
     logged = [json.loads(line) for _, line in lines if '"job_failed"' in line]
     assert sorted(r["reason"] for r in logged) == sorted([form_400, unavailable])
-    reasons = [*(e["data"]["reason"] for e in failures), *letters.values(), *(r["reason"] for r in logged)]
+    assert sorted(e["data"]["reason"] for e in dead) == sorted([form_400, unavailable])
+    assert {e["data"]["code"] for e in dead} == {"permanent", "retry_budget_spent"}
+    reasons = [
+        *(e["data"]["reason"] for e in failures),
+        *(e["data"]["reason"] for e in dead),
+        *letters.values(),
+        *(r["reason"] for r in logged),
+    ]
     figures.add("reasons checked", len(reasons), section)
     for reason in reasons:
         assert not any(text.lower() in reason.lower() for text in VENDOR_TEXT), reason

@@ -42,7 +42,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_STARTED = "kompliant.workflow.started"
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
     ACTION_FAILED = "action.failed"
-    JOB_DEAD_LETTERED = "job.dead_lettered"
+    JOB_DEAD_LETTERED = "job.dead_lettered"  # a job landed in RQ's failed registry (no applicant data)
 
 
 def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bool:

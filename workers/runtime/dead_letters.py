@@ -1,6 +1,6 @@
 """Dead letters: RQ's ``FailedJobRegistry`` of the bridge queue, listed and replayed.
 
-A job lands there when it raised a permanent error, used up its retries, or kept killing workers
+A job lands there when it raised a permanent error, spent its retry budget, or kept killing workers
 (``workers.runtime.reaper.reap_abandoned``). Replay requeues the **same job id** (so the job's own idempotency
 keys still apply), with its retry count reset; ``dlq_replays`` in the job's meta gives the replayed run a
 fresh ``action.failed`` once-key.
@@ -184,7 +184,7 @@ def _job_function(job: Job) -> str | None:
 
 def dead_letter_of(exc: BaseException | None, job: Job) -> tuple[str, str]:
     """(code, reason) of a job the worker is failing: ``guarded``'s own code when it decided, else
-    ``timeout`` or ``exception``; the reason is codes only (``reason_of``)."""
+    ``timeout`` or ``exception``; the reason is codes only (``error_reason``)."""
     if isinstance(exc, JobFailedError):
         text = str(exc)
         for prefix in ("retries exhausted: ", "permanent: "):

@@ -187,3 +187,18 @@ def test_the_cron_job_enqueues_json_jobs_as_rqs_own_would(redis_client: redis.Re
     assert "probe-cron" in cron_job_registry.get_names(redis_client)
     SimpleWorker([QUEUE], connection=redis_client, serializer=JOB_SERIALIZER).work(burst=True)
     assert Job.fetch(job_id, connection=redis_client, serializer=JOB_SERIALIZER).return_value() == 5
+
+
+def test_unsubscribe_never_waits_for_the_pubsub_threads_sleep(redis_client: redis.Redis) -> None:
+    """RQ's order (UNSUBSCRIBE, then redis-py's ``stop()``, which joins without a timeout) let a thread
+    that read the confirmation first wait its 60 s sleep for a new subscription; the override sets the
+    stop flag first and waits at most a second. Repeated, because the bad order only loses a race."""
+    assert "_running" in vars(redis.client.PubSubWorkerThread(redis_client.pubsub(), sleep_time=1))
+    for _ in range(20):
+        worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+        worker.subscribe()
+        started = time.monotonic()
+        worker.unsubscribe()
+        assert time.monotonic() - started < 2
+        worker.pubsub_thread.join(1)
+        assert not worker.pubsub_thread.is_alive()

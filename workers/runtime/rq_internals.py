@@ -16,6 +16,11 @@ listed in ``OVERRIDDEN_HOOKS``:
   whose exception texts are codes (``workers.core.log.safe_traceback``), then runs the exception handlers
   (``run_exception_handlers``) as RQ does. ``log_job_description`` is off: a job's description is its
   call with the arguments;
+* ``BaseWorker.unsubscribe``: RQ sends ``UNSUBSCRIBE`` and then stops its pub/sub thread, whose
+  ``stop()`` (redis-py) joins without a timeout. A thread that reads the unsubscribe confirmation before
+  the stop flag is set loops once more and waits the thread's ``sleep_time`` (RQ: 60 s) for a
+  subscription, so a burst or warm shutdown hung up to a minute. ``stop_pubsub_thread`` sets the flag
+  first (``PubSubWorkerThread._running``), then unsubscribes, and waits at most a second;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -84,6 +89,7 @@ __all__ = [
     "scheduler_lock_holder",
     "scheduler_running",
     "start_scheduler",
+    "stop_pubsub_thread",
 ]
 
 OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
@@ -94,6 +100,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "bootstrap",
         "_install_signal_handlers",
         "handle_exception",
+        "unsubscribe",
     ),
     SimpleWorker: ("execute_job",),
 }
@@ -117,6 +124,19 @@ def request_warm_stop(worker: BaseWorker) -> None:
 def run_exception_handlers(worker: BaseWorker, job: Job, *exc_info: Any) -> None:
     """Walk the worker's exception handler stack for a failed job, as RQ's ``handle_exception`` does."""
     call_exception_handlers(worker._exc_handlers, job, *exc_info)
+
+
+def stop_pubsub_thread(worker: BaseWorker, timeout: float = 1.0) -> None:
+    """Stop the worker's pub/sub thread and unsubscribe, waiting at most ``timeout`` for the thread: the
+    run flag first, so the thread leaves its loop on the unsubscribe confirmation instead of waiting
+    ``sleep_time`` for a new subscription."""
+    thread = worker.pubsub_thread
+    if thread is None:
+        return
+    thread._running.clear()
+    worker.pubsub.unsubscribe()
+    thread.join(timeout)
+    worker.pubsub.close()
 
 
 # --- scheduler -------------------------------------------------------------------------------------

@@ -127,6 +127,13 @@ class _BridgeWorkerMixin:
         except Exception:
             log.warning("dead_letter_signal_failed", job_id=job.id)
 
+    def unsubscribe(self) -> None:
+        """RQ hook: stop the pub/sub thread without the up-to-60 s wait of RQ's order (see
+        ``rq_internals.stop_pubsub_thread``)."""
+        if getattr(self, "pubsub_thread", None) is not None:
+            log.debug("worker_unsubscribing")
+            rq_internals.stop_pubsub_thread(self)  # type: ignore[arg-type]
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ hook: the started-registry entry lives heartbeat + grace (+ RQ's cleanup margin)."""
         interval = self.job_monitoring_interval

@@ -110,7 +110,6 @@ WORKER_ENV = {
     # Fast retries and crash detection, as in the end-to-end tests (production defaults are slower).
     "BRIDGE_RETRY_BASE_SECONDS": "0.05",
     "BRIDGE_RETRY_CAP_SECONDS": "0.5",
-    "BRIDGE_RETRY_MAX_ATTEMPTS": "10",
     "BRIDGE_NIP_RESEND_DELAY_SECONDS": "0.2",
     "BRIDGE_WORKER_HEARTBEAT_SECONDS": "1",
     "BRIDGE_WORKER_HEARTBEAT_GRACE_SECONDS": "2",

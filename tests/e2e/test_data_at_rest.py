@@ -343,7 +343,7 @@ def test_canaries_through_every_failure_path_leave_no_plaintext_in_redis_or_its_
     written sealed and deleted; every key has a TTL or is in the documented list."""
     client = redis.Redis.from_url(private_redis.url)
     client.config_set("appendfsync", "always")  # every write on disk before the files are read
-    tuning = {"BRIDGE_LOG_LEVEL": "DEBUG", "BRIDGE_RETRY_MAX_ATTEMPTS": "3"}
+    tuning = {"BRIDGE_LOG_LEVEL": "DEBUG", "BRIDGE_RETRY_BUDGET_SECONDS": "0.5"}
     with contextlib.contextmanager(make_bridge)(tuning, redis_url=private_redis.url) as bridge:
         worker_lines = _every_path(bridge, client)
 

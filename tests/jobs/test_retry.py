@@ -1,7 +1,9 @@
-"""Retry policy: full-jitter exponential backoff with a cap, Retry-After as a floor, attempt budget."""
+"""Retry policy: full-jitter exponential backoff with a cap, Retry-After as a floor, a time budget
+measured from the job's first attempt; every dead letter raises ``job.dead_lettered``."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from workers.core.contract import JOB_SERIALIZER
@@ -19,11 +21,11 @@ from workers.jobs.retry import RetryPolicy, is_retryable, reason_of
 
 
 def policy(**overrides: float) -> RetryPolicy:
-    values = {"base": 1.0, "cap": 30.0, "max_attempts": 4, "retry_after_max": 120.0, **overrides}
+    values = {"base": 1.0, "cap": 30.0, "budget": 600.0, "retry_after_max": 120.0, **overrides}
     return RetryPolicy(
         base=values["base"],
         cap=values["cap"],
-        max_attempts=int(values["max_attempts"]),
+        budget=values["budget"],
         retry_after_max=values["retry_after_max"],
     )
 
@@ -47,9 +49,11 @@ def test_retry_after_is_a_floor_and_is_clipped() -> None:
     assert p.delay(5, retry_after=1.0, rng=lambda: 1.0) == 30.0
 
 
-def test_attempt_budget_counts_the_first_run() -> None:
-    p = policy(max_attempts=3)
-    assert [p.can_retry(n) for n in range(4)] == [True, True, False, False]
+def test_the_budget_is_time_since_the_first_attempt_not_a_count() -> None:
+    p = policy(budget=600.0)
+    assert [p.can_retry(elapsed) for elapsed in (0.0, 599.9, 600.0, 7200.0)] == [True, True, False, False]
+    # Hundreds of attempts are fine while the budget lasts.
+    assert p.delay(500, rng=lambda: 1.0) == 30.0
 
 
 def test_only_flagged_errors_retry() -> None:
@@ -104,13 +108,14 @@ def test_reason_is_codes_without_vendor_text() -> None:
 
 # --- the policy inside a real RQ worker (in-process burst worker, real Redis) -----------------------
 
-RUNS: list[int] = []
+RUNS: list[float] = []
+BUDGET = 0.4
 
 
 def _settings_for_job() -> Any:
     from workers.core.settings import load_settings
 
-    return load_settings(retry_base_seconds=0, retry_max_attempts=3)
+    return load_settings(retry_base_seconds=0, bridge_retry_budget_seconds=BUDGET)
 
 
 def always_unavailable() -> Any:
@@ -122,7 +127,7 @@ def always_unavailable() -> Any:
     assert job is not None
 
     def body() -> None:
-        RUNS.append(1)
+        RUNS.append(time.monotonic())
         raise TransientError("vendor still down", retry_after=None)
 
     return guarded(job.connection, _settings_for_job(), "probe", "exec-r", body)
@@ -137,41 +142,80 @@ def permanent_problem() -> Any:
     assert job is not None
 
     def body() -> None:
-        RUNS.append(1)
+        RUNS.append(time.monotonic())
         raise PermanentError("the form has no e-mail")
 
     return guarded(job.connection, _settings_for_job(), "probe", "exec-p", body)
 
 
-def _run(redis_client: Any, func: str) -> Any:
-    from rq import Queue
+def unguarded_bug(payload: dict[str, Any]) -> Any:
+    raise KeyError("Begoña")  # a bug outside ``guarded``: still a dead letter, still a signal
 
+
+def _work(redis_client: Any) -> None:
     from workers.core.settings import load_settings
     from workers.runtime.worker import build_worker
 
-    RUNS.clear()
-    job = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
-        f"{__name__}.{func}", job_id=f"probe-{func}"
-    )
     build_worker(redis_client, load_settings(), cls="workers.runtime.worker.BridgeSimpleWorker").work(
         burst=True
     )
+
+
+def _run(redis_client: Any, func: str, *args: Any) -> Any:
+    from rq import Queue
+
+    RUNS.clear()
+    job = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.{func}", *args, job_id=f"probe-{func}"
+    )
+    _work(redis_client)
     return job
 
 
-def test_retryable_error_is_retried_then_dead_lettered_with_action_failed(redis_client: Any) -> None:
+def _types(redis_client: Any, execution_id: str) -> list[str]:
+    from workers.core.settings import load_settings
+    from workers.fanout.publisher import Publisher
+
+    return [e.type for e in Publisher(redis_client, load_settings()).timeline(execution_id)]
+
+
+def test_retryable_error_is_retried_until_the_budget_then_dead_lettered(redis_client: Any) -> None:
     from workers.core.settings import load_settings
     from workers.fanout.publisher import Publisher
     from workers.runtime import dead_letters as dlq
 
     job = _run(redis_client, "always_unavailable")
-    assert len(RUNS) == 3  # BRIDGE_RETRY_MAX_ATTEMPTS runs, same job id
+    assert len(RUNS) > 3  # as many runs as the budget allows, not a fixed count
+    assert RUNS[-1] - RUNS[0] >= BUDGET * 0.9
     assert job.get_status(refresh=True) == "failed"
     [letter] = dlq.list_dead_letters(redis_client, "workfloo")
     assert letter.job_id == job.id and letter.reason.startswith("retries exhausted: TransientError")
-    [event] = Publisher(redis_client, load_settings()).timeline("exec-r")
-    assert event.type == "action.failed"
-    assert event.data["retryable"] is True and event.data["attempts"] == 3
+    events = Publisher(redis_client, load_settings()).timeline("exec-r")
+    assert [e.type for e in events] == ["action.failed", "job.dead_lettered"]
+    failed, dead = events
+    assert failed.data["retryable"] is True and failed.data["attempts"] == len(RUNS)
+    assert dead.data == {
+        "function": f"{__name__}.always_unavailable",
+        "job_id": job.id,
+        "queue": "workfloo",
+        "code": "retry_budget_spent",
+        "reason": "TransientError: vendor still down",
+        "dead_letters": 1,
+    }
+
+
+def test_a_replay_does_not_restart_the_budget(redis_client: Any) -> None:
+    """The budget runs from the job's first attempt (kept in its meta): a replay with the vendor still
+    down is one more attempt and a second dead letter, with a second ``job.dead_lettered``."""
+    from workers.runtime import dead_letters as dlq
+
+    job = _run(redis_client, "always_unavailable")
+    first_runs = len(RUNS)
+    dlq.replay(redis_client, "workfloo", job.id)
+    RUNS.clear()
+    _work(redis_client)
+    assert len(RUNS) == 1, first_runs
+    assert _types(redis_client, "exec-r").count("job.dead_lettered") == 2
 
 
 def test_permanent_error_is_dead_lettered_at_once(redis_client: Any) -> None:
@@ -183,8 +227,21 @@ def test_permanent_error_is_dead_lettered_at_once(redis_client: Any) -> None:
     assert len(RUNS) == 1
     [letter] = dlq.list_dead_letters(redis_client, "workfloo")
     assert letter.job_id == job.id and letter.reason.startswith("permanent: PermanentError")
-    [event] = Publisher(redis_client, load_settings()).timeline("exec-p")
-    assert event.data["retryable"] is False and event.data["action"] == "probe"
+    failed, dead = Publisher(redis_client, load_settings()).timeline("exec-p")
+    assert failed.data["retryable"] is False and failed.data["action"] == "probe"
+    assert dead.type == "job.dead_lettered" and dead.data["code"] == "permanent"
+
+
+def test_an_unguarded_exception_is_a_dead_letter_with_a_signal(redis_client: Any) -> None:
+    from workers.core.settings import load_settings
+    from workers.fanout.publisher import Publisher
+
+    job = _run(redis_client, "unguarded_bug", {"execution_id": "exec-u"})
+    assert job.get_status(refresh=True) == "failed"
+    [dead] = Publisher(redis_client, load_settings()).timeline("exec-u")
+    assert dead.type == "job.dead_lettered"
+    assert dead.data["code"] == "exception" and dead.data["reason"] == "KeyError"
+    assert "Begoña" not in dead.to_json().decode()
 
 
 def test_retry_after_survives_rqs_whole_second_scheduling(redis_client: Any) -> None:

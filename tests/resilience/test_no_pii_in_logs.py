@@ -318,19 +318,19 @@ def _canary_leaks(lines: list[tuple[str, str]]) -> list[str]:
     ]
 
 
-def _action_failed(stack: Bridge) -> list[dict[str, Any]]:
+def _action_failed(stack: Bridge, type_: str = "action.failed") -> list[dict[str, Any]]:
     events = [json.loads(fields[b"event"]) for _id, fields in stack.redis.xrange("workfloo:events")]
-    return [e for e in events if e["type"] == "action.failed"]
+    return [e for e in events if e["type"] == type_]
 
 
 def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Path, figures: Any) -> None:
     """A real receiver and a real worker, both at DEBUG: one ``start_application`` fails permanently on a
-    Kiban 400 for the form, another uses up its retries on Kiban 503s. No canary value in any line the
+    Kiban 400 for the form, another spends its retry budget on Kiban 503s. No canary value in any line the
     bridge's processes wrote (the fakes' logs are not the bridge's), and every reason is codes only."""
     env = {
         "BRIDGE_RETRY_BASE_SECONDS": "0.05",
         "BRIDGE_RETRY_CAP_SECONDS": "0.2",
-        "BRIDGE_RETRY_MAX_ATTEMPTS": "3",
+        "BRIDGE_RETRY_BUDGET_SECONDS": "0.5",
     }
     with process_stack(tmp_path, env) as stack:
         stack.start_worker()
@@ -349,6 +349,7 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
         stack.reset_faults()
         internal.close()
         failures = _action_failed(stack)
+        dead = _action_failed(stack, "job.dead_lettered")
         letters = {d.job_id: d.reason for d in dead_letters.list_dead_letters(stack.redis, "workfloo")}
         statuses = {c: commands_api.command_result(stack.redis, c) for c in (rejected, exhausted)}
         lines = [(p, line) for p, line in stack.log_lines() if p in ("receiver", "worker")]
@@ -369,12 +370,19 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
     unavailable = "KibanRetryableError: executeWorkfloo: http 503"
     by_job = {e["data"]["job_id"]: e["data"] for e in failures}
     assert by_job[rejected]["reason"] == form_400 and by_job[rejected]["retryable"] is False
-    assert by_job[exhausted]["reason"] == unavailable and by_job[exhausted]["attempts"] == 3
+    assert by_job[exhausted]["reason"] == unavailable and by_job[exhausted]["attempts"] >= 2
     assert letters[rejected] == f"permanent: {form_400}"
     assert letters[exhausted] == f"retries exhausted: {unavailable}"
     logged = [json.loads(line) for _, line in lines if '"job_failed"' in line]
     assert sorted(r["reason"] for r in logged) == sorted([form_400, unavailable])
-    reasons = [*(e["data"]["reason"] for e in failures), *letters.values(), *(r["reason"] for r in logged)]
+    assert sorted(e["data"]["reason"] for e in dead) == sorted([form_400, unavailable])
+    assert {e["data"]["code"] for e in dead} == {"permanent", "retry_budget_spent"}
+    reasons = [
+        *(e["data"]["reason"] for e in failures),
+        *(e["data"]["reason"] for e in dead),
+        *letters.values(),
+        *(r["reason"] for r in logged),
+    ]
     figures.add("reasons checked", len(reasons), section)
     for reason in reasons:
         assert not any(text.lower() in reason.lower() for text in VENDOR_TEXT), reason

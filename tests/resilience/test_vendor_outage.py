@@ -86,11 +86,7 @@ def _outage(bridge: Bridge, timeline: list[tuple[float, str]], kiban_down: threa
 
 def test_vendor_outage_then_recovery(tmp_path: Path, figures: Any) -> None:
     section = "vendor outage"
-    env = {
-        "BRIDGE_VENDOR_READ_TIMEOUT_SECONDS": "1",
-        "BRIDGE_RETRY_MAX_ATTEMPTS": "12",
-        "BRIDGE_RETRY_CAP_SECONDS": "1",
-    }
+    env = {"BRIDGE_VENDOR_READ_TIMEOUT_SECONDS": "1", "BRIDGE_RETRY_CAP_SECONDS": "1"}
     with bridge_stack(tmp_path, env) as bridge:
         bridge.start_worker("w-0")
         bridge.start_worker("w-1")

@@ -4,6 +4,7 @@ worker's job before the reaper requeues it."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import redis
@@ -39,6 +40,15 @@ def test_poison_job_is_dead_lettered_after_max_requeues(redis_client: redis.Redi
     letters = dlq.list_dead_letters(redis_client, QUEUE)
     assert [letter.job_id for letter in letters] == ["poison"]
     assert "abandoned 2 times" in letters[0].reason
+    # Every dead letter raises a signal, the reaper's too.
+    signals = [
+        json.loads(fields[b"event"])
+        for _, fields in redis_client.xrange("workfloo:events")
+        if fields[b"type"] == b"job.dead_lettered"
+    ]
+    assert [(e["data"]["job_id"], e["data"]["code"], e["data"]["function"]) for e in signals] == [
+        ("poison", "abandoned", "time.sleep")
+    ]
 
 
 def test_job_killed_before_it_was_marked_started_is_requeued(redis_client: redis.Redis) -> None:

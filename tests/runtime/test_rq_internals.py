@@ -278,3 +278,18 @@ def test_intermediate_list_helpers(redis_client: redis.Redis) -> None:
     assert rq_internals.intermediate_job_ids(redis_client, queue) == ["taken"]
     assert rq_internals.claim_intermediate_job(redis_client, queue, "taken")
     assert not rq_internals.claim_intermediate_job(redis_client, queue, "taken")
+
+
+def test_unsubscribe_never_waits_for_the_pubsub_threads_sleep(redis_client: redis.Redis) -> None:
+    """RQ's order (UNSUBSCRIBE, then redis-py's ``stop()``, which joins without a timeout) let a thread
+    that read the confirmation first wait its 60 s sleep for a new subscription; the override sets the
+    stop flag first and waits at most a second. Repeated, because the bad order only loses a race."""
+    assert "_running" in vars(redis.client.PubSubWorkerThread(redis_client.pubsub(), sleep_time=1))
+    for _ in range(20):
+        worker = BridgeSimpleWorker([QUEUE], connection=redis_client)
+        worker.subscribe()
+        started = time.monotonic()
+        worker.unsubscribe()
+        assert time.monotonic() - started < 2
+        worker.pubsub_thread.join(1)
+        assert not worker.pubsub_thread.is_alive()

@@ -241,3 +241,23 @@ def forget_command(command_id: str, execution_id: str, force: bool) -> ForgetCom
 CRASH_REQUEUES = "crash_requeues"
 """Job meta field: how often the reaper requeued this job after its worker died (a job reads it to know
 that an earlier run may have had effects)."""
+
+RETRY_STARTED_AT = "retry_started_at"
+"""Job meta field: epoch seconds of the job's first failed attempt, the start of its retry budget (kept
+by requeues and replays, so none of them restarts the budget)."""
+
+DEAD_LETTER_CODE = "dead_letter_code"
+"""Job meta field: why the job was last dead-lettered, one of ``DEAD_LETTER_CODES``."""
+
+DEAD_LETTERS = "dead_letters"
+"""Job meta field: how many times the job landed in the failed registry (``job.dead_lettered``'s once-key)."""
+
+RETRY_BUDGET_SPENT = "retry_budget_spent"
+PERMANENT = "permanent"
+EXCEPTION = "exception"
+TIMEOUT = "timeout"
+ABANDONED = "abandoned"
+DEAD_LETTER_CODES = (RETRY_BUDGET_SPENT, PERMANENT, EXCEPTION, TIMEOUT, ABANDONED)
+"""``retry_budget_spent``: a retryable error outlived the retry budget; ``permanent``: a non-retryable
+error; ``exception``: an exception outside the retry policy (a bug); ``timeout``: the job timeout;
+``abandoned``: the job kept killing workers (the reaper)."""

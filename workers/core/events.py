@@ -45,6 +45,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
     KOMPLIANT_WORKFLOW_CONFLICT = "kompliant.workflow.conflict"
     ACTION_FAILED = "action.failed"
+    JOB_DEAD_LETTERED = "job.dead_lettered"  # a job landed in RQ's failed registry (no applicant data)
 
 
 def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bool:
@@ -200,6 +201,19 @@ class KompliantWorkflowConflictData(KompliantWorkflowRejectedData):
     cannot attribute and which may be its own (``DUPLICATE_EMAIL``); a person decides."""
 
 
+class JobDeadLetteredData(EventData):
+    """``job.dead_lettered``: a job landed in RQ's failed registry (nothing of its arguments)."""
+
+    function: str | None = Field(description="the job's function path (null when its data cannot be read)")
+    job_id: str = Field(description="RQ job id (dlq replay <job_id>)")
+    queue: str = Field(description="the RQ queue")
+    code: str = Field(
+        description="retry_budget_spent, permanent, exception, timeout or abandoned (docs/events.md)"
+    )
+    reason: str = Field(description="codes only, as in action.failed")
+    dead_letters: int = Field(description="how many times this job id has been dead-lettered")
+
+
 class ActionFailedData(EventData):
     """``action.failed``: a job gave up (non-retryable error, or retries exhausted)."""
 
@@ -228,6 +242,7 @@ DATA_MODELS: dict[EventType, type[EventData]] = {
     EventType.KOMPLIANT_WORKFLOW_STARTED: KompliantWorkflowStartedData,
     EventType.KOMPLIANT_WORKFLOW_REJECTED: KompliantWorkflowRejectedData,
     EventType.KOMPLIANT_WORKFLOW_CONFLICT: KompliantWorkflowConflictData,
+    EventType.JOB_DEAD_LETTERED: JobDeadLetteredData,
     EventType.ACTION_FAILED: ActionFailedData,
 }
 """The ``data`` model of every event type (a test checks that every ``EventType`` has one)."""

@@ -69,6 +69,11 @@ def stranded(queue_name: str, job_id: str) -> str:
     return f"{PREFIX}:stranded:{queue_name}:{job_id}"
 
 
+def reconcile_lock() -> str:
+    """Lock held by the running reconciler sweep (TTL ``BRIDGE_JOB_TIMEOUT_SECONDS``): one sweep at a time."""
+    return f"{PREFIX}:lock:reconcile"
+
+
 def subscriber_disabled(subscriber_key: str) -> str:
     """HTTP subscriber: string (JSON reason) present while it is disabled (set on ``410 Gone``)."""
     return f"{PREFIX}:subscriber:{subscriber_key}:disabled"
@@ -88,6 +93,11 @@ DURABILITY_PROBE_TTL_SECONDS = 60
 
 OPEN_EXECUTIONS = f"{PREFIX}:open"
 """Sorted set: execution id → time it was last touched, for executions with no terminal event yet."""
+
+FOLLOWUP_PENDING = f"{PREFIX}:followup"
+"""Sorted set: approved execution id → when the reconciler next looks at its Kompliant hand-off, from the
+moment the finish path decides to hand it off until the hand-off started, was rejected or conflicted.
+Bounded by the approved executions whose hand-off is not done (docs/operations.md, keys without a TTL)."""
 
 DEAD_LETTER_STREAM = f"{PREFIX}:events:dead"
 """Stream of entries a consumer group gave up on after too many deliveries."""

@@ -468,9 +468,19 @@ class WorkerSettings(_Section):
         default=30 * 24 * 3600, ge=60, description="How long dead letters stay in the failed-job registry."
     )
     retry_base_seconds: float = Field(default=1.0, ge=0, description="Backoff base (full jitter).")
-    retry_cap_seconds: float = Field(default=60.0, ge=0, description="Largest backoff between attempts.")
-    retry_max_attempts: int = Field(
-        default=6, ge=1, description="Attempts (first run included) before a retryable error dead-letters."
+    retry_cap_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Largest backoff between attempts; also the longest a job waits after a vendor "
+        "recovers (unless the vendor asked for a longer Retry-After).",
+    )
+    bridge_retry_budget_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="How long a job retries a retryable error, measured from its first failed attempt "
+        "(kept in the job's meta: a requeue or replay does not restart it). Past it the job is "
+        "dead-lettered (job.dead_lettered); an approved execution's hand-off is then re-run by the "
+        "reconciler until it is done.",
     )
     retry_after_max_seconds: float = Field(
         default=900.0, ge=0, description="Largest vendor Retry-After honoured; longer values are clipped."
@@ -527,6 +537,20 @@ class WorkerSettings(_Section):
         default=3600.0, gt=0, description="Largest wait between polls of one execution."
     )
     reconcile_batch: int = Field(default=200, ge=1, description="Executions polled per sweep.")
+    bridge_followup_retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Least time between two reconciler re-runs of one approved execution's hand-off whose "
+        "job is gone or dead-lettered after its retry budget. Below BRIDGE_RECONCILE_INTERVAL_SECONDS it is "
+        "re-run at every sweep: with the defaults the application starts within about a minute of the "
+        "vendor's recovery.",
+    )
+    bridge_reconcile_not_found_polls: int = Field(
+        default=3,
+        ge=1,
+        description="Kiban 404 answers in a row after which the reconciler stops polling an open "
+        "execution (reconcile.execution_not_found); 1 drops it at the first 404.",
+    )
     bridge_execution_retention_seconds: int = Field(
         default=30 * 24 * 3600,
         ge=60,

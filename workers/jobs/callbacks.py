@@ -9,11 +9,12 @@ execution (``finished:<id>``) and the Kompliant hand-off by its anchors (``worke
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 import redis
-from rq import Queue
+from rq import Queue, get_current_job
 
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER, RESEND_FUNCTION, CallbackPayload, ResendNipCommand
@@ -308,6 +309,12 @@ def finish(conn: redis.Redis, s: Settings, execution_id: str, *, trigger: str) -
     outcome = normalise(execution_id, detail, s)
     if not outcome.terminal:  # the detail can lag the status endpoint
         outcome = normalise(execution_id, {**as_mapping(detail), "status": status.status}, s)
+    if outcome.approved:  # on the follow-up set before anything closes the execution (reconcile.py)
+        carrier = get_current_job()
+        state.followup_register(
+            conn, execution_id, carrier.id if carrier is not None else None,
+            at=time.time() + s.bridge_followup_retry_seconds,
+        )  # fmt: skip
     publisher = Publisher(conn, s)
     data = {**outcome.event_data(), "trigger": trigger}
     publisher.publish(
@@ -330,6 +337,7 @@ def finish(conn: redis.Redis, s: Settings, execution_id: str, *, trigger: str) -
     }
     if outcome.approved:
         handoff = Handoff(conn, s, get_kompliant_client(s), publisher).run(execution_id, outcome.applicant)
+        state.followup_done(conn, execution_id)  # started or rejected: the hand-off is done
         result["kompliant"] = handoff.outcome
         result["workflow_id"] = handoff.workflow_id
     return result

@@ -421,6 +421,7 @@ def _delete_keys(conn: redis.Redis, execution_id: str, found: _Found, skip: str 
         names.update({keys.dedupe(job_id), keys.event_once(job_id), keys.event_once(f"status:{job_id}")})
         names.add(keys.job_lease(job_id))  # holds the execution id a start job recorded
         names.update(keys.event_once(f"action-failed:{job_id}:{n}") for n in range(found.replays + 1))
+        names.update(keys.event_once(f"job-dead-lettered:{job_id}:{n}") for n in range(1, found.replays + 2))
     names.update(keys.nip_ref(ref) for ref in found.nip_refs)
     names.update(keys.link(link_id) for link_id in found.link_ids)
     target = execution_id.encode()
@@ -435,6 +436,7 @@ def _delete_keys(conn: redis.Redis, execution_id: str, found: _Found, skip: str 
     for batch in _batches(ordered):
         deleted += int(conn.delete(*batch))
     deleted += int(conn.zrem(keys.OPEN_EXECUTIONS, execution_id))
+    deleted += int(conn.zrem(keys.FOLLOWUP_PENDING, execution_id))  # nothing left to hand off
     return deleted
 
 

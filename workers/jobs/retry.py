@@ -1,23 +1,34 @@
-"""Retry policy for worker jobs: exponential backoff with full jitter and a cap, ``Retry-After`` honoured.
+"""Retry policy for worker jobs: exponential backoff with full jitter and a cap, ``Retry-After`` honoured,
+for as long as a time budget lasts.
 
 Only a ``BridgeError`` whose ``retryable`` is true (a ``TransientError``, a vendor's 429/5xx/timeout…)
 and Redis connection trouble are retried, by *returning* ``rq.Retry`` from the job (RQ 3 re-schedules
 the same job id after the interval, so the job needs a worker started with the scheduler); the error's
-``retry_after`` is the floor of the wait. Anything else, or a retryable error once
-``retry_max_attempts`` is used up, publishes ``action.failed`` with the reason and raises
-``JobFailedError``: RQ moves the job into its ``FailedJobRegistry`` (the dead-letter list ``dlq`` shows).
+``retry_after`` is the floor of the wait. Retries go on until ``bridge_retry_budget_seconds`` have passed
+since the job's first failed attempt (``RETRY_STARTED_AT`` in the job's meta, so neither a crash
+requeue, a reconciler requeue nor a ``dlq replay`` restarts the budget: once it is spent, every further
+run is one attempt). Anything else, or a retryable error past the budget, publishes ``action.failed``
+with the reason and raises ``JobFailedError``: RQ moves the job into its ``FailedJobRegistry`` (the
+dead-letter list ``dlq`` shows), and the worker publishes ``job.dead_lettered``
+(``workers.runtime.dead_letters``).
+
+There is no attempt count: with full jitter a count says nothing about how long a job kept trying, and
+any count shorter than an outage loses the work (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
 from rq import Retry, get_current_job
+from rq.job import Job
 
+from workers.core.contract import DEAD_LETTER_CODE, PERMANENT, RETRY_BUDGET_SPENT, RETRY_STARTED_AT
 from workers.core.errors import BridgeError, JobFailedError, LeaseLostError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
@@ -33,7 +44,7 @@ log = get_logger(__name__)
 class RetryPolicy:
     base: float
     cap: float
-    max_attempts: int
+    budget: float
     retry_after_max: float
 
     @classmethod
@@ -41,7 +52,7 @@ class RetryPolicy:
         return cls(
             base=settings.retry_base_seconds,
             cap=settings.retry_cap_seconds,
-            max_attempts=settings.retry_max_attempts,
+            budget=settings.bridge_retry_budget_seconds,
             retry_after_max=settings.retry_after_max_seconds,
         )
 
@@ -59,8 +70,9 @@ class RetryPolicy:
             wait = max(wait, min(retry_after, self.retry_after_max))
         return float(wait)
 
-    def can_retry(self, attempt: int) -> bool:
-        return attempt + 1 < self.max_attempts
+    def can_retry(self, elapsed: float) -> bool:
+        """True while less than ``budget`` seconds have passed since the first failed attempt."""
+        return elapsed < self.budget
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -123,6 +135,33 @@ def publish_action_failed(
         log.warning("action_failed_not_published", action=action, execution_id=execution_id)
 
 
+def retry_started_at(job: Job | None) -> float:
+    """The start of the job's retry budget: its first failed attempt, recorded in its meta on the first
+    failure (the start of that run) and read back on every later one, whoever requeued the job."""
+    now = time.time()
+    if job is None:
+        return now
+    recorded = job.meta.get(RETRY_STARTED_AT)
+    if isinstance(recorded, int | float):
+        return float(recorded)
+    started = job.started_at.timestamp() if job.started_at is not None else now
+    job.meta[RETRY_STARTED_AT] = started
+    job.save_meta()  # type: ignore[no-untyped-call]
+    return started
+
+
+def _mark_dead_letter(code: str, execution_id: str | None) -> None:
+    job = get_current_job()
+    if job is not None:
+        job.meta[DEAD_LETTER_CODE] = code
+        if execution_id:  # ``dlq list`` and ``job.dead_lettered`` name it even when the args do not
+            job.meta["execution_id"] = execution_id
+        try:
+            job.save_meta()  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            log.warning("dead_letter_code_not_saved", job_id=job.id, code=code)
+
+
 def guarded(
     connection: redis.Redis,
     settings: Settings,
@@ -142,22 +181,30 @@ def guarded(
             return stood_down  # no dead letter
         retryable = is_retryable(exc)
         reason = reason_of(exc)
-        if retryable and policy.can_retry(attempt):
+        elapsed = 0.0
+        if retryable:
+            try:
+                elapsed = time.time() - retry_started_at(get_current_job())
+            except redis.RedisError:  # Redis is what failed: retry, the budget is checked next time
+                elapsed = 0.0
+        if retryable and policy.can_retry(elapsed):
             retry_after = exc.retry_after if isinstance(exc, BridgeError) else None
             delay = policy.delay(attempt, retry_after)
             log.warning(
                 "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
-                delay=round(delay, 3), reason=reason,
+                delay=round(delay, 3), elapsed=round(elapsed, 3), reason=reason,
             )  # fmt: skip
-            return Retry(max=policy.max_attempts, interval=[_interval(delay, honour_floor=bool(retry_after))])
+            # The budget decides, never RQ's count: ``max`` stays one above the retries so far.
+            return Retry(max=attempt + 2, interval=[_interval(delay, honour_floor=bool(retry_after))])
         log.error(
             "job_failed", action=action, execution_id=execution_id, attempts=attempt + 1,
-            retryable=retryable, reason=reason,
+            retryable=retryable, elapsed=round(elapsed, 3), reason=reason,
         )  # fmt: skip
         publish_action_failed(
             connection, settings, action=action, execution_id=execution_id, reason=reason,
             retryable=retryable, attempts=attempt + 1,
         )  # fmt: skip
+        _mark_dead_letter(RETRY_BUDGET_SPENT if retryable else PERMANENT, execution_id)
         prefix = "retries exhausted: " if retryable else "permanent: "
         raise JobFailedError(prefix + reason) from exc
 

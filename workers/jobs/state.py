@@ -6,6 +6,9 @@
 * ``keys.OPEN_EXECUTIONS``: zset of executions with no terminal event yet, scored by the time the
   reconciler should next consider them (last activity; the reconciler pushes the score forward by its
   poll backoff). A terminal execution is never re-added (a late NIP event must not reopen it).
+* ``keys.FOLLOWUP_PENDING``: zset of approved executions whose Kompliant hand-off is not done yet, scored
+  by when the reconciler next looks at them; ``FOLLOWUP_JOB`` in the hash names the job carrying the
+  hand-off, so the reconciler can tell a live hand-off from a dead one.
 * ``keys.link(link_id)``: NIP link id → execution id.
 
 Retention (``BRIDGE_EXECUTION_RETENTION_SECONDS``): every write to the hash of an execution that is not
@@ -46,6 +49,8 @@ KOMPLIANT_STARTED = "kompliant_started"
 KOMPLIANT_REJECTED = "kompliant_rejected"
 KOMPLIANT_CONFLICT = "kompliant_conflict"
 RECONCILE_POLLS = "reconcile_polls"
+NOT_FOUND_POLLS = "not_found_polls"
+FOLLOWUP_JOB = "followup_job"
 
 
 def retention_seconds() -> int:
@@ -135,6 +140,50 @@ def close(connection: redis.Redis, execution_id: str) -> None:
 def due_for_reconcile(connection: redis.Redis, older_than: float, limit: int) -> list[str]:
     raw = connection.zrangebyscore(keys.OPEN_EXECUTIONS, "-inf", repr(older_than), start=0, num=limit)
     return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+
+def count_not_found(connection: redis.Redis, execution_id: str) -> int:
+    """One more Kiban 404 for the execution; how many in a row so far (``clear_not_found`` resets)."""
+    return int(_write(connection, execution_id, "HINCRBY", NOT_FOUND_POLLS, "1"))
+
+
+def clear_not_found(connection: redis.Redis, execution_id: str) -> None:
+    connection.hdel(keys.execution(execution_id), NOT_FOUND_POLLS)
+
+
+# --- follow-up pending: approved executions whose hand-off is not done ---------------------------
+
+
+def followup_register(
+    connection: redis.Redis, execution_id: str, job_id: str | None, *, at: float | None = None
+) -> None:
+    """The execution must be handed off: on the follow-up set (kept score if already there) and the job
+    carrying the hand-off recorded, before anything that could close the execution."""
+    score = time.time() if at is None else at
+    with connection.pipeline() as pipe:
+        pipe.zadd(keys.FOLLOWUP_PENDING, {execution_id: score}, nx=True)
+        if job_id:
+            _write(pipe, execution_id, "HSET", FOLLOWUP_JOB, job_id)
+        pipe.execute()
+
+
+def followup_done(connection: redis.Redis, execution_id: str) -> None:
+    """The hand-off ended (started, rejected or conflict): the reconciler stops looking."""
+    connection.zrem(keys.FOLLOWUP_PENDING, execution_id)
+
+
+def followup_defer(connection: redis.Redis, execution_id: str, at: float) -> None:
+    """Next look at ``at`` (only while the entry exists: a hand-off that just ended stays off the set)."""
+    connection.zadd(keys.FOLLOWUP_PENDING, {execution_id: at}, xx=True)
+
+
+def followup_due(connection: redis.Redis, now: float, limit: int) -> list[str]:
+    raw = connection.zrangebyscore(keys.FOLLOWUP_PENDING, "-inf", repr(now), start=0, num=limit)
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+
+def is_followup_pending(connection: redis.Redis, execution_id: str) -> bool:
+    return connection.zscore(keys.FOLLOWUP_PENDING, execution_id) is not None
 
 
 def map_link(connection: redis.Redis, link_id: str, execution_id: str) -> None:

@@ -98,7 +98,8 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
     stream = status["stream"]
     console.print(
         f"event stream {stream['key']}: {stream['length']} entries, "
-        f"dead letters: {stream['dead_letter_length']}, open executions: {status['open_executions']}"
+        f"dead letters: {stream['dead_letter_length']}, open executions: {status['open_executions']}, "
+        f"hand-offs pending: {status.get('followup_pending', 0)}"
     )
     if status["consumer_groups"]:
         groups = Table(title="consumer groups", title_justify="left")

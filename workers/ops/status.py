@@ -91,5 +91,6 @@ def collect_status(client: redis.Redis, settings: Settings, recent: int = 10) ->
         },
         "consumer_groups": groups,
         "open_executions": client.zcard(keys.OPEN_EXECUTIONS),
+        "followup_pending": client.zcard(keys.FOLLOWUP_PENDING),
         "recent_events": events,
     }

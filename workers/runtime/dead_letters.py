@@ -1,9 +1,14 @@
 """Dead letters: RQ's ``FailedJobRegistry`` of the bridge queue, listed and replayed.
 
-A job lands there when it raised a permanent error, used up its retries, or kept killing workers
+A job lands there when it raised a permanent error, spent its retry budget, or kept killing workers
 (``workers.runtime.reaper.reap_abandoned``). Replay requeues the **same job id** (so the job's own idempotency
 keys still apply), with its retry count reset; ``dlq_replays`` in the job's meta gives the replayed run a
 fresh ``action.failed`` once-key.
+
+Every landing in the registry by the bridge's path (a job failing in a bridge worker, the reaper's poison
+pills) publishes ``job.dead_lettered`` (``publish_dead_lettered``): function, job id, queue, execution
+id, a code from ``workers.core.contract.DEAD_LETTER_CODES`` and a codes-only reason, never the job's
+arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +23,22 @@ from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobEr
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.contract import (
+    CRASH_REQUEUES,
+    DEAD_LETTER_CODE,
+    DEAD_LETTERS,
+    EXCEPTION,
+    JOB_SERIALIZER,
+    PERMANENT,
+    TIMEOUT,
+)
+from workers.core.errors import JobFailedError
+from workers.core.events import Event, EventType
+from workers.core.log import error_reason, get_logger
+from workers.core.settings import Settings
+from workers.fanout.publisher import Publisher
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,3 +159,73 @@ def replay_all(connection: redis.Redis, queue_name: str) -> list[str]:
 
 def queue(connection: redis.Redis, queue_name: str) -> Queue:
     return Queue(queue_name, connection=connection, serializer=JOB_SERIALIZER)
+
+
+# --- the signal -------------------------------------------------------------------------------
+
+
+def _job_execution_id(job: Job) -> str | None:
+    try:
+        args = job.args
+    except Exception:  # an undeserialisable job still gets its signal
+        return None
+    if args and isinstance(args[0], dict) and args[0].get("execution_id"):
+        return str(args[0]["execution_id"])
+    recorded = job.meta.get("execution_id")
+    return str(recorded) if recorded else None
+
+
+def _job_function(job: Job) -> str | None:
+    try:
+        return job.func_name
+    except Exception:
+        return None
+
+
+def dead_letter_of(exc: BaseException | None, job: Job) -> tuple[str, str]:
+    """(code, reason) of a job the worker is failing: ``guarded``'s own code when it decided, else
+    ``timeout`` or ``exception``; the reason is codes only (``error_reason``)."""
+    if isinstance(exc, JobFailedError):
+        text = str(exc)
+        for prefix in ("retries exhausted: ", "permanent: "):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+        code = str(job.meta.get(DEAD_LETTER_CODE) or PERMANENT)
+        return code, text
+    if exc is None:
+        return EXCEPTION, "unknown"
+    if type(exc).__name__ == "JobTimeoutException":
+        return TIMEOUT, error_reason(exc)
+    return EXCEPTION, error_reason(exc)
+
+
+def publish_dead_lettered(
+    connection: redis.Redis, settings: Settings, job: Job, *, code: str, reason: str
+) -> None:
+    """``job.dead_lettered`` for a job landing in the failed registry: function, job id, queue, execution
+    id, a code and a codes-only reason; never the job's arguments. Best effort (Redis may be down)."""
+    count = int(job.meta.get(DEAD_LETTERS, 0)) + 1
+    job.meta[DEAD_LETTERS] = count
+    job.meta[DEAD_LETTER_CODE] = code
+    execution_id = _job_execution_id(job)
+    try:
+        job.save_meta()  # type: ignore[no-untyped-call]
+        Publisher(connection, settings).publish(
+            Event(
+                type=EventType.JOB_DEAD_LETTERED,
+                execution_id=execution_id,
+                data={
+                    "function": _job_function(job),
+                    "job_id": job.id,
+                    "queue": job.origin,
+                    "code": code,
+                    "reason": reason,
+                    "dead_letters": count,
+                },
+            ),
+            once_key=f"job-dead-lettered:{job.id}:{count}",
+        )
+    except redis.RedisError:
+        log.warning("dead_letter_not_published", job_id=job.id, code=code)
+        return
+    log.error("job_dead_lettered", job_id=job.id, execution_id=execution_id, code=code, reason=reason)

@@ -15,13 +15,14 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from workers.core import keys
-from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.contract import ABANDONED, CRASH_REQUEUES, JOB_SERIALIZER
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
 from workers.fanout.publisher import Publisher
 from workers.jobs import lease
 from workers.runtime import rq_internals
+from workers.runtime.dead_letters import publish_dead_lettered
 
 log = get_logger(__name__)
 
@@ -82,6 +83,7 @@ def _requeue(connection: redis.Redis, s: Settings, queue: Queue, job: Job, max_r
         reason = f"abandoned {crashes} times (worker died mid-job each time); dead-lettered"
         rq_internals.fail_job(connection, job, reason)
         _publish_abandoned(connection, s, job, reason)
+        publish_dead_lettered(connection, s, job, code=ABANDONED, reason=f"abandoned {crashes} times")
         log.error("job_dead_lettered_after_crashes", job_id=job.id, crashes=crashes)
         return False
     job.meta[CRASH_REQUEUES] = crashes

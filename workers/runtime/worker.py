@@ -31,6 +31,7 @@ from workers.core.log import describe_exception, get_logger, redactor, safe_trac
 from workers.core.settings import Settings, get_settings
 from workers.jobs import lease
 from workers.runtime import rq_internals
+from workers.runtime.dead_letters import dead_letter_of, publish_dead_lettered
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
 
 log = get_logger(__name__)
@@ -121,6 +122,7 @@ class _BridgeWorkerMixin:
             error=describe_exception(exc_info[1]) if exc_info[1] is not None else None,
             exception=exception,
         )  # fmt: skip
+        self._signal_dead_letter(job, exc_info[1])
         rq_internals.run_exception_handlers(self, job, *exc_info)  # type: ignore[arg-type]
 
     def handle_job_failure(
@@ -137,6 +139,17 @@ class _BridgeWorkerMixin:
         super().handle_job_failure(  # type: ignore[misc]
             job, queue, started_job_registry=started_job_registry, exc_string=text, execution=execution
         )
+
+    def _signal_dead_letter(self, job: Job, exc: BaseException | None) -> None:
+        """``job.dead_lettered`` for a failure that lands the job in the failed registry (not a job RQ
+        retries itself, nor one stopped on request); never breaks the failure handling."""
+        if job.should_retry or getattr(self, "_stopped_job_id", None) == job.id:
+            return
+        try:
+            code, reason = dead_letter_of(exc, job)
+            publish_dead_lettered(self.connection, self._bridge_settings, job, code=code, reason=reason)
+        except Exception:
+            log.warning("dead_letter_signal_failed", job_id=job.id)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ hook: the started-registry entry lives heartbeat + grace (+ RQ's cleanup margin)."""

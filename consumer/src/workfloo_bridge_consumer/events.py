@@ -30,6 +30,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_REJECTED = "kompliant.workflow.rejected"
     KOMPLIANT_WORKFLOW_CONFLICT = "kompliant.workflow.conflict"
     ACTION_FAILED = "action.failed"
+    JOB_DEAD_LETTERED = "job.dead_lettered"
 
 
 class Source(StrEnum):
@@ -220,6 +221,23 @@ class KompliantWorkflowConflictData(TypedDict):
     trace_id: str | None
 
 
+class JobDeadLetteredData(TypedDict):
+    """``job.dead_lettered``: a job landed in RQ's failed registry (nothing of its arguments)."""
+
+    # the job's function path (null when its data cannot be read)
+    function: str | None
+    # RQ job id (dlq replay <job_id>)
+    job_id: str
+    # the RQ queue
+    queue: str
+    # retry_budget_spent, permanent, exception, timeout or abandoned (docs/events.md)
+    code: str
+    # codes only, as in action.failed
+    reason: str
+    # how many times this job id has been dead-lettered
+    dead_letters: int
+
+
 class ActionFailedData(TypedDict):
     """``action.failed``: a job gave up (non-retryable error, or retries exhausted)."""
 
@@ -254,6 +272,7 @@ DATA_TYPES: dict[EventType, type] = {
     EventType.KOMPLIANT_WORKFLOW_REJECTED: KompliantWorkflowRejectedData,
     EventType.KOMPLIANT_WORKFLOW_CONFLICT: KompliantWorkflowConflictData,
     EventType.ACTION_FAILED: ActionFailedData,
+    EventType.JOB_DEAD_LETTERED: JobDeadLetteredData,
 }
 """The ``TypedDict`` of each event type's ``data``."""
 
@@ -266,6 +285,7 @@ __all__ = [
     "CallbackReceivedData",
     "ErasureCounts",
     "EventType",
+    "JobDeadLetteredData",
     "KompliantWorkflowConflictData",
     "KompliantWorkflowCreatedData",
     "KompliantWorkflowRejectedData",

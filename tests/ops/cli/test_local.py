@@ -40,6 +40,7 @@ def test_status_reports_queues_failed_jobs_events_and_group_lag(
         )
     redis_client.xgroup_create("workfloo:events", "crm-sync", id="0")
     redis_client.xreadgroup("crm-sync", "c1", {"workfloo:events": ">"}, count=1)
+    redis_client.zadd(keys.FOLLOWUP_PENDING, {"e-approved": 1.0})  # a hand-off not done yet
 
     code, out, _ = _invoke("status", "--json")
     assert code == 0
@@ -51,10 +52,12 @@ def test_status_reports_queues_failed_jobs_events_and_group_lag(
     assert [e["execution_id"] for e in report["recent_events"]] == ["e2", "e1", "e0"]
     group = report["consumer_groups"][0]
     assert (group["name"], group["pending"], group["lag"]) == ("crm-sync", 1, 2)
+    assert report["followup_pending"] == 1
 
     code, out, _ = _invoke("status")
     assert code == 0
     assert "crm-sync" in out and "workfloo" in out and "nip.sent" in out
+    assert "hand-offs pending: 1" in out
 
 
 def test_status_exit_codes_without_config_and_without_redis(clean_env: pytest.MonkeyPatch) -> None:

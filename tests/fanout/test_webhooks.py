@@ -25,7 +25,7 @@ from starlette.routing import Route
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
-from workers.core.events import Event, EventType
+from workers.core.events import Event, EventType, fact_event_id
 from workers.core.settings import Settings, get_settings, load_settings
 from workers.fanout import webhooks as subscribers
 from workers.fanout.publisher import Publisher
@@ -359,9 +359,10 @@ def test_delivery_jobs_are_enqueued_with_the_event_and_only_once(
         ]
     )
     publisher = Publisher(redis_client, settings)
-    event = _nip_event()
-    assert publisher.publish(event, once_key="same")
-    assert not publisher.publish(event, once_key="same")
+    assert publisher.publish(_nip_event(), once_key="same")
+    assert not publisher.publish(_nip_event(), once_key="same")
+    event = publisher.timeline("exec1")[0]  # as published: the fact's id
+    assert event.id == fact_event_id("same")
     queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     assert sorted(queue.job_ids) == sorted(subscribers.delivery_job_id(k, event.id, 0) for k in ("a", "c"))
     job = queue.jobs[0]

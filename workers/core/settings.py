@@ -609,6 +609,18 @@ class Settings(
 
     model_config = SettingsConfigDict(title="Settings")
 
+    @property
+    def event_once_ttl_seconds(self) -> int:
+        """TTL of the publisher's once-keys (``workfloo:once:<key>``): ``JOB_FAILURE_TTL_SECONDS`` +
+        ``BRIDGE_DEDUPE_TTL_SECONDS``.
+
+        Anything that can publish an effect again must meet its once-key: a dead letter (receiver-written,
+        worker-enqueued or webhook job alike) lives ``JOB_FAILURE_TTL_SECONDS`` after its last failure,
+        which follows the job's publishes by at most its retry window; the dedupe TTL on top covers that
+        window, and a replay that meets a once-key renews it for another full TTL. Derived, so raising
+        the failure TTL can never leave once-keys shorter than the dead letters they guard."""
+        return self.job_failure_ttl_seconds + self.bridge_dedupe_ttl_seconds
+
     def secret_values(self) -> list[str]:
         """Every configured secret in plain text, for the log redactor."""
         found: list[str] = []

@@ -163,6 +163,8 @@ def test_delivery_jobs_and_their_results_expire(
             serializer=JOB_SERIALIZER,
         )
         assert (job.result_ttl, job.failure_ttl) == (900, 1800)
+        assert job.retries_left  # RQ's abandoned-job cleanup retries a delivery instead of failing it
+        assert job.timeout == settings.bridge_http_subscribers_timeout_seconds + 30
     per_job = [k for k in redis_client.scan_iter("rq:*") if b"wh_crm_" in k]
     assert len(per_job) >= 4  # two job hashes, two result records
     assert {k: redis_client.ttl(k) for k in per_job if not 0 < redis_client.ttl(k) <= 1800} == {}

@@ -22,10 +22,12 @@ from typing import Any, Final, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from rq.job import Retry
 from rq.serializers import JSONSerializer
 from ulid import ULID
 
 from workers.core.crypto import FORM, KeyRing
+from workers.core.settings import Settings
 
 CallbackKind = Literal["nip", "status", "finished"]
 
@@ -241,3 +243,18 @@ def forget_command(command_id: str, execution_id: str, force: bool) -> ForgetCom
 CRASH_REQUEUES = "crash_requeues"
 """Job meta field: how often the reaper requeued this job after its worker died (a job reads it to know
 that an earlier run may have had effects)."""
+
+
+def abandoned_job_retry(settings: Settings) -> Retry | None:
+    """RQ retry fields of every bridge-queue job (receiver-written, API and worker-enqueued alike).
+
+    Only for a job whose worker died: RQ's own ``StartedJobRegistry.cleanup`` (run by any count of the
+    registry — ``status``, ``rq info``, a dashboard — and by RQ's maintenance) then re-queues it, at once,
+    instead of failing it with ``AbandonedJobError``; as many times as the reaper would
+    (``REAPER_MAX_REQUEUES``; none when that is 0). A job that raises is dead-lettered at once all the
+    same: ``workers.jobs.retry.guarded`` clears the retries left before it gives up, and a ``dlq replay``
+    gives them back. The bridge's own retries are the ``rq.Retry`` a job returns, counted apart
+    (``number_of_retries``)."""
+    if settings.reaper_max_requeues < 1:
+        return None
+    return Retry(max=settings.reaper_max_requeues)

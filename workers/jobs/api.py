@@ -20,6 +20,7 @@ from workers.core.contract import (
     RESEND_FUNCTION,
     START_FUNCTION,
     VALIDATE_FUNCTION,
+    abandoned_job_retry,
     new_command_id,
     resend_command,
     start_command,
@@ -34,6 +35,7 @@ def _options(s: Settings) -> dict[str, Any]:
         "job_timeout": s.job_timeout_seconds,
         "result_ttl": s.job_result_ttl_seconds,
         "failure_ttl": s.job_failure_ttl_seconds,
+        "retry": abandoned_job_retry(s),
     }
 
 

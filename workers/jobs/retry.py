@@ -153,8 +153,17 @@ def guarded(
             connection, settings, action=action, execution_id=execution_id, reason=reason,
             retryable=retryable, attempts=attempt + 1,
         )  # fmt: skip
+        _no_rq_retry()
         prefix = "retries exhausted: " if retryable else "permanent: "
         raise JobFailedError(prefix + reason) from exc
+
+
+def _no_rq_retry() -> None:
+    """A job that gives up is a dead letter now: its RQ retry fields (``contract.abandoned_job_retry``)
+    are for a worker that died, so RQ must not run it again for the exception it raises."""
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
 
 
 def _interval(delay: float, honour_floor: bool = False) -> Any:

@@ -18,7 +18,8 @@ from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobEr
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.contract import CRASH_REQUEUES, JOB_SERIALIZER, abandoned_job_retry
+from workers.core.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ def replay(connection: redis.Redis, queue_name: str, job_id: str) -> Job:
     job.meta["dlq_replays"] = int(job.meta.get("dlq_replays", 0)) + 1
     job.meta.pop(CRASH_REQUEUES, None)
     job.number_of_retries = 0
+    settings = get_settings()
+    retry = abandoned_job_retry(settings)
+    if job.origin == settings.bridge_queue and retry is not None:  # what giving up cleared
+        job.retries_left, job.retry_intervals = retry.max, retry.intervals
     job.save()
     try:
         return failed.requeue(job)

@@ -168,10 +168,15 @@ RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
 FORGET_FUNCTION = "workers.jobs.erasure.forget_job"
 
 
-def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
-    """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command)."""
+def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str | None = None) -> str:
+    """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command).
+
+    ``scope`` narrows the key to one object (the NIP command: the execution id), so a key a client reuses
+    for another application names another command. The HTTP endpoints and the Python API both call this:
+    one key space, remembered under ``keys.dedupe(command_id)`` for ``BRIDGE_DEDUPE_TTL_SECONDS``."""
     if idempotency_key:
-        digest = hashlib.sha256(f"{kind}\n{idempotency_key}".encode()).hexdigest()[:26]
+        named = f"{kind}\n{idempotency_key}" if scope is None else f"{kind}\n{scope}\n{idempotency_key}"
+        digest = hashlib.sha256(named.encode()).hexdigest()[:26]
         return f"cmd-{kind}-{digest}"
     return f"cmd-{kind}-{str(ULID()).lower()}"
 

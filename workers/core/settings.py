@@ -262,7 +262,10 @@ class ReceiverSettings(_Section):
         "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
     )
     bridge_dedupe_ttl_seconds: int = Field(
-        default=72 * 3600, gt=0, description="How long a delivery id is remembered."
+        default=72 * 3600,
+        gt=0,
+        description="How long a delivery id, or a command's idempotency key, is remembered. Publisher "
+        "once-keys live JOB_FAILURE_TTL_SECONDS + this.",
     )
     bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
     bridge_intake_timeout_seconds: float = Field(

@@ -4,7 +4,9 @@
   optional ``scenarioId``; enqueues ``start_application``. Optional ``Idempotency-Key`` header: the same
   key gives the same command id and is accepted once.
 * ``POST /v1/applications/{execution_id}/nip`` — body ``{"nip": "123456"}``; enqueues ``validate_nip``.
-  The NIP is stored sealed under a 15-minute key, never in the job payload.
+  The NIP is stored sealed under a 15-minute key, never in the job payload. Optional ``Idempotency-Key``
+  header, scoped to the execution: a retry gets the first command back (``duplicate``) and is neither
+  enqueued nor stored again, so a good NIP cannot be validated twice (Kiban's 400 → ``action.failed``).
 * ``POST /v1/applications/{execution_id}/nip/resend`` — enqueues ``resend_nip``.
 * ``DELETE /v1/applications/{execution_id}`` (``?force=true`` optional) — enqueues ``forget_job``: erase
   everything held about the application; ``application.forgotten`` tells when it is done.
@@ -102,10 +104,7 @@ class CommandEndpoints:
         for name, value in form.items():
             if not isinstance(value, str | int | float | bool) or value is None:
                 raise validation_error(prefix + name, "must be a string, number or boolean")
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
-            raise validation_error("Idempotency-Key", f"must be 1-{IDEMPOTENCY_KEY_MAX} characters")
-        command_id = contract.new_command_id("start", key)
+        command_id = contract.new_command_id("start", _idempotency_key(request))
         payload = contract.start_command(command_id, form, scenario, self.data_keys)
         return await self._enqueue(request, command_id, contract.START_FUNCTION, payload)
 
@@ -115,10 +114,15 @@ class CommandEndpoints:
         nip = body.get("nip")
         if not isinstance(nip, str) or not NIP_RE.fullmatch(nip):
             raise validation_error("nip", "must be a string of 4-8 digits")
-        command_id = contract.new_command_id("nip")
+        key = _idempotency_key(request)
+        command_id = contract.new_command_id("nip", key, scope=execution_id)
         intake: Intake = request.app.state.intake
         sealed = self.data_keys.seal_text(nip, crypto.NIP, command_id)
         try:
+            if key is not None and await intake.call("EXISTS", keys.dedupe(command_id)):
+                # A retry of an accepted command: its job may have taken the NIP already; never store
+                # it again. (Two concurrent first tries both store it; the intake enqueues one job.)
+                return JSONBytes({"command_id": command_id, "status": "duplicate"}, 202)
             await intake.call("SET", keys.nip_ref(command_id), sealed, "EX", str(keys.NIP_REF_TTL_SECONDS))
         except IntakeUnavailableError:
             raise self.unavailable from None
@@ -142,6 +146,13 @@ class CommandEndpoints:
         command_id = contract.new_command_id("forget")
         payload = contract.forget_command(command_id, execution_id, force in ("true", "1"))
         return await self._enqueue(request, command_id, contract.FORGET_FUNCTION, payload)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise validation_error("Idempotency-Key", f"must be 1-{IDEMPOTENCY_KEY_MAX} characters")
+    return key
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -168,18 +179,29 @@ def _op(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
 def openapi_paths(settings: Settings) -> dict[str, Any]:
     """OpenAPI ``paths`` entries of the routes above (merged into ``GET /openapi.json``)."""
     execution = [{"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "the same key names the same command: a retry is answered with the first "
+        f"command_id and status duplicate (remembered {settings.bridge_dedupe_ttl_seconds} s)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    }
     return {
         "/v1/applications": {
-            "post": _op(
-                "Start an application (execute, submit the form, send the NIP)",
-                {
-                    "type": "object",
-                    "properties": {
-                        "form": {"type": "object", "additionalProperties": True},
-                        "scenarioId": {"type": "string"},
+            "post": {
+                **_op(
+                    "Start an application (execute, submit the form, send the NIP)",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "form": {"type": "object", "additionalProperties": True},
+                            "scenarioId": {"type": "string"},
+                        },
                     },
-                },
-            )
+                ),
+                "parameters": [idempotency],
+            }
         },
         "/v1/applications/{execution_id}/nip": {
             "post": {
@@ -187,7 +209,7 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
                     "Validate the applicant's NIP (both steps)",
                     {"type": "object", "required": ["nip"], "properties": {"nip": {"type": "string"}}},
                 ),
-                "parameters": execution,
+                "parameters": [*execution, idempotency],
             }
         },
         "/v1/applications/{execution_id}/nip/resend": {

@@ -28,10 +28,10 @@ from typing import Any, Final
 import redis
 from redis._parsers.encoders import Encoder
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, Retry
 
 from receiver.intake.resp import bulk
-from workers.core.contract import JOB_SERIALIZER
+from workers.core.contract import JOB_SERIALIZER, abandoned_job_retry
 from workers.core.settings import Settings
 
 ALLOWED_COMMANDS: Final = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
@@ -155,10 +155,12 @@ def zlib_stored(raw: bytes) -> bytes:
 class JobRecorder:
     """Builds ``JobScript``s with RQ's own API (``Queue.create_job`` + ``Queue.enqueue_job``).
 
-    ``timeout``, ``result_ttl`` and ``failure_ttl`` go through ``create_job`` like any RQ job option, so
-    they become static fields of the template (and of the verification against RQ's bytes). With them
-    RQ expires the job hash and its ``rq:results:<id>`` record once the job finished or failed; without
-    them a failed job would be kept a year and its failure record forever."""
+    ``timeout``, ``result_ttl``, ``failure_ttl`` and ``retry`` go through ``create_job`` like any RQ job
+    option, so they become static fields of the template (and of the verification against RQ's bytes).
+    With the TTLs RQ expires the job hash and its ``rq:results:<id>`` record once the job finished or
+    failed; without them a failed job would be kept a year and its failure record forever. With the retry
+    fields (``contract.abandoned_job_retry``) RQ's own abandoned-job cleanup re-queues a job whose worker
+    died instead of failing it."""
 
     def __init__(
         self,
@@ -167,12 +169,14 @@ class JobRecorder:
         timeout: int | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self._client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_NeverConnect))
         self.queue = Queue(queue_name, connection=self._client, serializer=JOB_SERIALIZER)
         # Only used to pick command variants; avoids an INFO round trip (never persisted on the job).
         self.queue.redis_server_version = (7, 0, 0)
         self.timeout, self.result_ttl, self.failure_ttl = timeout, result_ttl, failure_ttl
+        self.retry = retry
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobRecorder:
@@ -182,6 +186,7 @@ class JobRecorder:
             timeout=settings.job_timeout_seconds,
             result_ttl=settings.job_result_ttl_seconds,
             failure_ttl=settings.job_failure_ttl_seconds,
+            retry=abandoned_job_retry(settings),
         )
 
     def record(self, func: str, payload: Any, job_id: str, description: str) -> list[list[bytes]]:
@@ -189,7 +194,7 @@ class JobRecorder:
         pipe = self._client.pipeline(transaction=False)
         job = self.queue.create_job(
             func, args=(payload,), job_id=job_id, description=description, timeout=self.timeout,
-            result_ttl=self.result_ttl, failure_ttl=self.failure_ttl,
+            result_ttl=self.result_ttl, failure_ttl=self.failure_ttl, retry=self.retry,
         )  # fmt: skip
         self.queue.enqueue_job(job, pipeline=pipe)
         return [[_encode(arg) for arg in args] for args, _options in pipe.command_stack]

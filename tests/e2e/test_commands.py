@@ -153,3 +153,35 @@ def test_a_slow_command_body_gets_408_and_no_job(
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
     assert redis_client.llen("rq:queue:workfloo") == 0
+
+
+def test_a_retried_nip_command_is_answered_as_the_first_one(receiver: str, redis_client: redis.Redis) -> None:
+    """A client retry of a NIP (same ``Idempotency-Key``) gets the first command back, even after its job
+    ran and took the NIP: no second job, which Kiban would answer 400 (``action.failed``), and no NIP
+    stored again."""
+    headers = {"Idempotency-Key": "nip-attempt-1"}
+    first = post(f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"}, headers=headers)
+    assert (first.status_code, first.json()["status"]) == (202, "accepted")
+    command_id = first.json()["command_id"]
+    state.drop_nip(redis_client, command_id)  # the validate job ran and took the NIP
+    queue = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER)
+
+    again = post(f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"}, headers=headers)
+
+    assert (again.status_code, again.json()) == (202, {"command_id": command_id, "status": "duplicate"})
+    assert queue.job_ids == [command_id]
+    assert not redis_client.exists(keys.nip_ref(command_id))
+    # The key names one command of one application: another application's NIP is its own command.
+    other = post(f"{receiver}/v1/applications/def456/nip", {"nip": "654321"}, headers=headers).json()
+    assert other["status"] == "accepted" and other["command_id"] != command_id
+    # Without a key every request is a new command, as before.
+    plain = [post(f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"}).json() for _ in range(2)]
+    assert plain[0]["command_id"] != plain[1]["command_id"]
+
+
+def test_a_bad_nip_idempotency_key_is_refused(receiver: str) -> None:
+    response = post(
+        f"{receiver}/v1/applications/abc123/nip", {"nip": "123456"}, headers={"Idempotency-Key": "x" * 201}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "Idempotency-Key"

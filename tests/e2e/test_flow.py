@@ -221,3 +221,25 @@ def test_start_rerun_after_the_form_was_accepted_finishes(bridge: Bridge) -> Non
     )
     assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else None
     assert job.return_value() == {"execution_id": execution_id}
+
+
+def test_a_retried_nip_command_validates_once(bridge: Bridge) -> None:
+    """A client that sends its NIP command again after the first was validated: with the same
+    idempotency key it gets the first command back and the application goes on; without one the second
+    validation meets Kiban past the NIP step and a good NIP is reported as ``action.failed``."""
+    from workers.jobs import api
+
+    keyed, plain = bridge.start_application("approved"), bridge.start_application("approved")
+    bridge.wait_nip_phase([keyed, plain])
+    first = api.validate_nip(bridge.redis, keyed, "123456", settings=bridge.settings, idempotency_key="k1")
+    api.validate_nip(bridge.redis, plain, "123456", settings=bridge.settings)
+    bridge.wait_types(keyed, T.NIP_VALIDATED)
+    bridge.wait_types(plain, T.NIP_VALIDATED)
+
+    again = api.validate_nip(bridge.redis, keyed, "123456", settings=bridge.settings, idempotency_key="k1")
+    api.validate_nip(bridge.redis, plain, "123456", settings=bridge.settings)
+
+    assert again == first
+    bridge.wait_types(plain, T.ACTION_FAILED)  # the hole the key closes
+    types = bridge.wait_types(keyed, T.KOMPLIANT_WORKFLOW_STARTED)
+    assert T.ACTION_FAILED not in types and types.count(T.NIP_VALIDATED) == 1

@@ -25,12 +25,13 @@ from starlette.routing import Route
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
-from workers.core.events import Event, EventType
+from workers.core.events import Event, EventType, fact_event_id
 from workers.core.settings import Settings, env_name, get_settings, load_settings
 from workers.fanout import webhooks as subscribers
 from workers.fanout.publisher import Publisher
 from workers.fanout.webhooks import forbidden_reason, next_delay, resolve_destination
 from workers.sandbox.serving import ServerThread
+from workers.sandbox.wait import wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -49,12 +50,14 @@ class Hook:
 
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)
     redirected_to: list[str] = field(default_factory=list)
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
             self.received.append((dict(request.headers), await request.body()))
             status, headers = self.answers.pop(0) if self.answers else (200, {})
+            self.answered_at.append(time.time())
             return Response(status_code=status, headers=headers)
 
         async def elsewhere(request: Request) -> Response:
@@ -91,6 +94,14 @@ def _work(client: redis.Redis, settings: Settings) -> None:
     SimpleWorker([queue], connection=client, serializer=JOB_SERIALIZER).work(
         burst=True, logging_level="WARNING"
     )
+
+
+def _perform(queue: Queue) -> None:
+    """Run the queued jobs with RQ's own ``Job.perform``, without a worker: a burst worker's teardown can
+    wait up to a minute for its pub/sub thread, longer than the delays timing tests measure."""
+    for job in queue.jobs:
+        queue.remove(job)
+        job.perform()
 
 
 def _nip_event(n: int = 0) -> Event:
@@ -163,6 +174,8 @@ def test_delivery_jobs_and_their_results_expire(
             serializer=JOB_SERIALIZER,
         )
         assert (job.result_ttl, job.failure_ttl) == (900, 1800)
+        assert job.retries_left  # RQ's abandoned-job cleanup retries a delivery instead of failing it
+        assert job.timeout == settings.bridge_http_subscribers_timeout_seconds + 30
     per_job = [k for k in redis_client.scan_iter("rq:*") if b"wh_crm_" in k]
     assert len(per_job) >= 4  # two job hashes, two result records
     assert {k: redis_client.ttl(k) for k in per_job if not 0 < redis_client.ttl(k) <= 1800} == {}
@@ -197,11 +210,11 @@ def test_retry_after_is_honoured(
     settings = configure([_sub(server, allow_private=True)])
     event = _nip_event()
     before = time.time()
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     Publisher(redis_client, settings).publish(event)
-    _work(redis_client, settings)
+    _perform(queue)
 
     assert len(hook.received) == 1  # the retry waits in RQ's scheduled registry
-    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     retry_id = subscribers.delivery_job_id("crm", event.id, 1)
     scheduled_at = queue.scheduled_job_registry.get_scheduled_time(retry_id)
     assert scheduled_at.timestamp() >= before + 1  # whole seconds in RQ's registry
@@ -212,8 +225,35 @@ def test_retry_after_is_honoured(
     assert queue.count == 0  # not due yet
     time.sleep(max(0.0, scheduled_at.timestamp() - time.time()) + 0.05)
     scheduler.enqueue_scheduled_jobs()
-    _work(redis_client, settings)
+    _perform(queue)
     assert len(hook.received) == 2
+
+
+def test_a_retry_never_starts_before_the_subscribers_retry_after(
+    redis_client: redis.Redis, serve: Callable[..., ServerThread], configure: Callable[..., Settings]
+) -> None:
+    """RQ keeps scheduled times in whole seconds, dropping the fraction: a retry due 2 s after an answer at
+    x.5 s would start 0.5 s early. The attempt that asked for ``Retry-After: 2`` is started at least 2 s
+    after the answer, whatever the fraction of the clock."""
+    hook = Hook(answers=[(503, {"retry-after": "2"})])
+    server = serve(hook.app())
+    settings = configure([_sub(server, allow_private=True)])
+    queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
+    scheduler = RQScheduler([queue], connection=redis_client, serializer=JOB_SERIALIZER)
+    scheduler.acquire_locks()
+
+    time.sleep((0.5 - time.time() % 1) % 1)  # the answer comes at about x.5 s
+    Publisher(redis_client, settings).publish(_nip_event())
+    _perform(queue)
+    assert len(hook.received) == 1
+
+    def second_attempt() -> bool:
+        scheduler.enqueue_scheduled_jobs()
+        _perform(queue)
+        return len(hook.received) == 2
+
+    wait_until(second_attempt, timeout=5, interval=0.02, what="the retry")
+    assert hook.answered_at[1] - hook.answered_at[0] >= 2.0
 
 
 def test_410_disables_the_subscriber(
@@ -359,9 +399,10 @@ def test_delivery_jobs_are_enqueued_with_the_event_and_only_once(
         ]
     )
     publisher = Publisher(redis_client, settings)
-    event = _nip_event()
-    assert publisher.publish(event, once_key="same")
-    assert not publisher.publish(event, once_key="same")
+    assert publisher.publish(_nip_event(), once_key="same")
+    assert not publisher.publish(_nip_event(), once_key="same")
+    event = publisher.timeline("exec1")[0]  # as published: the fact's id
+    assert event.id == fact_event_id("same")
     queue = Queue(settings.bridge_http_subscribers_queue, connection=redis_client, serializer=JOB_SERIALIZER)
     assert sorted(queue.job_ids) == sorted(subscribers.delivery_job_id(k, event.id, 0) for k in ("a", "c"))
     job = queue.jobs[0]

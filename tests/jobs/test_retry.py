@@ -266,3 +266,29 @@ def test_retry_after_survives_rqs_whole_second_scheduling(redis_client: Any) -> 
     assert redis_client.zscore(registry.key, job.id) == int(
         (due - timedelta(microseconds=900_000)).timestamp()
     )
+
+
+def test_a_dead_letter_is_not_retried_by_rqs_retry_fields(redis_client: Any) -> None:
+    """Bridge jobs carry RQ retry fields so RQ's abandoned-job cleanup re-queues them; a job that gives up
+    (``JobFailedError``) must still be dead-lettered at once, not run again by RQ, and a replay gets its
+    abandoned-job retries back."""
+    from rq import Queue
+
+    from workers.core.contract import abandoned_job_retry
+    from workers.core.settings import load_settings
+    from workers.runtime import dead_letters as dlq
+    from workers.runtime.worker import build_worker
+
+    RUNS.clear()
+    settings = load_settings()
+    retry = abandoned_job_retry(settings)
+    assert retry is not None and retry.max == settings.reaper_max_requeues
+    job = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).enqueue(
+        f"{__name__}.permanent_problem", job_id="probe-retry-fields", retry=retry
+    )
+    build_worker(redis_client, settings, cls="workers.runtime.worker.BridgeSimpleWorker").work(burst=True)
+    assert len(RUNS) == 1
+    assert job.get_status(refresh=True) == "failed"
+    assert [letter.job_id for letter in dlq.list_dead_letters(redis_client, "workfloo")] == [job.id]
+    replayed = dlq.replay(redis_client, "workfloo", job.id)
+    assert replayed.retries_left == settings.reaper_max_requeues

@@ -22,10 +22,12 @@ from typing import Any, Final, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from rq.job import Retry
 from rq.serializers import JSONSerializer
 from ulid import ULID
 
 from workers.core.crypto import FORM, KeyRing
+from workers.core.settings import Settings
 
 CallbackKind = Literal["nip", "status", "finished"]
 
@@ -166,10 +168,15 @@ RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
 FORGET_FUNCTION = "workers.jobs.erasure.forget_job"
 
 
-def new_command_id(kind: str, idempotency_key: str | None = None) -> str:
-    """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command)."""
+def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str | None = None) -> str:
+    """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command).
+
+    ``scope`` narrows the key to one object (the NIP command: the execution id), so a key a client reuses
+    for another application names another command. The HTTP endpoints and the Python API both call this:
+    one key space, remembered under ``keys.dedupe(command_id)`` for ``BRIDGE_DEDUPE_TTL_SECONDS``."""
     if idempotency_key:
-        digest = hashlib.sha256(f"{kind}\n{idempotency_key}".encode()).hexdigest()[:26]
+        named = f"{kind}\n{idempotency_key}" if scope is None else f"{kind}\n{scope}\n{idempotency_key}"
+        digest = hashlib.sha256(named.encode()).hexdigest()[:26]
         return f"cmd-{kind}-{digest}"
     return f"cmd-{kind}-{str(ULID()).lower()}"
 
@@ -261,3 +268,18 @@ DEAD_LETTER_CODES = (RETRY_BUDGET_SPENT, PERMANENT, EXCEPTION, TIMEOUT, ABANDONE
 """``retry_budget_spent``: a retryable error outlived the retry budget; ``permanent``: a non-retryable
 error; ``exception``: an exception outside the retry policy (a bug); ``timeout``: the job timeout;
 ``abandoned``: the job kept killing workers (the reaper)."""
+
+
+def abandoned_job_retry(settings: Settings) -> Retry | None:
+    """RQ retry fields of every bridge-queue job (receiver-written, API and worker-enqueued alike).
+
+    Only for a job whose worker died: RQ's own ``StartedJobRegistry.cleanup`` (run by any count of the
+    registry — ``status``, ``rq info``, a dashboard — and by RQ's maintenance) then re-queues it, at once,
+    instead of failing it with ``AbandonedJobError``; as many times as the reaper would
+    (``BRIDGE_REAPER_MAX_REQUEUES``; none when that is 0). A job that raises is dead-lettered at once all the
+    same: ``workers.jobs.retry.guarded`` clears the retries left before it gives up, and a ``dlq replay``
+    gives them back. The bridge's own retries are the ``rq.Retry`` a job returns, counted apart
+    (``number_of_retries``)."""
+    if settings.reaper_max_requeues < 1:
+        return None
+    return Retry(max=settings.reaper_max_requeues)

@@ -1,13 +1,16 @@
 """The event envelope shared by the receiver, the workers and every subscriber.
 
-Every event has the same envelope; only ``data`` varies by ``type``. ``id`` is a ULID: unique and
-lexicographically sortable by creation time. The catalogue of types lives in ``docs/events.md``; the data
+Every event has the same envelope; only ``data`` varies by ``type``. ``id`` identifies the fact: an event
+published with a once-key (every effect the bridge reports) takes ``fact_event_id(once_key)``, so the
+same fact has the same id however often and however late it is published again; any other event keeps
+a fresh ULID. The catalogue of types lives in ``docs/events.md``; the data
 of each type is modelled below (``DATA_MODELS``), and the JSON Schemas in ``docs/schemas/events/`` and the
 consumer package's typed events are generated from these models (``workers.ops.event_schemas``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -57,6 +60,13 @@ def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bo
 
 def new_event_id() -> str:
     return str(ULID())
+
+
+def fact_event_id(once_key: str) -> str:
+    """The id of the fact named by ``once_key``: 128 bits of its SHA-256 in a ULID's 26-character
+    Crockford base32, so ids keep one shape. Stable across processes and releases; not time-ordered."""
+    digest = hashlib.sha256(b"workfloo-event\n" + once_key.encode()).digest()
+    return str(ULID.from_bytes(digest[:16]))
 
 
 def utc_now() -> datetime:

@@ -13,7 +13,8 @@ NIP_REF_TTL_SECONDS = 15 * 60
 
 
 def dedupe(event_id: str) -> str:
-    """Receiver: a delivery id already accepted (string with TTL)."""
+    """A delivery id, or a command id named by an idempotency key, already accepted (string with TTL):
+    written by the receiver's intake and by the Python API (``workers.jobs.api``)."""
     return f"{PREFIX}:dedupe:{event_id}"
 
 

@@ -307,7 +307,10 @@ class ReceiverSettings(_Section):
         "end of the request headers; past it the connection is answered 408 and closed (slow headers).",
     )
     bridge_dedupe_ttl_seconds: int = Field(
-        default=72 * 3600, gt=0, description="How long a delivery id is remembered."
+        default=72 * 3600,
+        gt=0,
+        description="How long a delivery id, or a command's idempotency key, is remembered. Publisher "
+        "once-keys live JOB_FAILURE_TTL_SECONDS + this.",
     )
     bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
     bridge_intake_timeout_seconds: float = Field(
@@ -721,6 +724,18 @@ class Settings(
     """Every setting of every process; the sections are its bases, in the order the reference lists them."""
 
     model_config = SettingsConfigDict(title="Settings")
+
+    @property
+    def event_once_ttl_seconds(self) -> int:
+        """TTL of the publisher's once-keys (``workfloo:once:<key>``): ``BRIDGE_JOB_FAILURE_TTL_SECONDS`` +
+        ``BRIDGE_DEDUPE_TTL_SECONDS``.
+
+        Anything that can publish an effect again must meet its once-key: a dead letter (receiver-written,
+        worker-enqueued or webhook job alike) lives ``BRIDGE_JOB_FAILURE_TTL_SECONDS`` after its last failure,
+        which follows the job's publishes by at most its retry window; the dedupe TTL on top covers that
+        window, and a replay that meets a once-key renews it for another full TTL. Derived, so raising
+        the failure TTL can never leave once-keys shorter than the dead letters they guard."""
+        return self.job_failure_ttl_seconds + self.bridge_dedupe_ttl_seconds
 
     def secret_values(self) -> list[str]:
         """Every configured secret in plain text, for the log redactor."""

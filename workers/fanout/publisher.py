@@ -1,17 +1,23 @@
 """Fan-out of bridge events: one atomic Redis step appends to the stream, the timeline and pub/sub.
 
-``Publisher.publish`` is one Lua script call, so for each event either everything below happens or
-nothing does:
+``Publisher.publish`` is one Lua script call:
 
-1. ``once_key`` given and already seen → return False, no effect (a retried job publishes once);
-2. remember ``once_key`` (TTL ``bridge_dedupe_ttl_seconds``) and ``HSET`` the caller's state fields
-   (the state hash's TTL set to ``bridge_execution_retention_seconds`` unless it was already terminal:
-   the retention rule of ``workers.jobs.state``);
+1. ``once_key`` given and already seen → renew the once-key's TTL, return False, no other effect (a
+   retried or replayed job publishes once);
+2. ``HSET`` the caller's state fields (the state hash's TTL set to ``bridge_execution_retention_seconds``
+   unless it was already terminal: the retention rule of ``workers.jobs.state``);
 3. ``XADD`` the stream (``MAXLEN ~``), fields ``type``, ``execution_id``, ``event`` (envelope JSON);
 4. ``RPUSH`` the envelope on the execution's timeline (TTL ``events_timeline_ttl_seconds``);
 5. enqueue one RQ delivery job per matching, not-disabled HTTP subscriber (the job hash is built by
    RQ's own ``Job.to_dict`` in Python; the script only stores it and pushes its id);
-6. ``PUBLISH`` on ``workfloo:events:<type>`` (live listeners, at-most-once).
+6. ``PUBLISH`` on ``workfloo:events:<type>`` (live listeners, at-most-once);
+7. remember ``once_key`` (TTL ``Settings.event_once_ttl_seconds``), last of all.
+
+An event published with a ``once_key`` gets the id ``fact_event_id(once_key)`` (whatever id the caller's
+``Event`` carried), so a fact published again, after its once-key expired or after a script that failed
+half-way, carries the same ``id`` and consumers dedupe it. Redis does not roll a script back: a command
+failing half-way (only possible with a key of the wrong type) keeps the steps before it, and because the
+once-key comes last the caller's retry publishes the event again instead of losing it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import redis
 
 from workers.core import keys
-from workers.core.events import Event
+from workers.core.events import Event, fact_event_id
 from workers.core.settings import Settings
 from workers.fanout.webhooks import PreparedDelivery, prepare_deliveries
 
@@ -35,10 +41,8 @@ from workers.fanout.webhooks import PreparedDelivery, prepare_deliveries
 _PUBLISH_LUA = """
 local has_once = KEYS[1] ~= ''
 if has_once and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   return 0
-end
-if has_once then
-  redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 end
 local i = 8
 local nstate = tonumber(ARGV[i])
@@ -75,6 +79,9 @@ for d = 1, ndeliveries do
   k = k + 2
 end
 redis.call('PUBLISH', KEYS[5], ARGV[5])
+if has_once then
+  redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+end
 return 1
 """
 
@@ -105,7 +112,8 @@ class Publisher:
         state_key: str | None = None,
         state_fields: Mapping[str, str] | None = None,
     ) -> bool:
-        """Publish ``event``; False (and no effect at all) when ``once_key`` was already published."""
+        """Publish ``event`` (with the id ``fact_event_id(once_key)`` when ``once_key`` is given); False,
+        and no effect but the once-key's renewed TTL, when ``once_key`` was already published."""
         keys_, args = self._call_args(event, once_key, state_key, state_fields)
         return bool(self._script(keys=keys_, args=args))
 
@@ -135,6 +143,8 @@ class Publisher:
         state_fields: Mapping[str, str] | None,
     ) -> tuple[list[str], list[Any]]:
         settings = self.settings
+        if once_key:
+            event = event.model_copy(update={"id": fact_event_id(once_key)})
         envelope = event.to_json()
         deliveries: Sequence[PreparedDelivery] = prepare_deliveries(self.redis, settings, event, envelope)
         fields = dict(state_fields or {})
@@ -150,7 +160,7 @@ class Publisher:
             deliveries[0].queue_key if deliveries else "",
         ]
         args: list[Any] = [
-            settings.bridge_dedupe_ttl_seconds,
+            settings.event_once_ttl_seconds,
             settings.events_stream_bound,
             event.type,
             event.execution_id or "",

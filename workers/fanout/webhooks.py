@@ -2,10 +2,10 @@
 
 Delivery is an RQ job (``workers.fanout.webhooks.deliver``) on ``bridge_http_subscribers_queue``. The first
 attempt is enqueued by the publisher's Lua script, atomically with the stream append. A failed attempt
-enqueues the next one itself (``Queue.enqueue_in``: a scheduled job, so the worker that runs this queue must
-run RQ's scheduler, with the project's worker class for the JSON serializer) after the configured schedule
-with jitter, or later when the subscriber sent ``Retry-After``. ``410 Gone`` disables the subscriber (flag in
-Redis, reason kept) until ``enable()`` is called.
+enqueues the next one itself (``Queue.enqueue_at``, due time rounded up to RQ's whole seconds; the
+worker that runs this queue runs RQ's scheduler, with the project's worker class for the JSON
+serializer) after the configured schedule with jitter, never before the subscriber's ``Retry-After``.
+``410 Gone`` disables the subscriber (flag in Redis, reason kept) until ``enable()`` is called.
 
 SSRF guard: the host is resolved at every attempt (DNS may change) and every address it resolves to
 must be public unless private destinations are allowed; the request then goes to the checked address
@@ -15,10 +15,12 @@ must be public unless private destinations are allowed; the request then goes to
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import socket
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -249,6 +251,13 @@ def next_delay(settings: Settings, next_attempt: int, retry_after: float | None)
     return delay
 
 
+def due_at(delay: float, now: float | None = None) -> datetime:
+    """When a retry ``delay`` seconds from ``now`` is due, rounded UP to a whole second: RQ's scheduled
+    registry drops the fraction (``enqueue_in`` could start a retry up to 1 s before a subscriber's
+    ``Retry-After``); rounded up it starts at most 1 s late, never early."""
+    return datetime.fromtimestamp(math.ceil((time.time() if now is None else now) + delay), UTC)
+
+
 def find_subscriber(settings: Settings, subscriber_key: str) -> HttpSubscriber | None:
     for subscriber in settings.bridge_http_subscribers:
         if subscriber.key == subscriber_key:
@@ -327,7 +336,7 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     if delay <= 0:
         queue.enqueue(DELIVER_FUNC, *args, **options)
     else:
-        queue.enqueue_in(timedelta(seconds=delay), DELIVER_FUNC, *args, **options)
+        queue.enqueue_at(due_at(delay), DELIVER_FUNC, *args, **options)
     log.info(
         "webhook_retry_scheduled",
         subscriber=subscriber_key,

@@ -17,7 +17,13 @@ import redis
 from rq import Queue, get_current_job
 
 from workers.core import keys
-from workers.core.contract import JOB_SERIALIZER, RESEND_FUNCTION, CallbackPayload, ResendNipCommand
+from workers.core.contract import (
+    JOB_SERIALIZER,
+    RESEND_FUNCTION,
+    CallbackPayload,
+    ResendNipCommand,
+    abandoned_job_retry,
+)
 from workers.core.errors import KibanNotFoundError, TransientError
 from workers.core.events import Event, EventType, Source
 from workers.core.log import get_logger, redactor
@@ -72,10 +78,12 @@ def _received(
 
 
 def job_options(settings_: Settings) -> dict[str, Any]:
+    """RQ options of every job the workers enqueue on the bridge queue (as the receiver's template)."""
     return {
         "job_timeout": settings_.job_timeout_seconds,
         "result_ttl": settings_.job_result_ttl_seconds,
         "failure_ttl": settings_.job_failure_ttl_seconds,
+        "retry": abandoned_job_retry(settings_),
     }
 
 

@@ -205,6 +205,7 @@ def guarded(
             retryable=retryable, attempts=attempt + 1,
         )  # fmt: skip
         _mark_dead_letter(RETRY_BUDGET_SPENT if retryable else PERMANENT, execution_id)
+        _no_rq_retry()
         prefix = "retries exhausted: " if retryable else "permanent: "
         raise JobFailedError(prefix + reason) from exc
 
@@ -213,6 +214,14 @@ def _stood_down(action: str, execution_id: str | None) -> Any:
     """What a run that lost its lease returns; the worker records nothing for it (``lease.stood_down``)."""
     log.warning("job_stood_down", action=action, execution_id=execution_id)
     return {"stood_down": True}
+
+
+def _no_rq_retry() -> None:
+    """A job that gives up is a dead letter now: its RQ retry fields (``contract.abandoned_job_retry``)
+    are for a worker that died, so RQ must not run it again for the exception it raises."""
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
 
 
 def _interval(delay: float, honour_floor: bool = False) -> Any:

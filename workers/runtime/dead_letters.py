@@ -31,11 +31,12 @@ from workers.core.contract import (
     JOB_SERIALIZER,
     PERMANENT,
     TIMEOUT,
+    abandoned_job_retry,
 )
 from workers.core.errors import JobFailedError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
-from workers.core.settings import Settings
+from workers.core.settings import Settings, get_settings
 from workers.fanout.publisher import Publisher
 
 log = get_logger(__name__)
@@ -139,6 +140,10 @@ def replay(connection: redis.Redis, queue_name: str, job_id: str) -> Job:
     job.meta["dlq_replays"] = int(job.meta.get("dlq_replays", 0)) + 1
     job.meta.pop(CRASH_REQUEUES, None)
     job.number_of_retries = 0
+    settings = get_settings()
+    retry = abandoned_job_retry(settings)
+    if job.origin == settings.bridge_queue and retry is not None:  # what giving up cleared
+        job.retries_left, job.retry_intervals = retry.max, retry.intervals
     job.save()
     try:
         return failed.requeue(job)

@@ -15,12 +15,13 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 
 from receiver.intake import Intake, IntakeUnavailableError, resp
 from receiver.intake.batching import GroupCommitter
 from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
 from workers.core import keys
-from workers.core.contract import JOB_SERIALIZER
+from workers.core.contract import JOB_SERIALIZER, abandoned_job_retry
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 
@@ -185,6 +186,7 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport:
     Queue("reference", connection=connection, serializer=JOB_SERIALIZER).enqueue_call(
         "builtins.len", args=({"a": 1},), job_id="ref-1", timeout=settings.job_timeout_seconds,
         result_ttl=settings.job_result_ttl_seconds, failure_ttl=settings.job_failure_ttl_seconds,
+        retry=abandoned_job_retry(settings),
     )  # fmt: skip
     reference = connection.hgetall("rq:job:ref-1")
 
@@ -199,7 +201,9 @@ def test_recorded_commands_are_what_rq_enqueue_writes(redis_url: str, transport:
     asyncio.run(enqueue())
     ours = connection.hgetall("rq:job:ours-1")
     assert set(ours) == set(reference)
-    for field in (b"status", b"origin", b"timeout", b"result_ttl", b"failure_ttl"):
+    for field in (
+        b"status", b"origin", b"timeout", b"result_ttl", b"failure_ttl", b"retries_left", b"retry_intervals",
+    ):  # fmt: skip
         assert ours[field] == reference[field]
     # Same job tuple; stored uncompressed inside the zlib stream (receiver.intake.rqjob.zlib_stored).
     assert zlib.decompress(ours[b"data"]) == zlib.decompress(reference[b"data"])
@@ -335,3 +339,37 @@ def test_evalsha_follows_the_one_keys_and_argv_table() -> None:
         b"60", b"<stamp>", b"<job_id>", b"<created_at>", b"<enqueued_at>", b"<data>", b"<description>",
     ]  # fmt: skip
     assert script.source.startswith(f"-- KEYS: {', '.join(SCRIPT_KEYS)}. ARGV: {', '.join(SCRIPT_ARGV)}\n")
+
+
+def test_rq_cleanup_requeues_an_abandoned_intake_job_instead_of_failing_it(
+    redis_url: str, transport: str
+) -> None:
+    """All workers down longer than RQ's cleanup window: the first ``count`` of the started registry (a
+    ``status``, ``rq info``, a dashboard) runs RQ's own cleanup, which fails a job without retries left
+    (``AbandonedJobError``). Receiver-written jobs carry RQ retry fields, so it re-queues them."""
+    settings = load_settings(redis_url=redis_url, bridge_intake_transport=transport, reaper_max_requeues=3)
+
+    async def enqueue() -> None:
+        intake = Intake(settings)
+        await intake.start()
+        try:
+            await intake.enqueue("orphan-1", "builtins.len", {"a": 1}, description="x", stamp=utc_stamp())
+        finally:
+            await intake.stop()
+
+    asyncio.run(enqueue())
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue("workfloo", connection=connection, serializer=JOB_SERIALIZER)
+    job = Job.fetch("orphan-1", connection=connection, serializer=JOB_SERIALIZER)
+    assert job.retries_left == 3
+    # A worker took it and died: STARTED, out of the queue, its started-registry entry long expired.
+    job.set_status(JobStatus.STARTED)
+    connection.lrem(queue.key, 0, job.id)
+    connection.zadd(queue.started_job_registry.key, {f"{job.id}:exec1": 1.0})
+
+    assert queue.started_job_registry.count == 0  # RQ's cleanup ran
+    assert FailedJobRegistry("workfloo", connection=connection, serializer=JOB_SERIALIZER).count == 0
+    assert queue.job_ids == ["orphan-1"]
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    SimpleWorker([queue], connection=connection, serializer=JOB_SERIALIZER).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED

@@ -164,7 +164,7 @@ def test_the_bridge_runs_the_package_code_with_its_own_defaults() -> None:
     assert package.groups_key("s") == keys.stream_groups("s")  # where retention reports a group's losses
     assert package.trimmed_unacked_key("s") == keys.stream_trimmed_unacked("s")
     defaults = {name: field.default for name, field in Settings.model_fields.items()}
-    assert defaults["events_stream"] == package.BRIDGE_EVENTS_STREAM
+    assert defaults["events_stream"] == package.EVENTS_STREAM
     assert defaults["events_claim_idle_ms"] == package.CLAIM_IDLE_MS
     assert defaults["events_max_deliveries"] == package.MAX_DELIVERIES
     assert defaults["events_block_ms"] == package.BLOCK_MS

@@ -11,7 +11,7 @@ from workfloo_bridge_consumer.events import *  # noqa: F403 - the typed events a
 from workfloo_bridge_consumer.events import __all__ as _events_all
 from workfloo_bridge_consumer.group import (
     DEAD_LETTER_STREAM,
-    BRIDGE_EVENTS_STREAM,
+    EVENTS_STREAM,
     Consumer,
     ConsumerStats,
     GroupConsumer,
@@ -20,7 +20,7 @@ from workfloo_bridge_consumer.group import (
 
 __all__ = [
     "DEAD_LETTER_STREAM",
-    "BRIDGE_EVENTS_STREAM",
+    "EVENTS_STREAM",
     "Consumer",
     "ConsumerStats",
     "EnvelopeError",

@@ -34,7 +34,7 @@ import redis
 
 from workfloo_bridge_consumer.envelope import Event
 
-BRIDGE_EVENTS_STREAM = "workfloo:events"
+EVENTS_STREAM = "workfloo:events"
 """The bridge's stream (its ``BRIDGE_EVENTS_STREAM`` setting)."""
 DEAD_LETTER_STREAM = "workfloo:events:dead"
 """Where entries a group gave up on are copied."""
@@ -93,7 +93,7 @@ class GroupConsumer(Generic[E]):
         types: Sequence[str] | None = None,
         *,
         parse: Callable[[bytes], E],
-        stream: str = BRIDGE_EVENTS_STREAM,
+        stream: str = EVENTS_STREAM,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         max_deliveries: int = MAX_DELIVERIES,
         block_ms: int = BLOCK_MS,

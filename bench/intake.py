@@ -191,6 +191,8 @@ def _generator_main(port: int, path: str, tag: str, phase: str) -> None:
 
 def _serve(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    # The receiver's public listener is this port (its internal one is not served here).
+    env = {**env, "BRIDGE_PUBLIC_PORT": str(port), "BRIDGE_INTERNAL_PORT": str(free_port())}
     command = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",

@@ -34,7 +34,6 @@ from tests.support.resilience_helpers import (
     queue_length,
     raw_exchange,
     receiver_settings,
-    serve_receiver,
     status_of,
 )
 from workers.sandbox.serving import ServerThread
@@ -77,7 +76,9 @@ class Target:
 
 
 @pytest.fixture
-def target(serve: Callable[..., ServerThread], redis_client: redis.Redis, redis_url: str) -> Iterator[Target]:
+def target(
+    serve_receiver: Callable[..., ServerThread], redis_client: redis.Redis, redis_url: str
+) -> Iterator[Target]:
     config = receiver_settings(
         redis_url,
         bridge_body_read_timeout_seconds=BODY_TIMEOUT,
@@ -85,7 +86,7 @@ def target(serve: Callable[..., ServerThread], redis_client: redis.Redis, redis_
         bridge_max_body_bytes=MAX_BODY,
         bridge_max_header_bytes=MAX_HEADERS,
     )
-    server = serve_receiver(serve, config)
+    server = serve_receiver(config)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield Target(server, client, redis_client)
 

@@ -243,6 +243,37 @@ class ReceiverSettings(_Section):
     bridge_public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
     )
+    bridge_public_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the public listener (Kiban callbacks, /healthz): the one a proxy or "
+        "Ingress exposes.",
+    )
+    bridge_public_port: int = Field(default=8000, ge=0, le=65535, description="Port of the public listener.")
+    bridge_internal_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the internal listener (commands, timeline, /readyz, /metrics, "
+        "/openapi.json): reachable by internal services and Prometheus only, never exposed.",
+    )
+    bridge_internal_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the internal listener (differs from the public one).",
+    )
+    bridge_max_connections: int = Field(
+        default=1000,
+        gt=0,
+        description="Most connections one receiver process keeps open at once, both listeners together; "
+        "a connection beyond it is answered 503 and closed at once (each process of serve --workers has "
+        "its own limit).",
+    )
+    bridge_request_deadline_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Longest time from a request's first byte (or the connection's opening) to the last "
+        "byte of its body, headers included; past it the receiver answers 408 (or, once an answer has "
+        "started, just closes the connection).",
+    )
     bridge_max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted body.")
     bridge_max_header_bytes: int = Field(
         default=32 * 1024,

@@ -32,7 +32,7 @@ from workers.core.crypto import generate_entry
 from workers.core.settings import Settings, load_settings, redact_url
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
-from workers.sandbox.serving import ServerThread
+from workers.sandbox.serving import ServerThread, receiver_thread
 from workers.sandbox.supervisor import Child, Supervisor, child_popen_kwargs
 from workers.sandbox.wait import WaitTimeout, wait_http, wait_until
 
@@ -126,13 +126,21 @@ class Stack:
         host = self.config.host
         self.kiban_port, self.kompliant_port = free_port(), free_port()
         self.receiver_ports = [free_port() for _ in range(self.config.receivers)]
+        self.receiver_internal_ports = [free_port() for _ in range(self.config.receivers)]
         self.kiban_url = f"http://{host}:{self.kiban_port}"
         self.kompliant_url = f"http://{host}:{self.kompliant_port}"
         self.receiver_urls = [f"http://{host}:{port}" for port in self.receiver_ports]
+        self.receiver_internal_urls = [f"http://{host}:{port}" for port in self.receiver_internal_ports]
 
     @property
     def receiver_url(self) -> str:
+        """Receiver 0's public listener (Kiban's callbacks, /healthz)."""
         return self.receiver_urls[0]
+
+    @property
+    def internal_url(self) -> str:
+        """Receiver 0's internal listener (commands, timeline, /readyz, /metrics, /openapi.json)."""
+        return self.receiver_internal_urls[0]
 
     @property
     def callback_base(self) -> str:
@@ -235,6 +243,10 @@ class Stack:
                     self.config.host,
                     "--port",
                     str(self.receiver_ports[index]),
+                    "--internal-host",
+                    self.config.host,
+                    "--internal-port",
+                    str(self.receiver_internal_ports[index]),
                 )
         for _ in range(self.config.workers):
             self.add_worker()
@@ -243,7 +255,7 @@ class Stack:
         if not self.config.in_process:
             for name, url in (("fake-kiban", self.kiban_url), ("fake-kompliant", self.kompliant_url)):
                 wait_http(f"{url}/_fake/faults", timeout=timeout, child=self.children[name])
-        for index, url in enumerate(self.receiver_urls):
+        for index, url in enumerate(self.receiver_internal_urls):
             wait_http(f"{url}/readyz", timeout=timeout, child=self.children.get(self.receiver_name(index)))
         if self.config.workers:
             step("waiting for the workers to register")
@@ -276,8 +288,6 @@ class Stack:
             )
 
     def _start_threads(self) -> None:
-        from receiver.app import create_app as create_receiver
-        from receiver.protocol import guarded_protocol
         from workers.sandbox.fakes import kiban as fake_kiban
         from workers.sandbox.fakes.faults import Faults
 
@@ -296,10 +306,11 @@ class Stack:
         self.kompliant_url = self.threads["fake-kompliant"].url
         settings = self.settings()
         for index in range(self.config.receivers):
-            protocol: dict[str, Any] = {"http": guarded_protocol(settings)} if self.config.guarded else {}
-            server = ServerThread(create_receiver(settings), host=host, **protocol)
+            server = receiver_thread(settings, host, guarded=self.config.guarded)
             self.threads[self.receiver_name(index)] = server
             self.receiver_ports[index], self.receiver_urls[index] = server.port, server.url
+            self.receiver_internal_ports[index] = server.ports[1]
+            self.receiver_internal_urls[index] = server.internal_url
         pace: dict[str, Any] = {
             name: value
             for name, value in (

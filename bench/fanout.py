@@ -151,7 +151,7 @@ def e2e_mode(
 
     from workers.sandbox.serving import receiver_thread
 
-    key = "bench-callback-key"
+    key = "cb-a52ec88f4b99feef29a72bf218fa851a6fbefd07"
     os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "LOG_LEVEL": "WARNING"})
     os.environ.setdefault("BRIDGE_DATA_KEYS", generate_entry("bench"))  # receiver and workers need one
     app_settings = load_settings()

@@ -25,7 +25,7 @@ import httpx
 from workers.sandbox.redis_server import RedisServer, free_port
 from workers.sandbox.wait import wait_http
 
-CALLBACK_KEY = "footprint-key"
+CALLBACK_KEY = "cb-3c2d937ca82850dca7e7da16d0d077fb45de94a0"
 
 
 def rss_mib(pid: int) -> float:

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer, free_port
 
-KEY = "bench-callback-key"
+KEY = "cb-0cb5babcf574ca3dca7f7da0ca285c84a2533c89"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 RECEIVER_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
 NOOP_PATH = "/noop"

@@ -40,7 +40,7 @@ from receiver.openapi import openapi_document
 from workers.core.contract import JOB_FUNCTIONS
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
-from workers.core.settings import Settings, get_settings
+from workers.core.settings import Settings, api_key_problems, get_settings
 
 
 class ListenerRouter(Router):
@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings = settings or get_settings()
         require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
         check_listeners(settings)
+        if problems := api_key_problems(settings):  # Kiban's key and the command API's are strong, distinct
+            raise SettingsError("; ".join(problems))
     except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

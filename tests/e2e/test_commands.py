@@ -17,13 +17,15 @@ from workers.core.settings import load_settings
 from workers.jobs import data_keys, state
 from workers.sandbox.serving import ServerThread
 
-KEY = "internal-key-for-tests-0001"
+KEY = "in-74ddd3f76bd2e02188f50fdfe99558f7ede8e15b"
 
 
 @pytest.fixture
 def receiver(redis_url: str, serve_receiver: Callable[..., ServerThread]) -> Iterator[str]:
     settings = load_settings(
-        redis_url=redis_url, bridge_internal_keys=KEY, bridge_callback_keys="cb-key-1234"
+        redis_url=redis_url,
+        bridge_internal_keys=KEY,
+        bridge_callback_keys="cb-ed0a8849c8757d73187e38dc13f1cbec84dc67ec",
     )
     yield serve_receiver(settings).internal_url
 
@@ -112,7 +114,9 @@ def test_schema_errors_name_the_field(receiver: str, path: str, body: Any, field
 def test_wrong_or_missing_key_is_401(receiver: str) -> None:
     assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key=None).status_code == 401
     assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="nope").status_code == 401
-    callback_key = post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="cb-key-1234")
+    callback_key = post(
+        f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="cb-ed0a8849c8757d73187e38dc13f1cbec84dc67ec"
+    )
     assert callback_key.status_code == 401  # the callback key does not open the command endpoints
 
 

@@ -11,8 +11,8 @@ import pytest
 from workers.core.settings import Settings, load_settings
 from workers.sandbox.serving import ServerThread
 
-KEY = "test-callback-key"
-OLD_KEY = "old-callback-key"
+KEY = "cb-a1fe038d0be5823b57bc63bc900a89fe2e6ed61e"
+OLD_KEY = "cb-old-a0b5c4f97a1bd29e2b2d5633aa5b12911d1eb2f0"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
 AUTH = {"x-api-key": KEY}

@@ -61,3 +61,32 @@ def test_no_trailing_slash_redirect(serve_receiver: Callable[..., ServerThread],
 def test_the_listeners_need_two_ports(redis_url: str) -> None:
     with pytest.raises(SystemExit):
         create_app(load_settings(redis_url=redis_url, bridge_public_port=9000, bridge_internal_port=9000))
+
+
+STRONG = "cb-9f1c2e7a5b3d8c6e4f0a1b2c3d4e5f6a7b8c9d0e"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"bridge_callback_keys": "k"}, "BRIDGE_CALLBACK_KEYS key 1 is shorter than 32 characters"),
+        ({"bridge_internal_keys": f"{STRONG}x,short"}, "BRIDGE_INTERNAL_KEYS key 2 is shorter"),
+        ({"bridge_callback_keys": "changeme-changeme-changeme-changeme"}, "key 1 looks like a placeholder"),
+        ({"bridge_internal_keys": "my-TEST-key-that-is-long-enough-0f9e8d"}, "looks like a placeholder"),
+        ({"bridge_callback_keys": "ab" * 20}, "fewer than 8 distinct characters"),
+        (
+            {"bridge_callback_keys": STRONG, "bridge_internal_keys": STRONG},
+            "in both BRIDGE_CALLBACK_KEYS and",
+        ),
+    ],
+)
+def test_weak_or_shared_keys_refuse_to_start(
+    redis_url: str, overrides: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        create_app(load_settings(redis_url=redis_url, **overrides))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    for value in overrides.values():  # the keys themselves never reach the output
+        assert all(key not in err for key in value.split(",") if len(key) > 8)

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from receiver.app import create_app
+from tests.receiver.conftest import KEY
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import receiver_thread
 
-KEY = "test-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 
 PATHS = [

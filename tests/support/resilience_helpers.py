@@ -12,7 +12,7 @@ import redis
 
 from workers.core.settings import Settings, load_settings
 
-KEY = "resilience-callback-key-7f3a9c"
+KEY = "cb-b0ba2fd777ed0874ed4efdb9611ae9c137df2acd"
 AUTH = {"x-api-key": KEY}
 
 

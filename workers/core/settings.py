@@ -652,6 +652,38 @@ class Settings(
         return [s for s in found if s]
 
 
+MIN_API_KEY_LENGTH = 32
+PLACEHOLDER_WORDS = (
+    "changeme", "change-me", "change_me", "example", "secret", "test", "password", "placeholder",
+    "dummy", "sample", "default", "xxxx", "1234",
+)  # fmt: skip
+"""Words of the keys people paste from examples; a key containing one (any case) is refused."""
+
+
+def api_key_problems(settings: Settings) -> list[str]:
+    """Why the receiver's API keys (``BRIDGE_CALLBACK_KEYS``, ``BRIDGE_INTERNAL_KEYS``) are unsafe, one
+    line each, naming the variable and the key's position, never the key: shorter than
+    ``MIN_API_KEY_LENGTH``, a known placeholder, fewer than 8 distinct characters, or in both lists."""
+    problems: list[str] = []
+    lists = {
+        "BRIDGE_CALLBACK_KEYS": [k.get_secret_value() for k in settings.bridge_callback_keys],
+        "BRIDGE_INTERNAL_KEYS": [k.get_secret_value() for k in settings.bridge_internal_keys],
+    }
+    for variable, values in lists.items():
+        for position, key in enumerate(values, start=1):
+            where = f"{variable} key {position}"
+            lowered = key.lower()
+            if len(key) < MIN_API_KEY_LENGTH:
+                problems.append(f"{where} is shorter than {MIN_API_KEY_LENGTH} characters")
+            elif any(word in lowered for word in PLACEHOLDER_WORDS):
+                problems.append(f"{where} looks like a placeholder")
+            elif len(set(key)) < 8:
+                problems.append(f"{where} has fewer than 8 distinct characters")
+    if set(lists["BRIDGE_CALLBACK_KEYS"]) & set(lists["BRIDGE_INTERNAL_KEYS"]):
+        problems.append("a key is in both BRIDGE_CALLBACK_KEYS and BRIDGE_INTERNAL_KEYS")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the environment; on error raise ``SettingsError`` with one line per bad variable."""
     try:

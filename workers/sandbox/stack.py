@@ -68,8 +68,9 @@ class StackKeys:
     @classmethod
     def generate(cls) -> StackKeys:
         return cls(
-            callback="cb_" + secrets.token_urlsafe(24),
-            internal="in_" + secrets.token_urlsafe(24),
+            # 48 hex digits: long, random and never a placeholder word (the receiver refuses those).
+            callback="cb_" + secrets.token_hex(24),
+            internal="in_" + secrets.token_hex(24),
             kiban="kb_" + secrets.token_urlsafe(24),
             kompliant_api="sb_" + secrets.token_urlsafe(16),
             kompliant_secret=base64.b64encode(secrets.token_bytes(33)).decode(),

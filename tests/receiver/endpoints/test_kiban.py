@@ -14,12 +14,10 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from tests.receiver.conftest import ReceiverClient
+from tests.receiver.conftest import KEY, OLD_KEY, ReceiverClient
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER, CallbackPayload, finished_event_id, nip_event_id
 
-KEY = "test-callback-key"
-OLD_KEY = "old-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 LINK_ID = "676b188a6ef8abaf775fef10"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"

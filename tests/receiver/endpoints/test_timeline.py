@@ -12,9 +12,9 @@ from workers.core.events import Event
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 
-INTERNAL = "internal-key-0123456789"
-OLD_INTERNAL = "old-internal-key-0123456789"
-CALLBACK = "callback-key-0123456789"
+INTERNAL = "in-78a13d5afb4bcba7cd911f8e562eff196e4fa61d"
+OLD_INTERNAL = "in-old-c25fb7b0234307a5f0cb6f17778787d4a86a28fc"
+CALLBACK = "cb-22e24bfedf784ec71be6bc9ddab7526c21482513"
 T0 = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)
 
 

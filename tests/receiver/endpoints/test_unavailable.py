@@ -11,8 +11,8 @@ from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
 
-CALLBACK = "callback-key-0123456789"
-INTERNAL = "internal-key-0123456789"
+CALLBACK = "cb-d1b8149407d892256f8ca08981636ff39a153544"
+INTERNAL = "in-3eb7de49dc9317efde60f753152c65245744fe69"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP = {"event": "SENT", "date": "2026-11-22T23:00:00Z", "linkId": "L1"}
 

@@ -18,13 +18,12 @@ from rq.job import Job, JobStatus
 from receiver.intake import Intake, IntakeUnavailableError, resp
 from receiver.intake.batching import GroupCommitter
 from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
-from tests.receiver.conftest import ReceiverClient
+from tests.receiver.conftest import KEY, ReceiverClient
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 
-KEY = "test-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
 AUTH = {"x-api-key": KEY}

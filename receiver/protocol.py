@@ -61,12 +61,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._in_request = False  # from the request's start until its body is fully received
         self._too_large = False
+        self._request_cycle: Any = None  # the cycle of the request the clocks time (once its headers are in)
 
     # -- clocks ----------------------------------------------------------------------------------
 
     def _start_request_clocks(self) -> None:
         self._stop_clocks()
         self._in_headers = self._in_request = True
+        self._request_cycle = None
         self._header_bytes = self._parsed_header_bytes = 0
         assert self.header_timeout is not None
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
@@ -90,7 +92,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_clocks()
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        if self._request_cycle is None or not self._request_cycle.response_started:
             self.transport.write(
                 b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
                 + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
@@ -173,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_clock()
         super().on_headers_complete()
-        cycle = self.cycle
+        cycle = self._request_cycle = self.cycle
         if cycle is None:
             return
         send = cycle.send

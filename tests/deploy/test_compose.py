@@ -86,7 +86,8 @@ def test_two_receivers_a_worker_pool_and_one_scheduler(compose: dict[str, Any]) 
     services = compose["services"]
     receivers = [s for s in services.values() if s.get("command", [None])[0] == "serve"]
     assert len(receivers) == 2
-    assert {r["ports"][0].split(":")[0] for r in receivers} == {"8001", "8002"}
+    # Only the internal listener is published, and on loopback only.
+    assert {r["ports"][0] for r in receivers} == {"127.0.0.1:8101:8001", "127.0.0.1:8102:8001"}
     assert services["worker"]["command"] == ["worker"]
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert services["scheduler"]["command"] == ["scheduler"]

@@ -83,7 +83,7 @@ TOPOLOGIES = {
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 def test_every_queue_the_code_enqueues_to_has_a_consumer(topology: str) -> None:
     commands = TOPOLOGIES[topology]()
-    assert QUEUES == {DEFAULTS.bridge_queue, DEFAULTS.bridge_http_subscribers_queue}
+    assert {DEFAULTS.bridge_queue, DEFAULTS.bridge_http_subscribers_queue} == QUEUES
     missing = QUEUES - _consumed(commands)
     assert not missing, f"{topology}: nothing consumes {sorted(missing)}"
     assert sum(1 for args in commands if args[:1] == ["scheduler"]) == 1, f"{topology}: one scheduler"

@@ -144,3 +144,12 @@ def test_invalid_redis_url_error_never_shows_its_password(monkeypatch: pytest.Mo
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("name", ["BRIDGE_PUBLIC_URL", "KIBAN_BASE_URL", "KOMPLIANT_BASE_URL"])
+def test_plain_http_only_on_loopback_unless_allowed(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} must be https:// outside loopback"):
+        load_settings(**{name.lower(): "http://vendor.example.net"})
+    for loopback in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000"):
+        load_settings(**{name.lower(): loopback})
+    load_settings(**{name.lower(): "http://vendor.example.net", "bridge_allow_plain_http": True})

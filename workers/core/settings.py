@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -31,6 +32,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -62,6 +64,15 @@ def _check_schedule(value: list[float]) -> list[float]:
     if not value or any(v < 0 for v in value):
         raise ValueError("must be a non-empty list of seconds >= 0")
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_http_url(value: str) -> str:
@@ -242,6 +253,11 @@ class ReceiverSettings(_Section):
     )
     bridge_public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
+    )
+    bridge_allow_plain_http: bool = Field(
+        default=False,
+        description="Accept http:// (not https://) for BRIDGE_PUBLIC_URL, KIBAN_BASE_URL and "
+        "KOMPLIANT_BASE_URL outside loopback; off, only loopback hosts may use plain HTTP.",
     )
     bridge_public_host: str = Field(
         default="127.0.0.1",
@@ -640,6 +656,18 @@ class Settings(
 
     model_config = SettingsConfigDict(title="Settings")
 
+    @model_validator(mode="after")
+    def _https_outside_loopback(self) -> Settings:
+        if not self.bridge_allow_plain_http:
+            for name in ("bridge_public_url", "kiban_base_url", "kompliant_base_url"):
+                parts = urlsplit(getattr(self, name))
+                if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                    raise ValueError(
+                        f"{name.upper()} must be https:// outside loopback (BRIDGE_ALLOW_PLAIN_HTTP=true "
+                        "allows http://)"
+                    )
+        return self
+
     def secret_values(self) -> list[str]:
         """Every configured secret in plain text, for the log redactor."""
         found: list[str] = []
@@ -691,7 +719,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            if not error["loc"]:  # a rule across settings: its message names them
+                lines.append("invalid settings: " + error["msg"].removeprefix("Value error, "))
+                continue
+            variable = str(error["loc"][0]).upper()
             lines.append(f"invalid setting {variable}: {error['msg']}")
         raise SettingsError("; ".join(lines)) from None
 

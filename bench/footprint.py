@@ -105,7 +105,9 @@ def main() -> None:
         }
         port = free_port()
         receiver = subprocess.Popen(
-            [_bin("workfloo-bridge"), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+            [_bin("workfloo-bridge"), "serve", "--port", str(port), "--internal-port", str(free_port())],
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         worker = subprocess.Popen(
             [_bin("rq"), "worker", "-u", redis_server.url, "-S", "json", "workfloo", "--quiet"],

@@ -359,7 +359,8 @@ class Driver:
         self.nip_commands: list[str] = []
 
     def receiver(self) -> str:
-        return self.stack.receiver_urls[next(self._round_robin)]
+        """The internal listener of the next receiver (the command API)."""
+        return self.stack.receiver_internal_urls[next(self._round_robin)]
 
     def submit(self, phase: str, count: int) -> list[App]:
         batch = []
@@ -506,7 +507,7 @@ def verify(stack: ScaleStack, driver: Driver, reposter: Reposter, report: ScaleR
     repeated = [event_id for event_id, n in received_ids.items() if n > 1]
     if repeated:
         fail(f"callback.received twice for {len(repeated)} deliveries, e.g. {repeated[:3]}")
-    for name, url in zip("AB", stack.receiver_urls, strict=True):
+    for name, url in zip("AB", stack.receiver_internal_urls, strict=True):  # /metrics is internal
         report.accepted_by_receiver[name] = _metric_sum(url, "receiver_callbacks_accepted_total")
         report.duplicate_by_receiver[name] = _metric_sum(url, "receiver_callbacks_duplicate_total")
     if sum(report.accepted_by_receiver.values()) != len(accepted):

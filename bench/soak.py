@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         assert stack.client is not None
-        run(args, stack.client, stack.receiver_url, stack.kiban_url, stack.pids())
+        run(args, stack.client, stack.internal_url, stack.kiban_url, stack.pids())  # the command API
 
 
 def run(

@@ -151,3 +151,9 @@ def test_the_vm_units_and_procfile_name_real_commands() -> None:
     for args in _procfile() + _systemd():
         assert args[0] in {"serve", "worker", "scheduler"}, args
     assert Path(DEPLOY / "systemd" / "workfloo-bridge.target").exists()
+
+
+def test_nginx_proxies_only_the_public_routes() -> None:
+    conf = (DEPLOY / "nginx.conf").read_text()
+    proxied = re.findall(r"location ([=~^ ]*\S+) \{\s*(?:#[^\n]*\n\s*)*proxy_pass", conf)
+    assert sorted(p.replace("= ", "") for p in proxied) == ["/healthz", "/v1/kiban/"]

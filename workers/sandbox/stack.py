@@ -92,6 +92,9 @@ class StackConfig:
     definition_id: str = DEFINITION_ID
     tuning: Mapping[str, str] = field(default_factory=lambda: dict(DEMO_TUNING))
     extra_env: Mapping[str, str] = field(default_factory=dict)  # on top of everything else
+    # On top of that, per role ("receiver", "worker", "scheduler"): e.g. each role's own Redis ACL user
+    # in REDIS_URL (the stack's own clients use ``redis_url``).
+    role_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     decision_delay: float | None = None  # fake Kiban pace; None: the fake's own default
     nip_event_delay: float | None = None
     kiban_faults: Mapping[str, Any] = field(default_factory=dict)  # initial fault knobs
@@ -248,11 +251,12 @@ class Stack:
                     self.config.host,
                     "--internal-port",
                     str(self.receiver_internal_ports[index]),
+                    env=self.config.role_env.get("receiver"),
                 )
         for _ in range(self.config.workers):
             self.add_worker()
         if self.config.scheduler:
-            self.spawn("scheduler", "scheduler")
+            self.spawn("scheduler", "scheduler", env=self.config.role_env.get("scheduler"))
         if not self.config.in_process:
             for name, url in (("fake-kiban", self.kiban_url), ("fake-kompliant", self.kompliant_url)):
                 wait_http(f"{url}/_fake/faults", timeout=timeout, child=self.children[name])
@@ -305,7 +309,8 @@ class Stack:
         self.threads["fake-kompliant"] = ServerThread(kompliant, host=host).start()
         self.kompliant_port = self.threads["fake-kompliant"].port
         self.kompliant_url = self.threads["fake-kompliant"].url
-        settings = self.settings()
+        role_url = self.config.role_env.get("receiver", {}).get("REDIS_URL")
+        settings = self.settings(**({"redis_url": role_url} if role_url else {}))
         for index in range(self.config.receivers):
             server = receiver_thread(settings, host, guarded=self.config.guarded)
             self.threads[self.receiver_name(index)] = server
@@ -357,7 +362,11 @@ class Stack:
             args.append("--scheduler" if scheduler else "--no-scheduler")
         if name is not None:
             args += ["--name", name]
-        child = self.spawn(name or f"worker-{self._workers}", *args, env=env)
+        child = self.spawn(
+            name or f"worker-{self._workers}",
+            *args,
+            env={**self.config.role_env.get("worker", {}), **(env or {})},
+        )
         if wait:
             from rq import Worker
 

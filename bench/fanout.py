@@ -144,14 +144,14 @@ def e2e_mode(
     """Callback POST → receiver → the project's workers → stream, read with XREAD BLOCK."""
     try:
         importlib.import_module("workers.jobs.callbacks")
-        receiver_app = importlib.import_module("receiver.app")
+        importlib.import_module("receiver.app")
     except ImportError as exc:
         raise SystemExit(f"e2e mode needs the receiver intake and workers.jobs.callbacks ({exc})") from None
     import httpx
 
-    from workers.sandbox.serving import ServerThread
+    from workers.sandbox.serving import receiver_thread
 
-    key = "bench-callback-key"
+    key = "cb-a52ec88f4b99feef29a72bf218fa851a6fbefd07"
     os.environ.update({"REDIS_URL": server.url, "BRIDGE_CALLBACK_KEYS": key, "BRIDGE_LOG_LEVEL": "WARNING"})
     os.environ.setdefault("BRIDGE_DATA_KEYS", generate_entry("bench"))  # receiver and workers need one
     app_settings = load_settings()
@@ -184,7 +184,7 @@ def e2e_mode(
     thread.start()
     try:
         with (
-            ServerThread(receiver_app.create_app(app_settings)) as http,
+            receiver_thread(app_settings) as http,
             httpx.Client(base_url=http.url) as web,
         ):
 

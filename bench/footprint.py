@@ -26,7 +26,7 @@ from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer, free_port
 from workers.sandbox.wait import wait_http
 
-CALLBACK_KEY = "footprint-key"
+CALLBACK_KEY = "cb-3c2d937ca82850dca7e7da16d0d077fb45de94a0"
 
 
 def rss_mib(pid: int) -> float:
@@ -107,7 +107,9 @@ def main() -> None:
         }
         port = free_port()
         receiver = subprocess.Popen(
-            [_bin("workfloo-bridge"), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+            [_bin("workfloo-bridge"), "serve", "--port", str(port), "--internal-port", str(free_port())],
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
         worker = subprocess.Popen(
             [_bin("workfloo-bridge"), "worker", "--no-scheduler"],

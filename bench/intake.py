@@ -36,7 +36,7 @@ from starlette.routing import Route
 from workers.core.crypto import generate_entry
 from workers.sandbox.redis_server import RedisServer, free_port
 
-KEY = "bench-callback-key"
+KEY = "cb-0cb5babcf574ca3dca7f7da0ca285c84a2533c89"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 RECEIVER_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
 NOOP_PATH = "/noop"
@@ -191,6 +191,8 @@ def _generator_main(port: int, path: str, tag: str, phase: str) -> None:
 
 def _serve(factory: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    # The receiver's public listener is this port (its internal one is not served here).
+    env = {**env, "BRIDGE_PUBLIC_PORT": str(port), "BRIDGE_INTERNAL_PORT": str(free_port())}
     command = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",

@@ -58,8 +58,8 @@ BIN = Path(sys.executable).parent / "workfloo-bridge"
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "workfloo"
 STREAM = "workfloo:events"
-CALLBACK_KEY = "scale-callback-key-0123456789"
-INTERNAL_KEY = "scale-internal-key-0123456789"
+CALLBACK_KEY = "cb-2f202458f113ae220a3abb408b3cd8873a0bd1ed"
+INTERNAL_KEY = "in-f62537b4b989c04240332539c33d09159a9adb4d"
 KIBAN_KEY = "scale-kiban-key"
 DEFINITION = "def-scale"
 NIP = "123456"
@@ -358,7 +358,8 @@ class Driver:
         self.nip_commands: list[str] = []
 
     def receiver(self) -> str:
-        return self.stack.receiver_urls[next(self._round_robin)]
+        """The internal listener of the next receiver (the command API)."""
+        return self.stack.receiver_internal_urls[next(self._round_robin)]
 
     def submit(self, phase: str, count: int) -> list[App]:
         batch = []
@@ -505,7 +506,7 @@ def verify(stack: ScaleStack, driver: Driver, reposter: Reposter, report: ScaleR
     repeated = [event_id for event_id, n in received_ids.items() if n > 1]
     if repeated:
         fail(f"callback.received twice for {len(repeated)} deliveries, e.g. {repeated[:3]}")
-    for name, url in zip("AB", stack.receiver_urls, strict=True):
+    for name, url in zip("AB", stack.receiver_internal_urls, strict=True):  # /metrics is internal
         report.accepted_by_receiver[name] = _metric_sum(url, "receiver_callbacks_accepted_total")
         report.duplicate_by_receiver[name] = _metric_sum(url, "receiver_callbacks_duplicate_total")
     if sum(report.accepted_by_receiver.values()) != len(accepted):

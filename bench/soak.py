@@ -24,8 +24,8 @@ import redis
 from workers.jobs import api as commands_api
 from workers.sandbox.stack import Stack, StackConfig, StackKeys
 
-CALLBACK_KEY = "soak-callback-key-0123456789"
-INTERNAL_KEY = "soak-internal-key-0123456789"
+CALLBACK_KEY = "cb-3b5002185576d4177a6f1ac5dcbfbdc309a265f1"
+INTERNAL_KEY = "in-1b763f17cf362e21c4775983c892c4baf36591b2"
 KIBAN_KEY = "soak-kiban-key-0123456789"
 TERMINAL = {"workfloo.completed", "workfloo.failed", "workfloo.abandoned"}
 SCENARIOS = ["approved", "approved", "approved", "rejected", "abandoned"]
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         assert stack.client is not None
-        run(args, stack.client, stack.receiver_url, stack.kiban_url, stack.pids())
+        run(args, stack.client, stack.internal_url, stack.kiban_url, stack.pids())  # the command API
 
 
 def run(

@@ -1,4 +1,15 @@
-"""The receiver's ASGI application (plain Starlette routes, no BaseHTTPMiddleware on the hot path)."""
+"""The receiver's ASGI application (plain Starlette routes, no BaseHTTPMiddleware on the hot path).
+
+One process serves two listeners, told apart by the local port a connection arrived on:
+
+* public (``BRIDGE_PUBLIC_HOST``/``BRIDGE_PUBLIC_PORT``): Kiban's callbacks and ``/healthz``, the only
+  listener a proxy or Ingress exposes;
+* internal (``BRIDGE_INTERNAL_HOST``/``BRIDGE_INTERNAL_PORT``): the commands, the timeline, ``/readyz``,
+  ``/metrics`` and ``/openapi.json``.
+
+A route answers only on its listener (404 on the other); a connection on any other port gets 404 for
+everything. ``PUBLIC_PATHS``/``INTERNAL_PATHS`` name the route templates of each.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,7 +27,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from receiver.endpoints import commands, timeline
 from receiver.endpoints.kiban import CallbackEndpoints
@@ -27,13 +40,54 @@ from receiver.openapi import openapi_document
 from workers.core.contract import JOB_FUNCTIONS
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
-from workers.core.settings import Settings, get_settings
+from workers.core.settings import Settings, api_key_problems, get_settings
+
+
+class ListenerRouter(Router):
+    """Routes a request by the listener (local port) its connection arrived on; ``redirect_slashes`` off
+    everywhere (a redirect would echo the client's ``Host``)."""
+
+    def __init__(
+        self,
+        public: list[BaseRoute],
+        internal: list[BaseRoute],
+        *,
+        public_port: int,
+        internal_port: int,
+        lifespan: Any,
+    ) -> None:
+        super().__init__(routes=[*public, *internal], redirect_slashes=False, lifespan=lifespan)
+        self.listeners = {
+            public_port: Router(routes=public, redirect_slashes=False),
+            internal_port: Router(routes=internal, redirect_slashes=False),
+        }
+        self.nowhere = Router(routes=[], redirect_slashes=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        server = scope.get("server")
+        port = server[1] if server and len(server) > 1 else None
+        router = self.listeners.get(port, self.nowhere) if isinstance(port, int) else self.nowhere
+        await router(scope, receive, send)
+
+
+def check_listeners(settings: Settings) -> None:
+    """Raise ``SettingsError`` unless the two listeners are on different ports."""
+    if settings.bridge_public_port == settings.bridge_internal_port:
+        raise SettingsError(
+            "BRIDGE_PUBLIC_PORT and BRIDGE_INTERNAL_PORT must differ (the internal API is never public)"
+        )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     try:
         settings = settings or get_settings()
         require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
+        check_listeners(settings)
+        if problems := api_key_problems(settings):  # Kiban's key and the command API's are strong, distinct
+            raise SettingsError("; ".join(problems))
     except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -92,9 +146,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def server_error(request: Request, exc: Exception) -> Response:
         return JSONBytes({"error": "internal_error", "detail": None}, 500)
 
-    routes: list[BaseRoute] = [
-        *callbacks.routes(),
-        Route("/healthz", healthz, methods=["GET"]),
+    public: list[BaseRoute] = [*callbacks.routes(), Route("/healthz", healthz, methods=["GET"])]
+    internal: list[BaseRoute] = [
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -102,10 +155,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *timeline.routes(settings),
     ]
     app = Starlette(
-        routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.router = ListenerRouter(
+        public,
+        internal,
+        public_port=settings.bridge_public_port,
+        internal_port=settings.bridge_internal_port,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -88,10 +88,11 @@ def from_pydantic(exc: ValidationError) -> HTTPError:
 
 
 class KeyChecker:
-    """Accepts a request that carries any configured key in any configured header.
+    """Accepts a request that carries any configured key in one configured header.
 
-    Every (header value, key) pair is compared with ``hmac.compare_digest`` without stopping early, so the
-    time taken does not tell which part failed. With no key configured nothing is accepted (fail closed).
+    The presented value is compared with every key by ``hmac.compare_digest`` without stopping early, so
+    the time taken does not tell which key came close. With no key configured nothing is accepted (fail
+    closed).
     """
 
     def __init__(self, keys: Iterable[SecretStr], headers: Iterable[str]) -> None:
@@ -103,17 +104,26 @@ class KeyChecker:
         return bool(self._keys)
 
     def allows(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        ok = False
+        """Whether the one key header carries a configured key; more than one key header (of any of the
+        configured names) is ``TOO_MANY_KEYS`` (400), so one request can try one key only."""
+        presented: bytes | None = None
         for name, value in raw_headers:
             if name in self._headers:
-                for key in self._keys:
-                    ok |= hmac.compare_digest(value, key)
+                if presented is not None:
+                    raise TOO_MANY_KEYS
+                presented = value
+        if presented is None:
+            return False
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(presented, key)
         return ok
 
 
 CONNECTION_CLOSE = {"Connection": "close"}
 
 UNAUTHORIZED = HTTPError(401, "unauthorized", "missing or invalid API key")
+TOO_MANY_KEYS = HTTPError(400, "bad_request", "more than one API key header", headers=CONNECTION_CLOSE)
 
 
 def header(scope: Mapping[str, Any], name: bytes) -> str | None:

@@ -172,7 +172,7 @@ _DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "event": {"enum": ["PENDING", "SENT", "SUCCESS", "ERROR"]},
                     "date": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "linkId": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "linkId": {"type": ["string", "null"], "pattern": _ID["pattern"]},
                     "errorMessage": {"type": ["string", "null"], "maxLength": 4096},
                 },
             },

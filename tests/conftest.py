@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from workers.core.crypto import generate_entry
+from workers.core.settings import Settings
 from workers.sandbox.redis_server import RedisServer
-from workers.sandbox.serving import ServerThread
+from workers.sandbox.serving import ServerThread, receiver_thread
 
 # The receiver and the workers refuse to start without a data key: every test process (and every child
 # it starts with this environment) has one, made fresh for the session.
@@ -59,6 +60,22 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
 
     def _serve(app: Any, **config: Any) -> ServerThread:
         server = ServerThread(app, **config).start()
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def serve_receiver() -> Iterator[Callable[..., ServerThread]]:
+    """``serve_receiver(settings)`` runs the receiver as ``serve`` does (guarded protocol, two listeners on
+    free loopback ports) until the test ends: ``url`` is the public listener, ``internal_url`` the other."""
+    started: list[ServerThread] = []
+
+    def _serve(settings: Settings, **config: Any) -> ServerThread:
+        server = receiver_thread(settings, **config).start()
         started.append(server)
         return server
 

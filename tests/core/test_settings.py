@@ -179,3 +179,12 @@ def test_a_durability_wait_is_held_below_the_redis_socket_timeout() -> None:
     assert load_settings(redis_timeout_seconds=0.3).bridge_durability_timeout_ms == 500  # a receiver's
     with pytest.raises(SettingsError, match="BRIDGE_DURABILITY"):
         load_settings(bridge_durability="sometimes")
+
+
+@pytest.mark.parametrize("field", ["bridge_public_url", "kiban_base_url", "kompliant_base_url"])
+def test_plain_http_only_on_loopback_unless_allowed(field: str) -> None:
+    with pytest.raises(SettingsError, match=f"{env_name(field)} must be https:// outside loopback"):
+        load_settings(**{field: "http://vendor.example.net"})
+    for loopback in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000"):
+        load_settings(**{field: loopback})
+    load_settings(**{field: "http://vendor.example.net", "bridge_allow_plain_http": True})

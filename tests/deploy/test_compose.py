@@ -18,6 +18,7 @@ from workers.core.settings import Settings, env_name
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+REDIS_PASSWORDS = [f"REDIS_{role}_PASSWORD" for role in ("RECEIVER", "WORKER", "SCHEDULER", "OPERATOR")]
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -60,7 +61,10 @@ def test_redis_has_aof_everysec_noeviction_on_a_named_volume_and_a_healthcheck(
     volume = redis["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]
     assert redis["image"].startswith("redis:7")
-    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli --user operator ping" in " ".join(redis["healthcheck"]["test"])
+    # One ACL user per role, from deploy/redis/users.acl; no shared requirepass.
+    assert command[command.index("--aclfile") + 1] == "/tmp/users.acl" and "--requirepass" not in command
+    assert "./redis/users.acl:/etc/redis/users.acl.template:ro" in redis["volumes"]
 
 
 def _bridge_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -86,7 +90,8 @@ def test_two_receivers_a_worker_pool_and_one_scheduler(compose: dict[str, Any]) 
     services = compose["services"]
     receivers = [s for s in services.values() if s.get("command", [None])[0] == "serve"]
     assert len(receivers) == 2
-    assert {r["ports"][0].split(":")[0] for r in receivers} == {"8001", "8002"}
+    # Only the internal listener is published, and on loopback only.
+    assert {r["ports"][0] for r in receivers} == {"127.0.0.1:8101:8001", "127.0.0.1:8102:8001"}
     assert services["worker"]["command"] == ["worker"]
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert services["scheduler"]["command"] == ["scheduler"]
@@ -115,7 +120,10 @@ def test_bridge_services_wait_for_redis_and_read_secrets_from_the_env_file(compo
     for service in _bridge_services(compose).values():
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         assert service["env_file"] == [{"path": ".env", "required": True}]
-        assert service["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+        role = {"serve": "receiver"}.get(service["command"][0], service["command"][0])
+        assert service["environment"]["REDIS_URL"].startswith(
+            f"redis://{role}:${{REDIS_{role.upper()}_PASSWORD:?"
+        )
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
 
 
@@ -128,7 +136,7 @@ def _secret_names() -> set[str]:
 
 
 def test_no_secret_value_is_written_in_compose(compose: dict[str, Any]) -> None:
-    secret_names = _secret_names() | {"REDIS_PASSWORD", "REDISCLI_AUTH", "REDIS_URL"}
+    secret_names = _secret_names() | set(REDIS_PASSWORDS) | {"REDISCLI_AUTH", "REDIS_URL"}
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if key in secret_names:
@@ -147,11 +155,11 @@ def test_env_example_covers_every_secret_with_placeholders_and_env_is_ignored() 
     )
     needed = _secret_names() - {"BRIDGE_REDIS_SENTINEL_PASSWORD"}  # compose runs a single Redis, no Sentinel
     assert needed <= example.keys(), needed - example.keys()
-    assert "REDIS_PASSWORD" in example
-    for name in needed | {"REDIS_PASSWORD"}:
+    assert set(REDIS_PASSWORDS) <= example.keys()
+    for name in needed | set(REDIS_PASSWORDS):
         assert example[name].startswith("change-me"), f"{name} must be a placeholder in .env.example"
     variables = {env_name(field) for field in Settings.model_fields}
-    unknown = {k for k in example if k not in variables} - {"REDIS_PASSWORD"}
+    unknown = {k for k in example if k not in variables} - set(REDIS_PASSWORDS)
     assert not unknown, f".env.example names settings that do not exist: {unknown}"
     ignored = subprocess.run(
         ["git", "check-ignore", "-q", "deploy/.env"], cwd=ROOT, check=False, timeout=10

@@ -32,7 +32,7 @@ def _cli() -> str:
 
 @contextmanager
 def receiver(redis_url: str, graceful_seconds: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
+    port = free_port()  # the internal listener, where /readyz answers
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -42,7 +42,10 @@ def receiver(redis_url: str, graceful_seconds: int) -> Iterator[tuple[subprocess
         "BRIDGE_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
-        [_cli(), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [_cli(), "serve", "--port", str(free_port()), "--internal-port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 15

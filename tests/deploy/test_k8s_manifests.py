@@ -159,7 +159,7 @@ def test_service_hpa_and_pdb_point_at_the_receiver(objects: dict[tuple[str, str]
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]  # a node drain can still proceed
 
 
-def test_only_the_ingress_namespace_reaches_the_receiver(
+def test_only_the_ingress_namespace_reaches_the_public_listener(
     objects: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     receiver_labels = _deployment(objects, "receiver")["spec"]["template"]["metadata"]["labels"]
@@ -171,8 +171,13 @@ def test_only_the_ingress_namespace_reaches_the_receiver(
         and _selects(p["spec"]["podSelector"]["matchLabels"], receiver_labels)
     ]
     assert len(covering) == 1
-    (rule,) = covering[0]["spec"]["ingress"]
-    assert rule["from"] == [
+    public, internal = covering[0]["spec"]["ingress"]
+    assert public["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     ]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert public["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert internal["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"namespaceSelector": {"matchLabels": {"workfloo-bridge.kiban.io/internal-client": "true"}}},
+    ]
+    assert internal["ports"] == [{"protocol": "TCP", "port": 8001}]

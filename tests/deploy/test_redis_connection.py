@@ -323,17 +323,17 @@ async def test_async_sentinel_round_trip(sentinel: SentinelSetup) -> None:
     await client.aclose()
 
 
-def test_receiver_intake_through_sentinel(sentinel: SentinelSetup, serve: Any) -> None:
+def test_receiver_intake_through_sentinel(sentinel: SentinelSetup, serve_receiver: Any) -> None:
     """The receiver's own pool (raw pipelined intake) works behind a Sentinel URL, not just plain clients."""
-    from receiver.app import create_app
-
-    settings = Settings(redis_url=sentinel.url, bridge_callback_keys=["sentinel-key"])  # type: ignore[arg-type]
-    server = serve(create_app(settings))
+    settings = Settings(
+        redis_url=sentinel.url, bridge_callback_keys=["sn-e0f112c0e34e56810246035fe747384884e38130"]
+    )  # type: ignore[arg-type]
+    server = serve_receiver(settings)
     body = {"event": "SENT", "date": "2026-11-22T23:00:00Z", "linkId": "676b188a6ef8abaf775fef10"}
     response = httpx.post(
         f"{server.url}/v1/kiban/executions/657118e1d511b6e54fe2a969/nip-events",
         json=body,
-        headers={"x-api-key": "sentinel-key"},
+        headers={"x-api-key": "sn-e0f112c0e34e56810246035fe747384884e38130"},
         timeout=10,
     )
     assert response.status_code == 200, response.text

@@ -11,22 +11,23 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from receiver.app import create_app
 from workers.core import crypto, keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.settings import load_settings
 from workers.jobs import data_keys, state
 from workers.sandbox.serving import ServerThread
 
-KEY = "internal-key-for-tests-0001"
+KEY = "in-74ddd3f76bd2e02188f50fdfe99558f7ede8e15b"
 
 
 @pytest.fixture
-def receiver(redis_url: str, serve: Callable[..., ServerThread]) -> Iterator[str]:
+def receiver(redis_url: str, serve_receiver: Callable[..., ServerThread]) -> Iterator[str]:
     settings = load_settings(
-        redis_url=redis_url, bridge_internal_keys=KEY, bridge_callback_keys="cb-key-1234"
+        redis_url=redis_url,
+        bridge_internal_keys=KEY,
+        bridge_callback_keys="cb-ed0a8849c8757d73187e38dc13f1cbec84dc67ec",
     )
-    yield serve(create_app(settings)).url
+    yield serve_receiver(settings).internal_url
 
 
 def post(url: str, body: Any = None, *, key: str | None = KEY, **kwargs: Any) -> httpx.Response:
@@ -113,7 +114,9 @@ def test_schema_errors_name_the_field(receiver: str, path: str, body: Any, field
 def test_wrong_or_missing_key_is_401(receiver: str) -> None:
     assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key=None).status_code == 401
     assert post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="nope").status_code == 401
-    callback_key = post(f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="cb-key-1234")
+    callback_key = post(
+        f"{receiver}/v1/applications", {"form": {"a": "b"}}, key="cb-ed0a8849c8757d73187e38dc13f1cbec84dc67ec"
+    )
     assert callback_key.status_code == 401  # the callback key does not open the command endpoints
 
 
@@ -126,16 +129,16 @@ def test_bad_json_content_type_and_size(receiver: str) -> None:
     assert big.status_code == 413
 
 
-def test_redis_down_is_503(private_redis: Any, serve: Callable[..., ServerThread]) -> None:
+def test_redis_down_is_503(private_redis: Any, serve_receiver: Callable[..., ServerThread]) -> None:
     settings = load_settings(redis_url=private_redis.url, bridge_internal_keys=KEY, redis_timeout_seconds=0.3)
-    url = serve(create_app(settings)).url
+    url = serve_receiver(settings).internal_url
     private_redis.stop(kill=True)
     response = post(f"{url}/v1/applications", {"form": {"a": "b"}})
     assert response.status_code == 503 and response.json()["error"] == "redis_unavailable"
 
 
 def test_a_slow_command_body_gets_408_and_no_job(
-    redis_url: str, redis_client: redis.Redis, serve: Callable[..., ServerThread]
+    redis_url: str, redis_client: redis.Redis, serve_receiver: Callable[..., ServerThread]
 ) -> None:
     """The body deadline covers the command endpoints too, not only the Kiban callbacks (slow loris)."""
     import socket
@@ -144,7 +147,7 @@ def test_a_slow_command_body_gets_408_and_no_job(
     settings = load_settings(
         redis_url=redis_url, bridge_internal_keys=KEY, bridge_body_read_timeout_seconds=0.5
     )
-    url = urlsplit(serve(create_app(settings)).url)
+    url = urlsplit(serve_receiver(settings, guarded=False).internal_url)
     with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
         sock.sendall(
             b"POST /v1/applications HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"

@@ -95,7 +95,7 @@ def canaries_in(text: str) -> list[str]:
 
 def _post(bridge: Bridge, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(
-        f"{bridge.receiver_url}{path}", json=body, headers={"x-api-key": INTERNAL_KEY}, timeout=10
+        f"{bridge.internal_url}{path}", json=body, headers={"x-api-key": INTERNAL_KEY}, timeout=10
     )
 
 

@@ -191,7 +191,7 @@ def _delete(
 ) -> httpx.Response:
     headers = {"x-api-key": key} if key else {}
     return httpx.delete(
-        f"{bridge.receiver_url}/v1/applications/{execution_id}", headers=headers, params=params
+        f"{bridge.internal_url}/v1/applications/{execution_id}", headers=headers, params=params
     )
 
 

@@ -26,7 +26,7 @@ from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event, EventType, fact_event_id
-from workers.core.settings import Settings, env_name, get_settings, load_settings
+from workers.core.settings import HttpSubscriber, Settings, env_name, get_settings, load_settings
 from workers.fanout import webhooks as subscribers
 from workers.fanout.publisher import Publisher
 from workers.fanout.webhooks import forbidden_reason, next_delay, resolve_destination
@@ -346,6 +346,12 @@ def test_global_allow_private_setting_allows_loopback(
         "http://[::ffff:169.254.169.254]/",
         "http://[64:ff9b::a9fe:a9fe]/",
         "http://[2002:7f00:1::]/",
+        "http://[fec0::1]/",  # site-local: is_global says True on Python 3.11
+        "http://192.0.0.8/",  # IETF protocol assignments
+        "http://[64:ff9b:1::a9fe:a9fe]/",  # local-use NAT64
+        "http://198.51.100.7/",
+        "http://[2001:db8::1]/",
+        "http://[3fff::1]/",  # documentation (RFC 9637)
     ],
 )
 def test_ssrf_guard_refuses_non_public_addresses(url: str) -> None:
@@ -409,3 +415,48 @@ def test_delivery_jobs_are_enqueued_with_the_event_and_only_once(
     assert job.func_name == subscribers.DELIVER_FUNC
     assert job.args[1] == event.to_json().decode()
     assert SECRET not in str(job.args)  # the secret never goes into Redis
+
+
+BIG_BODY = 200 * 1024 * 1024
+
+
+def test_a_huge_subscriber_answer_is_not_read(serve: Callable[..., ServerThread]) -> None:
+    """A subscriber answering 200 MiB drove a worker from 52 to 455 MiB (an OOM kill under its limit):
+    only the status and headers are read now, whatever the body."""
+    import threading
+
+    import psutil
+    from starlette.responses import StreamingResponse
+
+    chunk = b"x" * (1024 * 1024)
+
+    async def huge(request: Request) -> Response:
+        await request.body()
+
+        async def body() -> Any:
+            for _ in range(BIG_BODY // len(chunk)):
+                yield chunk
+
+        return StreamingResponse(body(), headers={"content-length": str(BIG_BODY)})
+
+    server = serve(Starlette(routes=[Route("/hook", huge, methods=["POST"])]))
+    subscriber = HttpSubscriber(url=server.url + "/hook", secret=SECRET, allow_private=True)
+    process = psutil.Process()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = subscribers.attempt_delivery(subscriber, "msg_1", "{}", load_settings(), allow_private=True)
+    finally:
+        done.set()
+        sampler.join()
+    grown = (peak - before) / 2**20
+    assert result.status_code == 200
+    assert grown < 32, f"RSS grew {grown:.0f} MiB while a 200 MiB answer came in"

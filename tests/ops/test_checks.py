@@ -13,7 +13,7 @@ from workers.sandbox.redis_server import RedisServer
 def test_check_flags_a_public_url_kiban_cannot_reach(clean_env: pytest.MonkeyPatch, redis_url: str) -> None:
     clean_env.setenv("REDIS_URL", redis_url)
     clean_env.setenv("BRIDGE_KIBAN_BASE_URL", "https://sandbox.workfloo.kiban.com")
-    clean_env.setenv("BRIDGE_PUBLIC_URL", "http://10.0.0.5:8000")
+    clean_env.setenv("BRIDGE_PUBLIC_URL", "https://10.0.0.5:8000")
     results = {r.name: r for r in check_settings(load_settings())}
     assert not results["public-url"].ok
     assert "BRIDGE_PUBLIC_URL points at 10.0.0.5" in results["public-url"].message

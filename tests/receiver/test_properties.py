@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from receiver.app import create_app
+from tests.receiver.conftest import KEY
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
-from workers.sandbox.serving import ServerThread
+from workers.sandbox.serving import receiver_thread
 
-KEY = "test-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 
 PATHS = [
@@ -156,8 +156,6 @@ def test_properties_cover_every_callback_route() -> None:
 @pytest.fixture(scope="module")
 def receiver_for_properties(redis_server: RedisServer) -> Any:
     """One app for all examples (module scope keeps the run to a few seconds)."""
-    app = create_app(
-        load_settings(redis_url=redis_server.url, bridge_callback_keys=KEY, bridge_max_body_bytes=200)
-    )
-    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    settings = load_settings(redis_url=redis_server.url, bridge_callback_keys=KEY, bridge_max_body_bytes=200)
+    with receiver_thread(settings) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield client, redis.Redis.from_url(redis_server.url)

@@ -123,7 +123,7 @@ def _run_applications(stack: Bridge) -> list[str]:
     """Applications through the bridge's own command API (HTTP on the receiver, and the Python API),
     including a DUPLICATE_EMAIL conflict at Kompliant, a NIP delivery error with a resend and a wrong
     NIP, until each has its outcome."""
-    internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
+    internal = httpx.Client(base_url=stack.internal_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
     person = {"first_name": "María", "last_name_1": "López", "phone_number": PHONE, "country_code": "52",
               "rfc_pf": RFC}  # fmt: skip
     plans = [
@@ -334,7 +334,7 @@ def test_failed_applications_leave_no_applicant_data_in_bridge_logs(tmp_path: Pa
     }
     with process_stack(tmp_path, env) as stack:
         stack.start_worker()
-        internal = httpx.Client(base_url=stack.receiver_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
+        internal = httpx.Client(base_url=stack.internal_url, timeout=10, headers={"x-api-key": INTERNAL_KEY})
         answer = internal.post("/v1/applications", json={"form": CANARY_FORM, "scenarioId": "approved"})
         assert answer.status_code == 202, answer.text
         rejected = answer.json()["command_id"]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support.resilience_helpers import AUTH, receiver_settings, serve_receiver
+from tests.support.resilience_helpers import AUTH, receiver_settings
 from workers.core import keys
 from workers.core.contract import nip_event_id
 from workers.sandbox.redis_server import RedisServer
@@ -87,7 +87,7 @@ class Load:
 
 
 def _outage(
-    serve: Callable[..., ServerThread],
+    serve_receiver: Callable[..., ServerThread],
     server: RedisServer,
     figures: Any,
     *,
@@ -99,7 +99,7 @@ def _outage(
     SIGKILL (a crash: with appendfsync everysec the AOF is written before each reply, so only an OS crash
     could lose the last second, not a process crash), SIGSTOP (frozen, then SIGCONT: commands sent while
     frozen run late, after the receiver already answered 503)."""
-    app_server = serve_receiver(serve, receiver_settings(server.url))
+    app_server = serve_receiver(receiver_settings(server.url))
     windows: list[tuple[float, float]] = []
     with Load(app_server.url) as load:
         time.sleep(1.0)
@@ -176,14 +176,21 @@ def _outage(
 
 @pytest.mark.parametrize("mode", ["SIGTERM", "SIGKILL", "SIGSTOP"])
 def test_redis_restart_under_load(
-    serve: Callable[..., ServerThread], private_redis: RedisServer, figures: Any, mode: str
+    serve_receiver: Callable[..., ServerThread], private_redis: RedisServer, figures: Any, mode: str
 ) -> None:
-    _outage(serve, private_redis, figures, restarts=1, down_for=1.5, modes=(mode,))
+    _outage(serve_receiver, private_redis, figures, restarts=1, down_for=1.5, modes=(mode,))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_redis_restarts_under_load_repeatedly(
-    serve: Callable[..., ServerThread], private_redis: RedisServer, figures: Any
+    serve_receiver: Callable[..., ServerThread], private_redis: RedisServer, figures: Any
 ) -> None:
-    _outage(serve, private_redis, figures, restarts=6, down_for=3.0, modes=("SIGTERM", "SIGKILL", "SIGSTOP"))
+    _outage(
+        serve_receiver,
+        private_redis,
+        figures,
+        restarts=6,
+        down_for=3.0,
+        modes=("SIGTERM", "SIGKILL", "SIGSTOP"),
+    )

@@ -62,7 +62,13 @@ class Bridge:
 
     @property
     def receiver_url(self) -> str:
+        """The public listener (Kiban's callbacks)."""
         return self.stack.receiver_url
+
+    @property
+    def internal_url(self) -> str:
+        """The internal listener (commands, timeline, /readyz, /metrics)."""
+        return self.stack.internal_url
 
     @property
     def kiban_url(self) -> str:

@@ -1,21 +1,18 @@
-"""Helpers shared by the resilience tests: a receiver served the way `workfloo-bridge serve` serves it,
-raw sockets for abuse that no HTTP client would send, and Redis bookkeeping."""
+"""Helpers shared by the resilience tests: raw sockets for abuse that no HTTP client would send, and Redis
+bookkeeping (the receiver itself is served by the ``serve_receiver`` fixture, as `workfloo-bridge serve`
+serves it)."""
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from receiver.app import create_app
-from receiver.protocol import guarded_protocol
 from workers.core.settings import Settings, load_settings
-from workers.sandbox.serving import ServerThread
 
-KEY = "resilience-callback-key-7f3a9c"
+KEY = "cb-b0ba2fd777ed0874ed4efdb9611ae9c137df2acd"
 AUTH = {"x-api-key": KEY}
 
 
@@ -23,11 +20,6 @@ def receiver_settings(redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"redis_url": redis_url, "bridge_callback_keys": KEY}
     values.update(overrides)
     return load_settings(**values)
-
-
-def serve_receiver(serve: Callable[..., ServerThread], settings: Settings) -> ServerThread:
-    """The receiver app under uvicorn with the guarded protocol, as the CLI runs it."""
-    return serve(create_app(settings), http=guarded_protocol(settings))
 
 
 def queue_length(client: redis.Redis, queue: str = "workfloo") -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 from tests.support.bridge import BIN, TERMINAL_TYPES, Bridge, running_bridge
 from workers.sandbox.stack import StackConfig, StackKeys
 
-CALLBACK_KEY = "cb-key-resilience-5e1d0c2b9a"
-INTERNAL_KEY = "internal-key-resilience-77c1d3e0"
+CALLBACK_KEY = "cb-f83cfa4eff13db4ad533f7944a7e4225610ce42e"
+INTERNAL_KEY = "in-222fa0440f02683e64852f61bacf005eec557952"
 KIBAN_KEY = "kiban-key-resilience-0f4a8e6d"
 DEFINITION = "def-resilience"
 KEYS = StackKeys(callback=CALLBACK_KEY, internal=INTERNAL_KEY, kiban=KIBAN_KEY)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from tests.support.bridge import BIN, Bridge, running_bridge
 from workers.sandbox.stack import StackConfig, StackKeys
 
-CALLBACK_KEY = "cb-key-e2e-0123456789"
-INTERNAL_KEY = "internal-key-e2e-0123456789"
+CALLBACK_KEY = "cb-a5bf746222dd605a133150d55e11a38135b0606a"
+INTERNAL_KEY = "in-b243554f1b135cdf0f46ae85dab432c3e983087f"
 KIBAN_KEY = "kiban-test-key"
 DEFINITION = "def-e2e"
 # Fast retries, crash detection and reconciling so each test runs in seconds (production is slower).

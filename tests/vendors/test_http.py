@@ -104,7 +104,7 @@ def test_shared_clients_rebuild_when_vendor_or_http_settings_change() -> None:
     base = Settings()
     first = clients.get(base)
     assert clients.get(Settings()) is first
-    assert clients.get(Settings(kiban_base_url="http://other.invalid")) is not first
+    assert clients.get(Settings(kiban_base_url="https://other.invalid")) is not first
     assert clients.get(Settings(vendor_read_timeout_seconds=1.0)) is not first
     assert clients.get(Settings(vendor_max_connections=2)) is not first
     assert len(built) == 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -69,6 +70,15 @@ def _check_schedule(value: list[float]) -> list[float]:
     if not value or any(v < 0 for v in value):
         raise ValueError("must be a non-empty list of seconds >= 0")
     return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_http_url(value: str) -> str:
@@ -288,6 +298,42 @@ class ReceiverSettings(_Section):
     bridge_public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
     )
+    bridge_allow_plain_http: bool = Field(
+        default=False,
+        description="Accept http:// (not https://) for BRIDGE_PUBLIC_URL, BRIDGE_KIBAN_BASE_URL and "
+        "BRIDGE_KOMPLIANT_BASE_URL outside loopback; off, only loopback hosts may use plain HTTP.",
+    )
+    bridge_public_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the public listener (Kiban callbacks, /healthz): the one a proxy or "
+        "Ingress exposes.",
+    )
+    bridge_public_port: int = Field(default=8000, ge=0, le=65535, description="Port of the public listener.")
+    bridge_internal_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the internal listener (commands, timeline, /readyz, /metrics, "
+        "/openapi.json): reachable by internal services and Prometheus only, never exposed.",
+    )
+    bridge_internal_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the internal listener (differs from the public one).",
+    )
+    bridge_max_connections: int = Field(
+        default=1000,
+        gt=0,
+        description="Most connections one receiver process keeps open at once, both listeners together; "
+        "a connection beyond it is answered 503 and closed at once (each process of serve --workers has "
+        "its own limit).",
+    )
+    bridge_request_deadline_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Longest time from a request's first byte (or the connection's opening) to the last "
+        "byte of its body, headers included; past it the receiver answers 408 (or, once an answer has "
+        "started, just closes the connection).",
+    )
     bridge_max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted body.")
     bridge_max_header_bytes: int = Field(
         default=32 * 1024,
@@ -310,7 +356,7 @@ class ReceiverSettings(_Section):
         default=72 * 3600,
         gt=0,
         description="How long a delivery id, or a command's idempotency key, is remembered. Publisher "
-        "once-keys live JOB_FAILURE_TTL_SECONDS + this.",
+        "once-keys live BRIDGE_JOB_FAILURE_TTL_SECONDS + this.",
     )
     bridge_queue: str = Field(default="workfloo", description="RQ queue for callback and command jobs.")
     bridge_intake_timeout_seconds: float = Field(
@@ -737,6 +783,18 @@ class Settings(
         the failure TTL can never leave once-keys shorter than the dead letters they guard."""
         return self.job_failure_ttl_seconds + self.bridge_dedupe_ttl_seconds
 
+    @model_validator(mode="after")
+    def _https_outside_loopback(self) -> Settings:
+        if not self.bridge_allow_plain_http:
+            for name in ("bridge_public_url", "kiban_base_url", "kompliant_base_url"):
+                parts = urlsplit(getattr(self, name))
+                if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                    raise ValueError(
+                        f"{env_name(name)} must be https:// outside loopback (BRIDGE_ALLOW_PLAIN_HTTP=true "
+                        "allows http://)"
+                    )
+        return self
+
     def secret_values(self) -> list[str]:
         """Every configured secret in plain text, for the log redactor."""
         found: list[str] = []
@@ -759,6 +817,38 @@ def renamed_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     ]
 
 
+MIN_API_KEY_LENGTH = 32
+PLACEHOLDER_WORDS = (
+    "changeme", "change-me", "change_me", "example", "secret", "test", "password", "placeholder",
+    "dummy", "sample", "default", "xxxx", "1234",
+)  # fmt: skip
+"""Words of the keys people paste from examples; a key containing one (any case) is refused."""
+
+
+def api_key_problems(settings: Settings) -> list[str]:
+    """Why the receiver's API keys (``BRIDGE_CALLBACK_KEYS``, ``BRIDGE_INTERNAL_KEYS``) are unsafe, one
+    line each, naming the variable and the key's position, never the key: shorter than
+    ``MIN_API_KEY_LENGTH``, a known placeholder, fewer than 8 distinct characters, or in both lists."""
+    problems: list[str] = []
+    lists = {
+        "BRIDGE_CALLBACK_KEYS": [k.get_secret_value() for k in settings.bridge_callback_keys],
+        "BRIDGE_INTERNAL_KEYS": [k.get_secret_value() for k in settings.bridge_internal_keys],
+    }
+    for variable, values in lists.items():
+        for position, key in enumerate(values, start=1):
+            where = f"{variable} key {position}"
+            lowered = key.lower()
+            if len(key) < MIN_API_KEY_LENGTH:
+                problems.append(f"{where} is shorter than {MIN_API_KEY_LENGTH} characters")
+            elif any(word in lowered for word in PLACEHOLDER_WORDS):
+                problems.append(f"{where} looks like a placeholder")
+            elif len(set(key)) < 8:
+                problems.append(f"{where} has fewer than 8 distinct characters")
+    if set(lists["BRIDGE_CALLBACK_KEYS"]) & set(lists["BRIDGE_INTERNAL_KEYS"]):
+        problems.append("a key is in both BRIDGE_CALLBACK_KEYS and BRIDGE_INTERNAL_KEYS")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the environment; on error raise ``SettingsError`` with one line per bad variable."""
     renamed = renamed_variables(os.environ)
@@ -769,12 +859,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            if error["loc"]:
-                loc = str(error["loc"][0])
-                variable = env_name(loc) if loc in Settings.model_fields else loc.upper()
-                lines.append(f"invalid setting {variable}: {error['msg']}")
-            else:  # a rule across settings names them in its message
-                lines.append(f"invalid settings: {error['msg']}")
+            if not error["loc"]:  # a rule across settings: its message names them
+                lines.append("invalid settings: " + error["msg"].removeprefix("Value error, "))
+                continue
+            loc = str(error["loc"][0])
+            variable = env_name(loc) if loc in Settings.model_fields else loc.upper()
+            lines.append(f"invalid setting {variable}: {error['msg']}")
         raise SettingsError("; ".join(lines)) from None
 
 

@@ -48,6 +48,20 @@ USER_AGENT = "workfloo-bridge-webhooks/1"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAX_RESPONSE_BYTES = 4096
+"""Most of a subscriber's answer body ever read: the status and Retry-After are all a delivery needs."""
+
+# IANA special-purpose blocks that are not globally reachable but which ``is_global`` of some Python
+# versions (3.11: site-local fec0::/10, 192.0.0.0/24, ...) still calls global.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+        "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7",
+        "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
 
 
 # --- Redis keys (subscriber state) -----------------------------------------------------------------
@@ -57,7 +71,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def forbidden_reason(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public unicast address, or None when it is."""
+    """Why ``ip`` is not a globally routable unicast address, or None when it is: only global addresses
+    pass (``is_global`` and outside every special-purpose block of ``_NOT_GLOBAL``)."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour
         if embedded is None and ip in _NAT64:
@@ -75,7 +90,9 @@ def forbidden_reason(ip: IPAddress) -> str | None:
     ):
         if getattr(ip, attr):
             return attr.removeprefix("is_")
-    if not ip.is_global:
+    if getattr(ip, "is_site_local", False):
+        return "site_local"
+    if not ip.is_global or any(ip in block for block in _NOT_GLOBAL if block.version == ip.version):
         return "not_global"
     return None
 
@@ -234,7 +251,20 @@ def attempt_delivery(
         with httpx.Client(
             timeout=settings.bridge_http_subscribers_timeout_seconds, follow_redirects=False, trust_env=False
         ) as client:
-            response = client.post(pinned, content=body.encode(), headers=headers, extensions=extensions)
+            request = client.build_request(
+                "POST", pinned, content=body.encode(), headers=headers, extensions=extensions
+            )
+            # Streamed, and at most MAX_RESPONSE_BYTES of the body read: a subscriber answering hundreds
+            # of MiB must not grow the worker (closing the response drops the connection).
+            response = client.send(request, stream=True)
+            try:
+                read = 0
+                for part in response.iter_raw(MAX_RESPONSE_BYTES):
+                    read += len(part)
+                    if read >= MAX_RESPONSE_BYTES:
+                        break
+            finally:
+                response.close()
     except httpx.HTTPError as exc:
         return AttemptResult(None, None, f"{type(exc).__name__}")
     retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -16,7 +16,7 @@ import redis
 from workers.core.crypto import KeyRing
 from workers.core.errors import DataKeyError
 from workers.core.redis_client import redis_from_url
-from workers.core.settings import Settings, env_name, redact_url
+from workers.core.settings import Settings, api_key_problems, env_name, redact_url
 from workers.jobs import durability
 
 DUMMY_KIBAN_ID = "000000000000000000000000"
@@ -61,6 +61,8 @@ def check_settings(settings: Settings) -> list[CheckResult]:
         results.append(CheckResult("settings", False, "missing: " + "; ".join(missing)))
     else:
         results.append(CheckResult("settings", True, "all required settings are present and valid"))
+    if weak := api_key_problems(settings):  # the receiver would refuse to start
+        results.append(CheckResult("api-keys", False, "; ".join(weak)))
     public = _host(settings.bridge_public_url)
     if _is_local(public) and not _is_local(_host(settings.kiban_base_url)):
         results.append(

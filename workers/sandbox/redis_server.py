@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -62,8 +62,10 @@ class RedisServer:
         appendfsync: str = "everysec",
         replicaof: tuple[str, int] | None = None,
         popen_kwargs: Mapping[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.binary = binary or find_redis_server()
+        self.extra_args = list(extra_args)  # e.g. ["--aclfile", path]
         # Extra subprocess.Popen arguments, e.g. the demo's own process group, so a terminal's Ctrl-C
         # reaches only the demo, which stops Redis last (after the workers that need it).
         self.popen_kwargs = dict(popen_kwargs or {})
@@ -94,6 +96,7 @@ class RedisServer:
             "--protected-mode", "no",
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         if self.replicaof is not None:
             args += ["--replicaof", self.replicaof[0], str(self.replicaof[1])]
@@ -118,7 +121,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # -NOAUTH: it answers, but its default user is off (an ACL file is in use).
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -32,7 +32,7 @@ from workers.core.crypto import generate_entry
 from workers.core.settings import Settings, load_settings, redact_url
 from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.redis_server import RedisServer, free_port
-from workers.sandbox.serving import ServerThread
+from workers.sandbox.serving import ServerThread, receiver_thread
 from workers.sandbox.supervisor import Child, Supervisor, child_popen_kwargs
 from workers.sandbox.wait import WaitTimeout, wait_http, wait_until
 
@@ -68,8 +68,9 @@ class StackKeys:
     @classmethod
     def generate(cls) -> StackKeys:
         return cls(
-            callback="cb_" + secrets.token_urlsafe(24),
-            internal="in_" + secrets.token_urlsafe(24),
+            # 48 hex digits: long, random and never a placeholder word (the receiver refuses those).
+            callback="cb_" + secrets.token_hex(24),
+            internal="in_" + secrets.token_hex(24),
             kiban="kb_" + secrets.token_urlsafe(24),
             kompliant_api="sb_" + secrets.token_urlsafe(16),
             kompliant_secret=base64.b64encode(secrets.token_bytes(33)).decode(),
@@ -91,6 +92,9 @@ class StackConfig:
     definition_id: str = DEFINITION_ID
     tuning: Mapping[str, str] = field(default_factory=lambda: dict(DEMO_TUNING))
     extra_env: Mapping[str, str] = field(default_factory=dict)  # on top of everything else
+    # On top of that, per role ("receiver", "worker", "scheduler"): e.g. each role's own Redis ACL user
+    # in REDIS_URL (the stack's own clients use ``redis_url``).
+    role_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     decision_delay: float | None = None  # fake Kiban pace; None: the fake's own default
     nip_event_delay: float | None = None
     kiban_faults: Mapping[str, Any] = field(default_factory=dict)  # initial fault knobs
@@ -126,13 +130,21 @@ class Stack:
         host = self.config.host
         self.kiban_port, self.kompliant_port = free_port(), free_port()
         self.receiver_ports = [free_port() for _ in range(self.config.receivers)]
+        self.receiver_internal_ports = [free_port() for _ in range(self.config.receivers)]
         self.kiban_url = f"http://{host}:{self.kiban_port}"
         self.kompliant_url = f"http://{host}:{self.kompliant_port}"
         self.receiver_urls = [f"http://{host}:{port}" for port in self.receiver_ports]
+        self.receiver_internal_urls = [f"http://{host}:{port}" for port in self.receiver_internal_ports]
 
     @property
     def receiver_url(self) -> str:
+        """Receiver 0's public listener (Kiban's callbacks, /healthz)."""
         return self.receiver_urls[0]
+
+    @property
+    def internal_url(self) -> str:
+        """Receiver 0's internal listener (commands, timeline, /readyz, /metrics, /openapi.json)."""
+        return self.receiver_internal_urls[0]
 
     @property
     def callback_base(self) -> str:
@@ -235,15 +247,20 @@ class Stack:
                     self.config.host,
                     "--port",
                     str(self.receiver_ports[index]),
+                    "--internal-host",
+                    self.config.host,
+                    "--internal-port",
+                    str(self.receiver_internal_ports[index]),
+                    env=self.config.role_env.get("receiver"),
                 )
         for _ in range(self.config.workers):
             self.add_worker()
         if self.config.scheduler:
-            self.spawn("scheduler", "scheduler")
+            self.spawn("scheduler", "scheduler", env=self.config.role_env.get("scheduler"))
         if not self.config.in_process:
             for name, url in (("fake-kiban", self.kiban_url), ("fake-kompliant", self.kompliant_url)):
                 wait_http(f"{url}/_fake/faults", timeout=timeout, child=self.children[name])
-        for index, url in enumerate(self.receiver_urls):
+        for index, url in enumerate(self.receiver_internal_urls):
             wait_http(f"{url}/readyz", timeout=timeout, child=self.children.get(self.receiver_name(index)))
         if self.config.workers:
             step("waiting for the workers to register")
@@ -276,8 +293,6 @@ class Stack:
             )
 
     def _start_threads(self) -> None:
-        from receiver.app import create_app as create_receiver
-        from receiver.protocol import guarded_protocol
         from workers.sandbox.fakes import kiban as fake_kiban
         from workers.sandbox.fakes.faults import Faults
 
@@ -294,12 +309,14 @@ class Stack:
         self.threads["fake-kompliant"] = ServerThread(kompliant, host=host).start()
         self.kompliant_port = self.threads["fake-kompliant"].port
         self.kompliant_url = self.threads["fake-kompliant"].url
-        settings = self.settings()
+        role_url = self.config.role_env.get("receiver", {}).get("REDIS_URL")
+        settings = self.settings(**({"redis_url": role_url} if role_url else {}))
         for index in range(self.config.receivers):
-            protocol: dict[str, Any] = {"http": guarded_protocol(settings)} if self.config.guarded else {}
-            server = ServerThread(create_receiver(settings), host=host, **protocol)
+            server = receiver_thread(settings, host, guarded=self.config.guarded)
             self.threads[self.receiver_name(index)] = server
             self.receiver_ports[index], self.receiver_urls[index] = server.port, server.url
+            self.receiver_internal_ports[index] = server.ports[1]
+            self.receiver_internal_urls[index] = server.internal_url
         pace: dict[str, Any] = {
             name: value
             for name, value in (
@@ -345,7 +362,11 @@ class Stack:
             args.append("--scheduler" if scheduler else "--no-scheduler")
         if name is not None:
             args += ["--name", name]
-        child = self.spawn(name or f"worker-{self._workers}", *args, env=env)
+        child = self.spawn(
+            name or f"worker-{self._workers}",
+            *args,
+            env={**self.config.role_env.get("worker", {}), **(env or {})},
+        )
         if wait:
             from rq import Worker
 

@@ -131,8 +131,8 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
     kompliant = serve(fake_kompliant.create_app())
     for name, value in {
         "REDIS_URL": redis_url,
-        "BRIDGE_CALLBACK_KEYS": "cb",
-        "BRIDGE_INTERNAL_KEYS": "in",
+        "BRIDGE_CALLBACK_KEYS": "cb-8d5f0e7c9a3b1d2e4f6a8c0b2d4e6f8a0c2e4a6c",
+        "BRIDGE_INTERNAL_KEYS": "in-1f3e5d7c9b0a2c4e6a8f0d2b4c6e8a0f2d4b6e8c",
         "BRIDGE_DATA_KEYS": generate_entry("k1"),
         "BRIDGE_KIBAN_BASE_URL": kiban.url,
         "BRIDGE_KIBAN_API_KEY": "kb-good",
@@ -150,9 +150,11 @@ def test_check_against_the_fake_vendors(clean_env: pytest.MonkeyPatch, redis_url
 
     clean_env.setenv("BRIDGE_KIBAN_API_KEY", "kb-wrong")
     clean_env.setenv("BRIDGE_KOMPLIANT_SECRET_KEY", "d3Jvbmcgc2VjcmV0IGtleSBmb3IgdGVzdHM=")
+    clean_env.setenv("BRIDGE_INTERNAL_KEYS", "changeme")
     code, out, _ = _invoke("check", "--json")
     assert code == 1
     checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["api-keys"]["message"] == "BRIDGE_INTERNAL_KEYS key 1 is shorter than 32 characters"
     assert checks["settings"]["ok"] and checks["redis"]["ok"]
     assert "rejected BRIDGE_KIBAN_API_KEY (HTTP 401)" in checks["kiban"]["message"]
     assert "rejected the credentials" in checks["kompliant"]["message"]

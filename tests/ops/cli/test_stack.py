@@ -123,7 +123,7 @@ def test_timeline_cli_and_endpoint(running: Running) -> None:
     assert human.returncode == 0 and "kompliant.workflow.started" in human.stdout
     assert cli(running, "timeline", "ffffffffffffffffffffffff").returncode == 1
 
-    url = f"{running.stack.receiver_url}/v1/applications/{running.execution_id}/timeline"
+    url = f"{running.stack.internal_url}/v1/applications/{running.execution_id}/timeline"
     ok = httpx.get(url, headers={"x-api-key": running.stack.keys.internal})
     assert ok.status_code == 200
     assert [e["type"] for e in ok.json()["events"]] == types
@@ -148,7 +148,16 @@ def test_events_tail(running: Running) -> None:
 def test_serve_starts_and_stops_on_sigterm(running: Running) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "workers.ops.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "workers.ops.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--internal-port",
+            str(port),
+        ],
         cwd=ROOT,
         env=running.stack.env(),
         stdout=subprocess.DEVNULL,
@@ -168,12 +177,23 @@ def test_serve_starts_and_stops_on_sigterm(running: Running) -> None:
 
 
 def test_worker_registers_and_stops_on_sigterm(running: Running) -> None:
+    """``--queue`` (repeatable) names the queues, as the webhook delivery worker of compose and the
+    manifests uses it."""
     from rq import Worker
 
     client = running.stack.redis()
-    before = len(Worker.all(connection=client))
+    before = {w.name for w in Worker.all(connection=client)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "workers.ops.cli", "worker"],
+        [
+            sys.executable,
+            "-m",
+            "workers.ops.cli",
+            "worker",
+            "--queue",
+            "workfloo-webhooks",
+            "--queue",
+            "extra",
+        ],
         cwd=ROOT,
         env=running.stack.env(),
         stdout=subprocess.DEVNULL,
@@ -181,7 +201,11 @@ def test_worker_registers_and_stops_on_sigterm(running: Running) -> None:
         text=True,
     )
     try:
-        wait_until(lambda: len(Worker.all(connection=client)) > before, timeout=20, what="the worker")
+        wait_until(
+            lambda: {w.name for w in Worker.all(connection=client)} - before, timeout=20, what="the worker"
+        )
+        (new,) = [w for w in Worker.all(connection=client) if w.name not in before]
+        assert new.queue_names() == ["workfloo-webhooks", "extra"]
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)

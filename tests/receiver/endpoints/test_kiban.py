@@ -14,11 +14,10 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from tests.receiver.conftest import KEY, OLD_KEY, ReceiverClient
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER, CallbackPayload, finished_event_id, nip_event_id
 
-KEY = "test-callback-key"
-OLD_KEY = "old-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 LINK_ID = "676b188a6ef8abaf775fef10"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
@@ -484,9 +483,9 @@ def test_non_numeric_content_length_is_400(receiver: httpx.Client) -> None:
 # -- operations endpoints ---------------------------------------------------------------------------
 
 
-def test_health_ready_404_405(receiver: httpx.Client) -> None:
+def test_health_ready_404_405(receiver: ReceiverClient) -> None:
     assert receiver.get("/healthz").json() == {"status": "ok"}
-    assert receiver.get("/readyz").json() == {"status": "ready", "redis": True}
+    assert receiver.internal.get("/readyz").json() == {"status": "ready", "redis": True}
     missing = receiver.get("/nope")
     assert missing.status_code == 404
     assert error(missing)["error"] == "not_found"
@@ -495,11 +494,11 @@ def test_health_ready_404_405(receiver: httpx.Client) -> None:
     assert error(wrong_method)["error"] == "method_not_allowed"
 
 
-def test_metrics(receiver: httpx.Client) -> None:
+def test_metrics(receiver: ReceiverClient) -> None:
     receiver.post(NIP_PATH, json=NIP, headers=AUTH)
     receiver.post(NIP_PATH, json=NIP, headers=AUTH)
     receiver.post(NIP_PATH, json=NIP, headers={})
-    text = receiver.get("/metrics").text
+    text = receiver.internal.get("/metrics").text
 
     route = "/v1/kiban/executions/{execution_id}/nip-events"
     assert f'receiver_requests_total{{method="POST",route="{route}",status="200"}} 2.0' in text
@@ -510,11 +509,11 @@ def test_metrics(receiver: httpx.Client) -> None:
     assert 'receiver_queue_depth{queue="workfloo"} 1.0' in text
 
 
-def test_openapi_lists_every_route_and_status(receiver: httpx.Client, redis_url: str) -> None:
+def test_openapi_lists_every_route_and_status(receiver: ReceiverClient, redis_url: str) -> None:
     from receiver.app import create_app
     from workers.core.settings import load_settings
 
-    document = receiver.get("/openapi.json").json()
+    document = receiver.internal.get("/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     app = create_app(load_settings(redis_url=redis_url))
     served = {route.path for route in app.routes}  # type: ignore[attr-defined]
@@ -528,14 +527,13 @@ def test_openapi_lists_every_route_and_status(receiver: httpx.Client, redis_url:
 
 
 def test_command_routes_extension_point(
-    monkeypatch: pytest.MonkeyPatch, serve: Callable[..., Any], redis_url: str
+    monkeypatch: pytest.MonkeyPatch, serve_receiver: Callable[..., Any], redis_url: str
 ) -> None:
     """``receiver.endpoints.commands.routes(settings)`` and ``openapi_paths`` are merged into the app."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from receiver.app import create_app
     from receiver.endpoints import commands
     from receiver.intake.rqjob import utc_stamp
     from workers.core.settings import load_settings
@@ -550,8 +548,8 @@ def test_command_routes_extension_point(
         commands, "routes", lambda settings: [Route("/v1/test-command", command, methods=["POST"])]
     )
     monkeypatch.setattr(commands, "openapi_paths", lambda settings: {"/v1/test-command": {"post": {}}})
-    server = serve(create_app(load_settings(redis_url=redis_url, bridge_callback_keys=KEY)))
-    with httpx.Client(base_url=server.url) as client:
+    server = serve_receiver(load_settings(redis_url=redis_url, bridge_callback_keys=KEY))
+    with httpx.Client(base_url=server.internal_url) as client:
         assert client.post("/v1/test-command").json() == {"accepted": True}
         assert client.post("/v1/test-command").json() == {"accepted": False}
         assert "/v1/test-command" in client.get("/openapi.json").json()["paths"]

@@ -7,13 +7,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from receiver.app import create_app
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 from workers.sandbox.serving import ServerThread
 
-CALLBACK = "callback-key-0123456789"
-INTERNAL = "internal-key-0123456789"
+CALLBACK = "cb-d1b8149407d892256f8ca08981636ff39a153544"
+INTERNAL = "in-3eb7de49dc9317efde60f753152c65245744fe69"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP = {"event": "SENT", "date": "2026-11-22T23:00:00Z", "linkId": "L1"}
 
@@ -31,24 +30,26 @@ REQUESTS = [
 
 
 @pytest.fixture
-def down_receiver(serve: Callable[..., ServerThread], private_redis: RedisServer) -> Iterator[httpx.Client]:
+def down_receiver(
+    serve_receiver: Callable[..., ServerThread], private_redis: RedisServer
+) -> Iterator[ServerThread]:
     settings = load_settings(
         redis_url=private_redis.url,
         bridge_callback_keys=CALLBACK,
         bridge_internal_keys=INTERNAL,
         bridge_retry_after_seconds=9,
     )
-    server = serve(create_app(settings))
+    server = serve_receiver(settings)
     private_redis.stop(kill=True)
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        yield client
+    yield server
 
 
 @pytest.mark.parametrize(("method", "path", "body", "key"), REQUESTS)
 def test_every_endpoint_answers_the_same_503(
-    down_receiver: httpx.Client, method: str, path: str, body: object, key: str
+    down_receiver: ServerThread, method: str, path: str, body: object, key: str
 ) -> None:
-    response = down_receiver.request(method, path, json=body, headers={"x-api-key": key})
+    base = down_receiver.internal_url if key == INTERNAL else down_receiver.url  # the route's listener
+    response = httpx.request(method, base + path, json=body, headers={"x-api-key": key}, timeout=10)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "9"
     assert response.json()["error"] == "redis_unavailable"

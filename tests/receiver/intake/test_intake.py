@@ -10,7 +10,6 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from rq import Queue, SimpleWorker
@@ -20,12 +19,12 @@ from rq.registry import FailedJobRegistry
 from receiver.intake import Intake, IntakeUnavailableError, resp
 from receiver.intake.batching import GroupCommitter
 from receiver.intake.rqjob import SCRIPT_ARGV, SCRIPT_KEYS, JobRecorder, _lua_string, utc_stamp
+from tests.receiver.conftest import KEY, ReceiverClient
 from workers.core import keys
 from workers.core.contract import JOB_SERIALIZER, abandoned_job_retry
 from workers.core.settings import load_settings
 from workers.sandbox.redis_server import RedisServer
 
-KEY = "test-callback-key"
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
 NIP_PATH = f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"
 AUTH = {"x-api-key": KEY}
@@ -37,7 +36,7 @@ def nip(n: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("group_commit", [True, False])
 def test_redis_down_gives_503_then_recovers_without_restart(
-    start_receiver: Callable[..., httpx.Client],
+    start_receiver: Callable[..., ReceiverClient],
     private_redis: RedisServer,
     group_commit: bool,
     transport: str,
@@ -55,11 +54,11 @@ def test_redis_down_gives_503_then_recovers_without_restart(
     assert down.status_code == 503
     assert down.headers["retry-after"] == "7"
     assert down.json()["error"] == "redis_unavailable"
-    assert client.get("/readyz").status_code == 503
-    assert "receiver_queue_depth" in client.get("/metrics").text  # scrape still works while down
+    assert client.internal.get("/readyz").status_code == 503
+    assert "receiver_queue_depth" in client.internal.get("/metrics").text  # scrape still works while down
 
     private_redis.start()  # appendonly: the first job survived; the script cache did not
-    assert client.get("/readyz").status_code == 200
+    assert client.internal.get("/readyz").status_code == 200
     again = client.post(NIP_PATH, json=nip(2), headers=AUTH)
     assert again.status_code == 200
     assert again.json()["status"] == "accepted"  # the refused delivery was not half-stored
@@ -68,7 +67,7 @@ def test_redis_down_gives_503_then_recovers_without_restart(
 
 
 def test_slow_redis_gives_503_within_the_timeout_and_recovers(
-    start_receiver: Callable[..., httpx.Client], private_redis: RedisServer, transport: str
+    start_receiver: Callable[..., ReceiverClient], private_redis: RedisServer, transport: str
 ) -> None:
     client = start_receiver(
         private_redis.url, bridge_intake_timeout_seconds=0.3, bridge_intake_transport=transport
@@ -88,7 +87,7 @@ def test_slow_redis_gives_503_within_the_timeout_and_recovers(
 
 
 def test_script_flush_is_survived(
-    start_receiver: Callable[..., httpx.Client], redis_url: str, redis_client: redis.Redis, transport: str
+    start_receiver: Callable[..., ReceiverClient], redis_url: str, redis_client: redis.Redis, transport: str
 ) -> None:
     receiver = start_receiver(redis_url, bridge_intake_transport=transport)
     assert receiver.post(NIP_PATH, json=nip(1), headers=AUTH).status_code == 200
@@ -98,7 +97,7 @@ def test_script_flush_is_survived(
 
 
 def test_a_failing_write_leaves_no_dedupe_key(
-    start_receiver: Callable[..., httpx.Client], redis_url: str, redis_client: redis.Redis, transport: str
+    start_receiver: Callable[..., ReceiverClient], redis_url: str, redis_client: redis.Redis, transport: str
 ) -> None:
     """If a replayed command fails (here: rq:queues has the wrong type), the delivery is refused and can
     be retried later: the dedupe key is written last."""

@@ -1,4 +1,5 @@
-"""``workfloo-bridge worker``: one RQ worker on the bridge queue with the project's worker class."""
+"""``workfloo-bridge worker``: one RQ worker with the project's worker class, on the bridge queue or the
+queues named by ``--queue`` (the webhook delivery queue, ``BRIDGE_HTTP_SUBSCRIBERS_QUEUE``, for example)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,28 @@ from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
 @click.option("--worker-class", "worker_class", default=None, help="Override BRIDGE_WORKER_CLASS.")
 @click.option("--name", default=None, help="Worker name (default: random).")
 @click.option("--max-jobs", type=int, default=None, help="Quit after this many jobs.")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="A queue to take jobs from, in priority order; repeatable (default: BRIDGE_QUEUE).",
+)
 def worker(
-    burst: bool, scheduler: bool, worker_class: str | None, name: str | None, max_jobs: int | None
+    burst: bool,
+    scheduler: bool,
+    worker_class: str | None,
+    name: str | None,
+    max_jobs: int | None,
+    queues: tuple[str, ...],
 ) -> None:
-    """Run one RQ worker on the bridge queue with the project's settings."""
+    """Run one RQ worker with the project's settings on the bridge queue (or each --queue)."""
     from workers.runtime.worker import build_worker
 
     settings = settings_or_exit()
     with redis_or_exit(settings) as connection:
-        instance = build_worker(connection, settings, name=name, cls=worker_class)
+        instance = build_worker(
+            connection, settings, queues=list(queues) or None, name=name, cls=worker_class
+        )
         instance.work(
             burst=burst,
             with_scheduler=scheduler,

@@ -41,7 +41,8 @@ def _keep_running_text(stack: Stack) -> str:
     return "\n".join(
         [
             f"{READY_LINE} (demo keys below are generated for this run only); Ctrl-C stops everything.",
-            f"  receiver        {stack.receiver_url}  (GET /healthz, /readyz, /metrics)",
+            f"  receiver        {stack.receiver_url}  (public: Kiban's callbacks, GET /healthz)",
+            f"  internal        {stack.internal_url}  (commands, timeline, GET /readyz, /metrics)",
             f"  fake Kiban      {stack.kiban_url}",
             f"  fake Kompliant  {stack.kompliant_url}",
             f"  Redis           {redact_url(stack.redis_url)}",
@@ -57,11 +58,11 @@ def _keep_running_text(stack: Stack) -> str:
             "  workfloo-bridge timeline <execution id>",
             "start another application (scenarioId: approved, rejected, nip-error, nip-invalid, abandoned):",
             f"  curl -H 'x-api-key: {stack.keys.internal}' -H 'content-type: application/json' "
-            f"-d '{start_body}' {stack.receiver_url}/v1/applications",
-            f"  curl -H 'x-api-key: {stack.keys.internal}' {stack.receiver_url}/v1/applications/<id>/nip "
+            f"-d '{start_body}' {stack.internal_url}/v1/applications",
+            f"  curl -H 'x-api-key: {stack.keys.internal}' {stack.internal_url}/v1/applications/<id>/nip "
             """-H 'content-type: application/json' -d '{"nip": "123456"}'""",
             f"  curl -H 'x-api-key: {stack.keys.internal}' "
-            f"{stack.receiver_url}/v1/applications/<id>/timeline",
+            f"{stack.internal_url}/v1/applications/<id>/timeline",
         ]
     )
 

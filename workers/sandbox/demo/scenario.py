@@ -147,7 +147,8 @@ class ScenarioRunner:
         self.timeout = timeout
         self.stop_event = threading.Event()
         self._deadline = time.monotonic() + timeout
-        self._http = httpx.Client(base_url=stack.receiver_url, timeout=10.0)
+        self._http = httpx.Client(base_url=stack.internal_url, timeout=10.0)  # commands, timeline, metrics
+        self._public = httpx.Client(base_url=stack.receiver_url, timeout=10.0)  # Kiban's callbacks
         self._redis = stack.redis()
         self._stream = stack.env().get("BRIDGE_EVENTS_STREAM", "workfloo:events")
         self._stream_at_start = int(self._redis.xlen(self._stream))  # an existing Redis may hold old ones
@@ -197,7 +198,7 @@ class ScenarioRunner:
         def _one(_: int) -> str:
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=2)
-            response = self._http.post(url, json=body, headers=headers)
+            response = self._public.post(url, json=body, headers=headers)
             if response.status_code != 200:
                 return f"http-{response.status_code}"
             return str(response.json().get("status"))
@@ -357,6 +358,7 @@ class ScenarioRunner:
 
     def close(self) -> None:
         self._http.close()
+        self._public.close()
         self._redis.close()
 
 

@@ -77,7 +77,12 @@ def _quiet(client: redis.Redis, job: Job) -> None:
     """The run recorded nothing: no result, no dead letter, no action.failed, status not final."""
     assert job.get_status(refresh=True) not in (JobStatus.FINISHED, JobStatus.FAILED)
     assert job.latest_result() is None
-    assert FailedJobRegistry("workfloo", connection=client).get_job_count(cleanup=False) == 0
+    assert (
+        FailedJobRegistry("workfloo", connection=client, serializer=JOB_SERIALIZER).get_job_count(
+            cleanup=False
+        )
+        == 0
+    )
     assert not client.exists("workfloo:timeline:exec-l")
 
 

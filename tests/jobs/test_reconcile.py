@@ -136,7 +136,9 @@ def test_a_dead_finish_job_is_requeued_with_its_budget(
     again = Job.fetch("finish-done", connection=redis_client, serializer=JOB_SERIALIZER)
     assert again.get_status() == JobStatus.QUEUED and again.meta[RETRY_STARTED_AT] == 12.5
     assert _queue(redis_client).job_ids == ["finish-done"]
-    assert "finish-done" not in FailedJobRegistry("workfloo", connection=redis_client)
+    assert "finish-done" not in FailedJobRegistry(
+        "workfloo", connection=redis_client, serializer=JOB_SERIALIZER
+    )
 
 
 def _pending(client: redis.Redis, execution_id: str, carrier: str | None) -> None:
@@ -180,7 +182,7 @@ def test_followup_leaves_a_live_hand_off_and_parks_a_permanent_one(
     result = reconcile.sweep(redis_client, sweep_settings, now=100.0)
     assert result["followup"] == {"rerun": [], "parked": ["e-perm"]}
     assert _queue(redis_client).job_ids == []
-    assert "perm-job" in FailedJobRegistry("workfloo", connection=redis_client)
+    assert "perm-job" in FailedJobRegistry("workfloo", connection=redis_client, serializer=JOB_SERIALIZER)
     assert redis_client.zscore(keys.FOLLOWUP_PENDING, "e-live") == 105.0
     assert (
         redis_client.zscore(keys.FOLLOWUP_PENDING, "e-perm") == 100.0 + sweep_settings.job_failure_ttl_seconds

@@ -127,7 +127,9 @@ def test_every_worker_down_past_rqs_cleanup_window_while_status_runs(
         runs += 1
         time.sleep(5)
     figures.add("status runs while every worker was down", runs)
-    failed = FailedJobRegistry(bridge.settings.bridge_queue, connection=bridge.redis)
+    failed = FailedJobRegistry(
+        bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER
+    )
     assert failed.get_job_count(cleanup=False) == 0
     back_at = time.monotonic()
     bridge.start_worker("back")
@@ -149,5 +151,7 @@ def test_fork_per_job_worker_paused_during_execute_repeats_nothing(bare_bridge: 
     """The same with ``BridgeWorker``: the thawed work-horse stands down and exits cleanly, so its
     parent records no failure beside the newer run's result."""
     paused_during_execute(bare_bridge, {"BRIDGE_WORKER_CLASS": "workers.runtime.worker.BridgeWorker"})
-    failed = FailedJobRegistry(bare_bridge.settings.bridge_queue, connection=bare_bridge.redis)
+    failed = FailedJobRegistry(
+        bare_bridge.settings.bridge_queue, connection=bare_bridge.redis, serializer=JOB_SERIALIZER
+    )
     assert failed.get_job_count(cleanup=False) == 0

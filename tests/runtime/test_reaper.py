@@ -181,4 +181,9 @@ def test_what_rqs_cleanup_leaves_is_recovered_once(redis_client: redis.Redis) ->
         assert reap_abandoned(redis_client, [QUEUE], max_requeues=3, settings=settings, now=now) == []
     assert redis_client.lrange(queue.key, 0, -1) == [b"retried"]
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
-    assert FailedJobRegistry(QUEUE, connection=redis_client).get_job_count(cleanup=False) == 0
+    assert (
+        FailedJobRegistry(QUEUE, connection=redis_client, serializer=JOB_SERIALIZER).get_job_count(
+            cleanup=False
+        )
+        == 0
+    )

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.test_flow import approved_run
 from tests.ops.console.conftest import SUBSCRIBER, sign_in
@@ -14,7 +15,8 @@ from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import keys
 from workers.core.events import EventType as T
 from workers.ops.console.app import key_id
-from workers.sandbox.serving import ServerThread
+from workers.core.settings import get_settings
+from workers.sandbox.serving import ServerThread, bind
 from workers.sandbox.wait import wait_until
 
 
@@ -35,6 +37,30 @@ def test_console_answers_on_the_internal_listener_only(console: ServerThread) ->
     # Not signed in: every page sends the browser to the sign-in form.
     answer = httpx.get(f"{console.internal_url}/console/dead-letters", follow_redirects=False)
     assert (answer.status_code, answer.headers["location"]) == (303, "/console/login")
+
+
+def test_serve_mounts_the_console_on_the_internal_listener(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workfloo-bridge serve``'s app factory: the receiver with the console on its internal side."""
+    from workers.ops.cli import serve
+
+    public, internal = bind("127.0.0.1"), bind("127.0.0.1")
+    for name, value in bridge.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_PUBLIC_PORT", str(public.getsockname()[1]))
+    monkeypatch.setenv("BRIDGE_INTERNAL_PORT", str(internal.getsockname()[1]))
+    get_settings.cache_clear()
+    try:
+        server = ServerThread(serve.create_app(), sockets=[public, internal]).start()
+    finally:
+        get_settings.cache_clear()
+    try:
+        assert httpx.get(f"{server.internal_url}/console/login").status_code == 200
+        assert httpx.get(f"{server.url}/console/login").status_code == 404
+        assert httpx.get(f"{server.internal_url}/readyz").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_sign_in_find_an_application_and_open_its_timeline(

@@ -14,8 +14,8 @@ from tests.ops.console.conftest import SUBSCRIBER, sign_in
 from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import keys
 from workers.core.events import EventType as T
-from workers.ops.console.app import key_id
 from workers.core.settings import get_settings
+from workers.ops.console.app import key_id
 from workers.sandbox.serving import ServerThread, bind
 from workers.sandbox.wait import wait_until
 

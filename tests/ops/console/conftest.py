@@ -50,16 +50,29 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+SSO_HEADER = "X-Forwarded-Email"
+
+
 @pytest.fixture(scope="module")
 def console(bridge: Bridge) -> Iterator[ServerThread]:
     """A receiver with the console on its internal listener, on the stack's Redis; one HTTP subscriber
     configured for the subscriber pages."""
+    yield from _console(bridge)
+
+
+@pytest.fixture(scope="module")
+def sso_console(bridge: Bridge) -> Iterator[ServerThread]:
+    """The same behind an SSO proxy: ``BRIDGE_CONSOLE_SSO_HEADER`` names the proxy's identity header."""
+    yield from _console(bridge, bridge_console_sso_header=SSO_HEADER)
+
+
+def _console(bridge: Bridge, **overrides: Any) -> Iterator[ServerThread]:
     subscriber = HttpSubscriber(
         url="https://hooks.example.com/bridge",
         secret="whsec_" + base64.b64encode(b"console-test-secret-of-32-bytes!").decode(),
         id=SUBSCRIBER,
     )
-    settings = bridge.settings.model_copy(update={"bridge_http_subscribers": [subscriber]})
+    settings = bridge.settings.model_copy(update={"bridge_http_subscribers": [subscriber], **overrides})
     server = receiver_thread(settings, internal_routes=console_routes).start()
     yield server
     server.stop()

@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from tests.e2e.test_flow import approved_run
-from tests.ops.console.conftest import SUBSCRIBER, sign_in
+from tests.ops.console.conftest import SSO_HEADER, SUBSCRIBER, sign_in
 from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import keys
 from workers.core.events import EventType as T
 from workers.core.settings import get_settings
+from workers.jobs import api as commands_api
 from workers.ops.console.app import key_id
 from workers.sandbox.serving import ServerThread, bind
 from workers.sandbox.wait import wait_until
@@ -86,6 +87,22 @@ def test_sign_in_find_an_application_and_open_its_timeline(
     for expected in (T.APPLICATION_STARTED, T.NIP_VALIDATED, T.KOMPLIANT_WORKFLOW_STARTED):
         assert expected in timeline
     assert "workflow_id" in page.content()  # the Kompliant ids the events carry
+    assert "López" not in page.content() and "@example.com" not in page.content()  # no applicant data
+
+    # A caller that only knows its command id finds the application too.
+    command_id = commands_api.start_application(
+        bridge.redis, bridge.form(), "approved", settings=bridge.settings
+    )
+    started = wait_until(
+        lambda: (r := commands_api.command_result(bridge.redis, command_id)) and r["result"],
+        timeout=15,
+        what="the start command's result",
+    )
+    page.goto(f"{console.internal_url}/console/applications?q={command_id}")
+    page.wait_for_url(f"**/console/applications/{started['execution_id']}")
+    assert T.APPLICATION_STARTED in page.locator("#timeline").inner_text()
+    page.goto(f"{console.internal_url}/console/applications?q=no-such-thing")
+    assert "No application found" in page.get_by_role("alert").inner_text()
 
 
 def test_replay_a_dead_letter_and_see_it_succeed(bridge: Bridge, console: ServerThread, page: Any) -> None:
@@ -104,6 +121,15 @@ def test_replay_a_dead_letter_and_see_it_succeed(bridge: Bridge, console: Server
 
     wait_until(listed, timeout=15, what="the execution's dead letters listed")
     replayed = []
+    # The first from the application's own page (its failed jobs), the others from the list.
+    page.goto(f"{console.internal_url}/console/applications/{execution_id}")
+    first = page.get_by_role("button", name="Replay").first
+    job_id = str(page.locator("form[action$='/replay']").first.get_attribute("action")).split("/")[-2]
+    first.click()
+    page.wait_for_url(f"**/console/applications/{execution_id}")
+    assert page.get_by_role("status").inner_text() == f"Replayed {job_id}."
+    replayed.append(job_id)
+    page.goto(f"{console.internal_url}/console/dead-letters")
     while rows.count():  # the status and the finished callbacks' jobs both died on the hand-off
         row = rows.first
         job_id = str(row.get_attribute("data-job"))
@@ -147,6 +173,26 @@ def test_disable_and_enable_a_subscriber(bridge: Bridge, console: ServerThread, 
     assert actions[-2:] == ["subscriber.disable", "subscriber.enable"]
 
 
+def test_behind_an_sso_proxy_the_audit_names_the_person(
+    bridge: Bridge, sso_console: ServerThread, browser: Any
+) -> None:
+    context = browser.new_context(extra_http_headers={SSO_HEADER: "ops.lead@bridge.example"})
+    try:
+        page = context.new_page()
+        sign_in(page, sso_console)
+        page.wait_for_url("**/console/")
+        assert page.locator("#actor").inner_text() == "sso:ops.lead@bridge.example"
+        page.goto(f"{sso_console.internal_url}/console/subscribers")
+        row = page.locator(f"tr[data-subscriber={SUBSCRIBER}]")
+        row.get_by_role("button", name="Disable").click()
+        row.get_by_role("button", name="Enable").click()
+        assert row.locator(".state").inner_text() == "enabled"
+    finally:
+        context.close()
+    actors = [a["data"]["actor"] for a in operator_actions(bridge) if a["data"]["target"] == SUBSCRIBER]
+    assert actors[-2:] == ["sso:ops.lead@bridge.example"] * 2
+
+
 def test_a_forged_csrf_post_is_refused(bridge: Bridge, console: ServerThread, page: Any) -> None:
     sign_in(page, console)
     page.wait_for_url("**/console/")
@@ -156,5 +202,10 @@ def test_a_forged_csrf_post_is_refused(bridge: Bridge, console: ServerThread, pa
     for form in ({"csrf": "forged"}, {}):
         answer = page.request.post(url, form=form, max_redirects=0)
         assert answer.status == 403
+    # Nor can a page elsewhere sign a browser in with a key of its choosing (login CSRF).
+    answer = page.request.post(
+        f"{console.internal_url}/console/login", form={"key": INTERNAL_KEY}, max_redirects=0
+    )
+    assert answer.status == 403
     assert not bridge.redis.exists(keys.subscriber_disabled(SUBSCRIBER))
     assert len(operator_actions(bridge)) == before

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from base64 import b64encode
+from collections.abc import Callable
+
+import httpx
+import itsdangerous
+import orjson
 import redis
+from starlette.applications import Starlette
 
 from workers.core import keys
 from workers.core.settings import load_settings
-from workers.ops.console import views
+from workers.ops.console import console_routes, views
+from workers.ops.console.app import key_id, session_secret
+from workers.sandbox.serving import ServerThread
 
 
 def test_reasons_are_redacted_of_anything_shaped_like_applicant_data() -> None:
@@ -29,3 +38,18 @@ def test_find_application_by_execution_id_only_when_it_has_a_timeline(
     assert views.find_application(redis_client, "") is None
     settings = load_settings(redis_url=redis_url)
     assert views.recent_applications(redis_client, settings) == []
+
+
+def test_without_internal_keys_nobody_signs_in_not_even_with_a_forged_cookie(
+    redis_url: str, serve: Callable[..., ServerThread]
+) -> None:
+    """The session key derives from the internal keys: with none it is public, so a session must also
+    name a configured key."""
+    settings = load_settings(redis_url=redis_url, bridge_internal_keys="")
+    signer = itsdangerous.TimestampSigner(session_secret(settings))
+    forged = signer.sign(b64encode(orjson.dumps({"key_id": key_id("anything"), "csrf": "x"}))).decode()
+    server = serve(Starlette(routes=console_routes(settings)))
+    answer = httpx.get(
+        f"{server.url}/console/dead-letters", cookies={"bridge_console": forged}, follow_redirects=False
+    )
+    assert (answer.status_code, answer.headers["location"]) == (303, "/console/login")

@@ -66,6 +66,10 @@ class Console:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
         self.templates = Jinja2Templates(env=env)
         self._client: redis.Redis | None = None
+        # Sessions name one of these; with no internal key configured nobody can sign in.
+        self.key_ids = frozenset(
+            key_id(k.get_secret_value()) for k in settings.bridge_internal_keys if k.get_secret_value()
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -93,7 +97,7 @@ class Console:
     def actor(self, request: Request) -> str | None:
         """Who is signed in: ``sso:<identity>`` when a trusted header names one, else ``key:<id>``."""
         signed_in = request.session.get("key_id")
-        if not signed_in:
+        if not signed_in or signed_in not in self.key_ids:  # a key removed since: signed out
             return None
         header = self.settings.bridge_console_sso_header.strip()
         if header and (identity := request.headers.get(header, "").strip()):

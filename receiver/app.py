@@ -5,7 +5,7 @@ One process serves two listeners, told apart by the local port a connection arri
 * public (``BRIDGE_PUBLIC_HOST``/``BRIDGE_PUBLIC_PORT``): Kiban's callbacks and ``/healthz``, the only
   listener a proxy or Ingress exposes;
 * internal (``BRIDGE_INTERNAL_HOST``/``BRIDGE_INTERNAL_PORT``): the commands, the timeline, ``/readyz``,
-  ``/metrics`` and ``/openapi.json``.
+  ``/metrics``, ``/openapi.json`` and whatever ``internal_routes`` adds (``serve``: the operator console).
 
 A route answers only on its listener (404 on the other); a connection on any other port gets 404 for
 everything. ``PUBLIC_PATHS``/``INTERNAL_PATHS`` name the route templates of each.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -81,7 +81,14 @@ def check_listeners(settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+InternalRoutes = Callable[[Settings], list[BaseRoute]]
+"""Builds extra routes for the internal listener from the settings (``workfloo-bridge serve`` passes the
+operator console's): the receiver mounts them without importing what they come from."""
+
+
+def create_app(
+    settings: Settings | None = None, *, internal_routes: InternalRoutes | None = None
+) -> Starlette:
     try:
         settings = settings or get_settings()
         require_keys(settings)  # the start form and the NIP are sealed before Redis sees them
@@ -153,6 +160,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *commands.routes(settings),
         *timeline.routes(settings),
+        *(internal_routes(settings) if internal_routes is not None else []),
     ]
     app = Starlette(
         lifespan=lifespan,

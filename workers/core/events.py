@@ -49,6 +49,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_CONFLICT = "kompliant.workflow.conflict"
     ACTION_FAILED = "action.failed"
     JOB_DEAD_LETTERED = "job.dead_lettered"  # a job landed in RQ's failed registry (no applicant data)
+    OPERATOR_ACTION = "operator.action"  # an operator acted in the console (audit; no applicant data)
 
 
 def matches(patterns: list[str] | tuple[str, ...] | None, event_type: str) -> bool:
@@ -234,6 +235,15 @@ class ActionFailedData(EventData):
     attempts: int | None = Field(default=None, description="attempts made (when known)")
 
 
+class OperatorActionData(EventData):
+    """``operator.action``: an operator acted in the console (who, what, on what; no applicant data)."""
+
+    actor: str = Field(description="key:<id> of the internal key signed in with, or sso:<identity>")
+    action: str = Field(description="dead_letter.replay, subscriber.disable or subscriber.enable")
+    target: str = Field(description="the job id or subscriber key acted on")
+    outcome: str = Field(description="done, or a code: not_found, unchanged")
+
+
 DATA_MODELS: dict[EventType, type[EventData]] = {
     EventType.CALLBACK_RECEIVED: CallbackReceivedData,
     EventType.NIP_PENDING: NipDeliveryData,
@@ -254,6 +264,7 @@ DATA_MODELS: dict[EventType, type[EventData]] = {
     EventType.KOMPLIANT_WORKFLOW_CONFLICT: KompliantWorkflowConflictData,
     EventType.JOB_DEAD_LETTERED: JobDeadLetteredData,
     EventType.ACTION_FAILED: ActionFailedData,
+    EventType.OPERATOR_ACTION: OperatorActionData,
 }
 """The ``data`` model of every event type (a test checks that every ``EventType`` has one)."""
 

@@ -222,6 +222,12 @@ class RedisSettings(_Section):
         "Unset: `demo` starts an embedded redis-server. Its passwords are secrets: shown as `***`, "
         "never logged.",
     )
+    bridge_console_redis_url: str | None = Field(
+        default=None,
+        description="Redis URL of the operator console in the receiver process (replays, subscriber "
+        "changes and its audit events write where the receiver's own Redis user may not): give it the "
+        "operator user's URL. Unset: REDIS_URL. Its password is a secret, never logged.",
+    )
     redis_timeout_seconds: float = Field(default=1.0, gt=0, description="Socket timeout for Redis calls.")
     redis_ssl_ca_certs: str | None = Field(
         default=None, description="PEM bundle of CAs that sign the Redis server certificate (rediss only)."
@@ -258,7 +264,7 @@ class RedisSettings(_Section):
         "without calling the vendor. Held to 80 % of BRIDGE_REDIS_TIMEOUT_SECONDS, which would cut it short.",
     )
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "bridge_console_redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -267,7 +273,7 @@ class RedisSettings(_Section):
             raise ValueError("must start with one of " + ", ".join(_REDIS_SCHEMES))
         return value
 
-    @field_serializer("redis_url")
+    @field_serializer("redis_url", "bridge_console_redis_url")
     def _dump_redis_url(self, value: str | None) -> str | None:
         """``model_dump``/``model_dump_json`` show ``REDIS_URL`` without its passwords, as ``SecretStr``."""
         return redact_url(value) if value else value
@@ -275,7 +281,8 @@ class RedisSettings(_Section):
     def __repr_args__(self) -> Any:
         """``repr``/``str`` of every settings object: ``REDIS_URL`` through ``redact_url``."""
         for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "redis_url" and isinstance(value, str) else value
+            secret = name in ("redis_url", "bridge_console_redis_url") and isinstance(value, str)
+            yield name, redact_url(value) if secret else value
 
 
 class ReceiverSettings(_Section):
@@ -294,6 +301,17 @@ class ReceiverSettings(_Section):
     bridge_internal_keys: SecretList = Field(
         default_factory=list,
         description="Comma-separated keys for internal command/timeline endpoints (header x-api-key).",
+    )
+    bridge_console_sso_header: str = Field(
+        default="",
+        description="Header an SSO proxy in front of the internal listener sets to the signed-in person's "
+        "identity; when named, the operator console records it as who acted (audit event operator.action) "
+        "instead of the internal key's id. Empty: no header is trusted.",
+    )
+    bridge_console_session_seconds: int = Field(
+        default=8 * 3600,
+        gt=0,
+        description="How long an operator console sign-in lasts (the signed session cookie's lifetime).",
     )
     bridge_public_url: str = Field(
         default="http://127.0.0.1:8000", description="Base URL Kiban uses to reach this receiver."
@@ -804,6 +822,7 @@ class Settings(
             found.extend(item.get_secret_value() for item in items if isinstance(item, SecretStr))
         found.extend(sub.secret.get_secret_value() for sub in self.bridge_http_subscribers)
         found.extend(url_passwords(self.redis_url))
+        found.extend(url_passwords(self.bridge_console_redis_url))
         return [s for s in found if s]
 
 

@@ -378,6 +378,13 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     return "retry_scheduled"
 
 
+def disable(connection: redis.Redis, subscriber_key: str, reason: str = "operator") -> bool:
+    """Stop deliveries to a subscriber as ``410 Gone`` does (its jobs return ``disabled``) until
+    ``enable``; True when it was enabled. ``reason`` is a code, shown with the subscriber."""
+    value = orjson.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()})
+    return bool(connection.set(keys.subscriber_disabled(subscriber_key), value, nx=True))
+
+
 def enable(connection: redis.Redis, subscriber_key: str) -> bool:
     """Re-enable a subscriber disabled by ``410 Gone``; True when it was disabled."""
     return bool(connection.delete(keys.subscriber_disabled(subscriber_key)))

@@ -92,11 +92,17 @@ class ServerThread:
 
 
 def receiver_thread(
-    settings: Settings, host: str = "127.0.0.1", *, guarded: bool = True, **config: Any
+    settings: Settings,
+    host: str = "127.0.0.1",
+    *,
+    guarded: bool = True,
+    internal_routes: Any = None,
+    **config: Any,
 ) -> ServerThread:
     """The receiver app on two free ports as ``workfloo-bridge serve`` runs it: ``url`` is the public
     listener, ``internal_url`` the internal one (their ports replace the settings' own); ``guarded``:
-    the slow-client guards of ``receiver.protocol``. Not started."""
+    the slow-client guards of ``receiver.protocol``; ``internal_routes``: as ``create_app`` takes them
+    (``workers.ops.console.console_routes`` mounts the operator console). Not started."""
     from receiver.app import create_app
     from receiver.protocol import guarded_protocol
 
@@ -110,4 +116,5 @@ def receiver_thread(
     settings = settings.model_copy(update=ports)
     if guarded:
         config.setdefault("http", guarded_protocol(settings))
-    return ServerThread(create_app(settings), host, sockets=[public, internal], **config)
+    app = create_app(settings, internal_routes=internal_routes)
+    return ServerThread(app, host, sockets=[public, internal], **config)

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     KOMPLIANT_WORKFLOW_CONFLICT = "kompliant.workflow.conflict"
     ACTION_FAILED = "action.failed"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    OPERATOR_ACTION = "operator.action"
 
 
 class Source(StrEnum):
@@ -253,6 +254,19 @@ class ActionFailedData(TypedDict):
     attempts: NotRequired[int | None]
 
 
+class OperatorActionData(TypedDict):
+    """``operator.action``: an operator acted in the console (who, what, on what; no applicant data)."""
+
+    # key:<id> of the internal key signed in with, or sso:<identity>
+    actor: str
+    # dead_letter.replay, subscriber.disable or subscriber.enable
+    action: str
+    # the job id or subscriber key acted on
+    target: str
+    # done, or a code: not_found, unchanged
+    outcome: str
+
+
 DATA_TYPES: dict[EventType, type] = {
     EventType.CALLBACK_RECEIVED: CallbackReceivedData,
     EventType.NIP_PENDING: NipDeliveryData,
@@ -273,6 +287,7 @@ DATA_TYPES: dict[EventType, type] = {
     EventType.KOMPLIANT_WORKFLOW_CONFLICT: KompliantWorkflowConflictData,
     EventType.ACTION_FAILED: ActionFailedData,
     EventType.JOB_DEAD_LETTERED: JobDeadLetteredData,
+    EventType.OPERATOR_ACTION: OperatorActionData,
 }
 """The ``TypedDict`` of each event type's ``data``."""
 
@@ -294,6 +309,7 @@ __all__ = [
     "NipFailedData",
     "NipResentData",
     "NipValidatedData",
+    "OperatorActionData",
     "Source",
     "StatusChangedData",
     "WorkflooFinishedData",

@@ -2,23 +2,36 @@
 
 The public listener (``BRIDGE_PUBLIC_HOST``/``BRIDGE_PUBLIC_PORT``) takes Kiban's callbacks and
 ``/healthz``; the internal one (``BRIDGE_INTERNAL_HOST``/``BRIDGE_INTERNAL_PORT``) the commands, the
-timeline, ``/readyz``, ``/metrics`` and ``/openapi.json``. Both sockets are bound here and shared by every
+timeline, ``/readyz``, ``/metrics``, ``/openapi.json`` and the operator console (``/console``,
+``workers.ops.console``). Both sockets are bound here and shared by every
 uvicorn process; the app tells them apart by port.
 
-The receiver is started by import string so that ``workers`` never imports ``receiver``.
+The receiver is started by import string so that ``workers`` never imports ``receiver``: ``create_app``
+below imports it by name and hands it the console's routes.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+from typing import Any
 
 import click
 
 from workers.core.settings import get_settings
 from workers.ops.cli.helpers import fail, settings_or_exit
 
-RECEIVER_FACTORY = "receiver.app:create_app"
+RECEIVER_FACTORY = "workers.ops.cli.serve:create_app"
+
+
+def create_app() -> Any:
+    """uvicorn's factory in every serve process: the receiver with the operator console mounted on its
+    internal listener."""
+    from workers.ops.console import console_routes
+
+    receiver = importlib.import_module("receiver.app")
+    return receiver.create_app(internal_routes=console_routes)
 
 
 def _bind(host: str, port: int) -> socket.socket:

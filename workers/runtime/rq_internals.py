@@ -27,6 +27,8 @@ listed in ``OVERRIDDEN_HOOKS``:
   they echo); the bridge stores the code-only traceback ``handle_exception`` built for that job instead.
   RQ's other callers pass its own words (a killed work-horse, a stopped job). A job whose
   ``failure_ttl`` is None would keep its record a year and its result for ever: ``keep_failure_for``;
+* ``BaseWorker.perform_job(job, queue, execution)``: the run of one job in the process that runs it (the
+  work-horse of a forking worker); the override counts and times it once RQ has recorded its status;
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -113,6 +115,7 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "prepare_job_execution",
         "maintain_heartbeats",
         "handle_job_success",
+        "perform_job",
     ),
     SimpleWorker: ("execute_job",),
 }

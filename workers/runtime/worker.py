@@ -32,6 +32,7 @@ from workers.core.settings import Settings, get_settings
 from workers.jobs import lease
 from workers.runtime import rq_internals
 from workers.runtime.dead_letters import dead_letter_of, publish_dead_lettered
+from workers.runtime.metrics import record_job_run
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
 
 log = get_logger(__name__)
@@ -172,6 +173,15 @@ class _BridgeWorkerMixin:
 
     def _busy_key_ttl(self) -> None:
         rq_internals.expire_worker_key(self, self.job_monitoring_interval + self._grace)  # type: ignore[arg-type]
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        """RQ hook: RQ's run of the job, counted and timed by function and outcome
+        (``bridge_job_runs_total``, ``bridge_job_duration_seconds``) once RQ has recorded its status."""
+        started = time.monotonic()
+        try:
+            return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+        finally:
+            record_job_run(job, time.monotonic() - started, stood_down=lease.stood_down(job.id))
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """RQ hook: a run that lost its job's lease to a newer run (``workers.jobs.lease``) records

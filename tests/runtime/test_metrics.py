@@ -136,3 +136,36 @@ def test_receiver_exposition_counts_every_queue(metrics_bridge: tuple[Bridge, st
     queues = {labels["queue"]: value for _s, labels, value in parsed["receiver_queue_depth"]}
     assert set(queues) == {"workfloo", "workfloo-webhooks"}
     assert all(value >= 0 for value in queues.values())  # both read (the receiver's ACL allows it)
+
+
+def test_a_forking_worker_keeps_what_its_work_horses_count(metrics_bridge: tuple[Bridge, str]) -> None:
+    """``BridgeWorker`` runs each job in a forked work-horse; what the horse counts reaches the worker's
+    endpoint through a pipe."""
+    bridge, _url = metrics_bridge
+    port = free_port()
+    bridge.spawn(
+        "worker", "--worker-class", "workers.runtime.worker.BridgeWorker", "--queue", "metrics-fork",
+        "--no-scheduler", extra_env={"BRIDGE_WORKER_METRICS_PORT": str(port)},
+    )  # fmt: skip
+    queue = Queue("metrics-fork", connection=bridge.redis, serializer=JOB_SERIALIZER)
+    queue.enqueue("workers.jobs.commands.validate_nip", {}, job_id="metrics-fork-poison")
+    envelope = json.dumps({"id": "evt-metrics-fork", "type": "workfloo.completed"})
+    queue.enqueue("workers.fanout.webhooks.deliver", "nobody", envelope, job_id="metrics-fork-hook")
+
+    def scraped() -> dict[str, list[tuple[str, dict[str, str], float]]] | None:
+        try:
+            parsed = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        except httpx.TransportError:
+            return None
+        runs = {(s[1]["function"], s[1]["outcome"]) for s in parsed.get("bridge_job_runs", [])}
+        return parsed if len(runs) == 2 else None
+
+    parsed = wait_until(scraped, timeout=20, what="the forking worker's job runs")
+    runs = {(s[1]["function"], s[1]["outcome"]) for s in parsed["bridge_job_runs"]}
+    assert runs == {
+        ("workers.jobs.commands.validate_nip", "failed"),
+        ("workers.fanout.webhooks.deliver", "succeeded"),
+    }
+    assert {s[1]["function"] for s in parsed["bridge_dead_letters"]} == {"workers.jobs.commands.validate_nip"}
+    deliveries = {(s[1]["subscriber"], s[1]["outcome"]) for s in parsed["bridge_webhook_deliveries"]}
+    assert deliveries == {("nobody", "unknown_subscriber")}

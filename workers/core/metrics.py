@@ -11,6 +11,10 @@ settings. Nothing here ever carries an id or applicant data.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 # ``*_created`` doubles every counter and histogram with a gauge nobody graphs; off for the process.
@@ -71,5 +75,81 @@ WEBHOOK_DELIVERIES = Counter(
 
 def observe_vendor_call(vendor: str, operation: str, status: int | str, seconds: float) -> None:
     """One vendor call, whatever its end: the one hook both vendor clients' plumbing calls."""
-    VENDOR_REQUESTS.labels(vendor, operation, str(status)).inc()
+    _record("vendor_call", vendor, operation, str(status), seconds)
+
+
+def count_webhook_delivery(subscriber: str, outcome: str) -> None:
+    _record("webhook_delivery", subscriber, outcome)
+
+
+def count_retry(function: str) -> None:
+    _record("retry", function)
+
+
+def count_dead_letter(function: str, code: str) -> None:
+    _record("dead_letter", function, code)
+
+
+def observe_job_run(function: str, outcome: str, seconds: float) -> None:
+    _record("job_run", function, outcome, seconds)
+
+
+def _vendor_call(vendor: str, operation: str, status: str, seconds: float) -> None:
+    VENDOR_REQUESTS.labels(vendor, operation, status).inc()
     VENDOR_DURATION.labels(vendor, operation).observe(seconds)
+
+
+def _job_run(function: str, outcome: str, seconds: float) -> None:
+    JOB_RUNS.labels(function, outcome).inc()
+    JOB_DURATION.labels(function).observe(seconds)
+
+
+_APPLY: dict[str, Callable[..., None]] = {
+    "vendor_call": _vendor_call,
+    "webhook_delivery": lambda subscriber, outcome: WEBHOOK_DELIVERIES.labels(subscriber, outcome).inc(),
+    "retry": lambda function: JOB_RETRIES.labels(function).inc(),
+    "dead_letter": lambda function, code: DEAD_LETTERS.labels(function, code).inc(),
+    "job_run": _job_run,
+}
+
+JOURNAL_MAX = 500
+"""Most records one forked work-horse hands back to its worker (a job makes a few dozen)."""
+
+_journal: list[list[Any]] | None = None
+
+
+def _record(kind: str, *args: Any) -> None:
+    _APPLY[kind](*args)
+    if _journal is not None and len(_journal) < JOURNAL_MAX:
+        _journal.append([kind, *args])
+
+
+def start_journal() -> None:
+    """From now on, keep what this process counts (a forked work-horse: its counts die with it)."""
+    global _journal
+    _journal = []
+
+
+def take_journal() -> bytes:
+    """What was counted since ``start_journal``, as JSON for ``replay``; stops journaling."""
+    global _journal
+    entries, _journal = _journal or [], None
+    return json.dumps(entries, separators=(",", ":")).encode()
+
+
+def replay(payload: bytes) -> int:
+    """Count in this process what a work-horse's ``take_journal`` returned; unknown records are skipped.
+    Returns how many records were applied."""
+    try:
+        entries = json.loads(payload) if payload else []
+    except ValueError:
+        return 0
+    applied = 0
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, list) and entry and entry[0] in _APPLY:
+            try:
+                _APPLY[entry[0]](*entry[1:])
+            except (TypeError, ValueError):
+                continue
+            applied += 1
+    return applied

@@ -37,7 +37,7 @@ from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
 from workers.core.log import get_logger
-from workers.core.metrics import WEBHOOK_DELIVERIES
+from workers.core.metrics import count_webhook_delivery
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import HttpSubscriber, Settings, get_settings
 from workers.vendors.http import parse_retry_after
@@ -312,7 +312,7 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     (``bridge_webhook_deliveries_total``).
     """
     outcome = _deliver(subscriber_key, envelope, attempt, settings or get_settings())
-    WEBHOOK_DELIVERIES.labels(subscriber_key, outcome).inc()
+    count_webhook_delivery(subscriber_key, outcome)
     return outcome
 
 

@@ -32,7 +32,7 @@ from workers.core.contract import DEAD_LETTER_CODE, PERMANENT, RETRY_BUDGET_SPEN
 from workers.core.errors import BridgeError, JobFailedError, LeaseLostError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
-from workers.core.metrics import JOB_RETRIES
+from workers.core.metrics import count_retry
 from workers.core.settings import Settings
 from workers.jobs import lease
 
@@ -195,7 +195,7 @@ def guarded(
                 "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
                 delay=round(delay, 3), elapsed=round(elapsed, 3), reason=reason,
             )  # fmt: skip
-            JOB_RETRIES.labels(_function_name(action)).inc()
+            count_retry(_function_name(action))
             # The budget decides, never RQ's count: ``max`` stays one above the retries so far.
             return Retry(max=attempt + 2, interval=[_interval(delay, honour_floor=bool(retry_after))])
         log.error(

@@ -30,7 +30,7 @@ from rq.registry import FailedJobRegistry
 
 from workers.core import keys
 from workers.core.log import get_logger
-from workers.core.metrics import JOB_DURATION, JOB_RUNS, REGISTRY
+from workers.core.metrics import REGISTRY, observe_job_run
 from workers.core.settings import Settings
 from workers.fanout.retention import group_positions
 
@@ -47,13 +47,12 @@ _OUTCOMES = {
 def record_job_run(job: Job, seconds: float, *, stood_down: bool = False) -> None:
     """One run of ``job``: its outcome from the status RQ left it in, and its wall time."""
     try:
-        function = job.func_name
+        function = job.func_name or "unknown"
     except Exception:  # an undeserialisable job still counts
         function = "unknown"
     status = job.get_status(refresh=False)
     outcome = "stood_down" if stood_down else _OUTCOMES.get(status, "failed") if status else "failed"
-    JOB_RUNS.labels(function, outcome).inc()
-    JOB_DURATION.labels(function).observe(seconds)
+    observe_job_run(function, outcome, seconds)
 
 
 class RedisCollector(Collector):

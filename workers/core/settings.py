@@ -489,7 +489,9 @@ class WorkerSettings(_Section):
         "several workers on one host or pod each need their own (worker --metrics-port).",
     )
     bridge_worker_metrics_address: str = Field(
-        default="0.0.0.0", description="Address a worker's metrics endpoint listens on."
+        default="127.0.0.1",
+        description="Interface a worker's metrics endpoint listens on (0.0.0.0 in containers, for "
+        "Prometheus; worker --metrics-host).",
     )
     worker_ttl_seconds: int = Field(
         default=20, ge=16, description="RQ worker key TTL; an idle worker blocks at most TTL-15 s per poll."

@@ -155,9 +155,12 @@ _lock = threading.Lock()
 _served: dict[str, Any] = {}
 
 
-def serve(connection: redis.Redis, settings: Settings, port: int | None = None) -> int | None:
+def serve(
+    connection: redis.Redis, settings: Settings, port: int | None = None, host: str | None = None
+) -> int | None:
     """Serve this process's metrics on ``port`` (default ``BRIDGE_WORKER_METRICS_PORT``; 0: off) at
-    ``BRIDGE_WORKER_METRICS_ADDRESS``, once per process; returns the port bound (None when off)."""
+    ``host`` (default ``BRIDGE_WORKER_METRICS_ADDRESS``), once per process; returns the port bound (None
+    when off)."""
     port = settings.bridge_worker_metrics_port if port is None else port
     if not port:
         return None
@@ -168,7 +171,9 @@ def serve(connection: redis.Redis, settings: Settings, port: int | None = None) 
         PlatformCollector(registry=REGISTRY)
         GCCollector(registry=REGISTRY)
         REGISTRY.register(RedisCollector(connection, settings))
-        server, _thread = start_http_server(port, settings.bridge_worker_metrics_address, registry=REGISTRY)
+        server, _thread = start_http_server(
+            port, host or settings.bridge_worker_metrics_address, registry=REGISTRY
+        )
         _served["port"] = server.server_port
         log.info("metrics_serving", port=server.server_port)
         return int(server.server_port)

@@ -32,6 +32,11 @@ from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
     help="Serve this process's Prometheus metrics on this port "
     "(default: BRIDGE_WORKER_METRICS_PORT, 0: off).",
 )
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Interface of the metrics endpoint (default: BRIDGE_WORKER_METRICS_ADDRESS).",
+)
 def worker(
     burst: bool,
     scheduler: bool,
@@ -40,6 +45,7 @@ def worker(
     max_jobs: int | None,
     queues: tuple[str, ...],
     metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Run one RQ worker with the project's settings on the bridge queue (or each --queue)."""
     from workers.runtime import metrics
@@ -50,7 +56,7 @@ def worker(
         instance = build_worker(
             connection, settings, queues=list(queues) or None, name=name, cls=worker_class
         )
-        metrics.serve(connection, settings, metrics_port)
+        metrics.serve(connection, settings, metrics_port, metrics_host)
         instance.work(
             burst=burst,
             with_scheduler=scheduler,

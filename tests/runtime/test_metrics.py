@@ -169,3 +169,18 @@ def test_a_forking_worker_keeps_what_its_work_horses_count(metrics_bridge: tuple
     assert {s[1]["function"] for s in parsed["bridge_dead_letters"]} == {"workers.jobs.commands.validate_nip"}
     deliveries = {(s[1]["subscriber"], s[1]["outcome"]) for s in parsed["bridge_webhook_deliveries"]}
     assert deliveries == {("nobody", "unknown_subscriber")}
+
+
+def test_the_stack_gives_each_worker_a_metrics_port_of_its_own(metrics_bridge: tuple[Bridge, str]) -> None:
+    bridge, url = metrics_bridge
+    child = bridge.start_worker(scheduler=False)
+    own = bridge.stack.worker_metrics_urls[child.name]
+    assert own != url
+
+    def answers() -> str | None:
+        try:
+            return httpx.get(own, timeout=5).text
+        except httpx.TransportError:
+            return None
+
+    assert "bridge_metrics_redis_up 1.0" in wait_until(answers, timeout=15, what="the worker's metrics")

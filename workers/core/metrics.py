@@ -112,8 +112,9 @@ _APPLY: dict[str, Callable[..., None]] = {
     "job_run": _job_run,
 }
 
-JOURNAL_MAX = 500
-"""Most records one forked work-horse hands back to its worker (a job makes a few dozen)."""
+JOURNAL_MAX = 300
+"""Most records one forked work-horse hands back to its worker (a job makes a few dozen; 300 stay well
+under the 60 kB the horse writes to its pipe)."""
 
 _journal: list[list[Any]] | None = None
 

@@ -164,3 +164,24 @@ def test_dashboard_queries_name_only_exported_series(exported: set[str]) -> None
     for expr in exprs:
         unknown = series_names(expr) - exported
         assert not unknown, (expr, unknown)
+
+
+def test_scrape_config_names_the_jobs_the_rules_use_and_the_ports_the_pods_open() -> None:
+    scrape = yaml.safe_load((OBS / "scrape-config.yaml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    used = {name for expr in _exprs_of_rules() for name in re.findall(r'job=~?"([^"]+)"', expr)}
+    assert used and used <= set(jobs)
+    k8s = ROOT / "deploy" / "k8s"
+    ports = {
+        port["name"]: port["containerPort"]
+        for name in ("receiver-deployment.yaml", "worker-deployment.yaml")
+        for port in next(yaml.safe_load_all((k8s / name).read_text()))["spec"]["template"]["spec"][
+            "containers"
+        ][0]["ports"]
+    }
+    kept = {
+        job: {r["regex"] for r in config["relabel_configs"] if r.get("action") == "keep"}
+        for job, config in jobs.items()
+    }
+    assert str(ports["internal"]) in kept["workfloo-bridge-receiver"]
+    assert "metrics" in kept["workfloo-bridge-worker"]

@@ -134,11 +134,12 @@ def create_app(
 
     async def metrics_endpoint(request: Request) -> Response:
         intake: Intake = request.app.state.intake
-        try:
-            depth = float(await intake.call("LLEN", intake.queue_key))
-        except IntakeUnavailableError:
-            depth = float("nan")
-        metrics.queue_depth.labels(settings.bridge_queue).set(depth)
+        for queue, key in intake.queue_keys.items():
+            try:
+                depth = float(await intake.call("LLEN", key))
+            except IntakeUnavailableError:
+                depth = float("nan")
+            metrics.queue_depth.labels(queue).set(depth)
         body = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -56,6 +56,10 @@ class Intake:
             transport=settings.bridge_intake_transport,
         )
         self.queue_key = self.recorder.queue.key
+        self.queue_keys = {  # every queue of the bridge, for the depth gauge
+            name: self.recorder.queue.redis_queue_namespace_prefix + name
+            for name in (settings.bridge_queue, settings.bridge_http_subscribers_queue)
+        }
         self._ttl = str(settings.bridge_dedupe_ttl_seconds).encode()
         self._scripts: dict[str, JobScript] = {}
         self._commands: dict[str, Framing] = {}

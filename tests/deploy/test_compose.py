@@ -92,7 +92,7 @@ def test_two_receivers_a_worker_pool_and_one_scheduler(compose: dict[str, Any]) 
     assert len(receivers) == 2
     # Only the internal listener is published, and on loopback only.
     assert {r["ports"][0] for r in receivers} == {"127.0.0.1:8101:8001", "127.0.0.1:8102:8001"}
-    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["command"] == ["worker", "--metrics-port", "9102", "--metrics-host", "0.0.0.0"]
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert services["scheduler"]["command"] == ["scheduler"]
     assert services["scheduler"]["deploy"]["replicas"] == 1

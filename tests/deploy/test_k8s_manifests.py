@@ -181,3 +181,29 @@ def test_only_the_ingress_namespace_reaches_the_public_listener(
         {"namespaceSelector": {"matchLabels": {"workfloo-bridge.kiban.io/internal-client": "true"}}},
     ]
     assert internal["ports"] == [{"protocol": "TCP", "port": 8001}]
+
+
+def test_each_worker_pod_serves_its_metrics_to_prometheus_only(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    policies = [o for k, o in objects.items() if k[0] == "NetworkPolicy"]
+    for component in ("worker", "webhook-worker"):
+        container = _container(_deployment(objects, component))
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        [port] = container["ports"]
+        assert port["name"] == "metrics" and str(port["containerPort"]) == env["BRIDGE_WORKER_METRICS_PORT"]
+        ingress = [
+            rule
+            for p in policies
+            for expr in p["spec"]["podSelector"].get("matchExpressions", [])
+            if component in expr["values"]
+            for rule in p["spec"].get("ingress", [])
+        ]
+        assert ingress == [
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": port["containerPort"]}],
+            }
+        ]

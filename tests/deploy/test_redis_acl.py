@@ -69,7 +69,10 @@ def test_the_receiver_user_runs_its_intake_and_reads_and_nothing_else(
     assert callback.status_code == 200 and callback.json()["status"] == "accepted"
     internal = httpx.Client(base_url=server.internal_url, headers={"x-api-key": INTERNAL_KEY}, timeout=10)
     assert internal.get("/readyz").status_code == 200
-    assert internal.get("/metrics").status_code == 200
+    metrics = internal.get("/metrics")
+    assert metrics.status_code == 200
+    depths = [line for line in metrics.text.splitlines() if line.startswith("receiver_queue_depth{")]
+    assert len(depths) == 2 and not [line for line in depths if line.endswith("NaN")]  # both queues read
     assert internal.post(f"/v1/applications/{EXECUTION_ID}/nip", json={"nip": "123456"}).status_code == 202
     assert internal.get(f"/v1/applications/{EXECUTION_ID}/timeline").status_code == 404  # read allowed
     internal.close()
@@ -87,6 +90,7 @@ def test_the_receiver_user_runs_its_intake_and_reads_and_nothing_else(
         ("DEL", f"rq:job:{callback.json()['event_id']}"),
         ("HSET", "rq:worker:x", "state", "busy"),  # RQ's execution state
         ("PUBLISH", "workfloo:events:nip.sent", "forged"),
+        ("RPUSH", "rq:queue:workfloo-webhooks", "forged"),  # the webhook queue: its length only
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command(*command)

@@ -75,6 +75,11 @@ def reconcile_lock() -> str:
     return f"{PREFIX}:lock:reconcile"
 
 
+RECONCILE_LAST_SWEEP = f"{PREFIX}:reconcile:last-sweep"
+"""String: Unix time the last reconciler sweep ended (one key, rewritten by every sweep; the
+``bridge_reconciler_last_sweep_age_seconds`` gauge reads it)."""
+
+
 def subscriber_disabled(subscriber_key: str) -> str:
     """HTTP subscriber: string (JSON reason) present while it is disabled (set on ``410 Gone``)."""
     return f"{PREFIX}:subscriber:{subscriber_key}:disabled"

@@ -499,6 +499,18 @@ class WorkerSettings(_Section):
         description="RQ worker class: workers.runtime.worker.BridgeSimpleWorker (in-process, default) or "
         "workers.runtime.worker.BridgeWorker (fork per job). See docs/workers.md for the measurement.",
     )
+    bridge_worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a worker process's Prometheus metrics (0: off). One port per process: "
+        "several workers on one host or pod each need their own (worker --metrics-port).",
+    )
+    bridge_worker_metrics_address: str = Field(
+        default="127.0.0.1",
+        description="Interface a worker's metrics endpoint listens on (0.0.0.0 in containers, for "
+        "Prometheus; worker --metrics-host).",
+    )
     worker_ttl_seconds: int = Field(
         default=20, ge=16, description="RQ worker key TTL; an idle worker blocks at most TTL-15 s per poll."
     )

@@ -37,6 +37,7 @@ from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
 from workers.core.log import get_logger
+from workers.core.metrics import count_webhook_delivery
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import HttpSubscriber, Settings, get_settings
 from workers.vendors.http import parse_retry_after
@@ -307,9 +308,15 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     """RQ job: one delivery attempt of ``envelope`` to a subscriber; schedules the next one on failure.
 
     Returns ``delivered``, ``disabled``, ``retry_scheduled``, ``gave_up`` (the schedule is exhausted;
-    recorded in the subscriber's state hash) or ``unknown_subscriber``.
+    recorded in the subscriber's state hash) or ``unknown_subscriber``, and counts it
+    (``bridge_webhook_deliveries_total``).
     """
-    settings = settings or get_settings()
+    outcome = _deliver(subscriber_key, envelope, attempt, settings or get_settings())
+    count_webhook_delivery(subscriber_key, outcome)
+    return outcome
+
+
+def _deliver(subscriber_key: str, envelope: str, attempt: int, settings: Settings) -> str:
     connection = _connection(settings)
     subscriber = find_subscriber(settings, subscriber_key)
     if subscriber is None:

@@ -145,6 +145,7 @@ def sweep(conn: redis.Redis, s: Settings, now: float | None = None) -> dict[str,
         queue = Queue(s.bridge_queue, connection=conn, serializer=JOB_SERIALIZER)
         result = _sweep_open(conn, s, queue, now)
         result["followup"] = _sweep_followup(conn, s, queue, now)
+        conn.set(keys.RECONCILE_LAST_SWEEP, repr(time.time()))  # read by the metrics (sweep age)
         return result
     finally:
         lock.release()

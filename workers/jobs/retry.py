@@ -32,6 +32,7 @@ from workers.core.contract import DEAD_LETTER_CODE, PERMANENT, RETRY_BUDGET_SPEN
 from workers.core.errors import BridgeError, JobFailedError, LeaseLostError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
+from workers.core.metrics import count_retry
 from workers.core.settings import Settings
 from workers.jobs import lease
 
@@ -194,6 +195,7 @@ def guarded(
                 "job_retry", action=action, execution_id=execution_id, attempt=attempt + 1,
                 delay=round(delay, 3), elapsed=round(elapsed, 3), reason=reason,
             )  # fmt: skip
+            count_retry(_function_name(action))
             # The budget decides, never RQ's count: ``max`` stays one above the retries so far.
             return Retry(max=attempt + 2, interval=[_interval(delay, honour_floor=bool(retry_after))])
         log.error(
@@ -208,6 +210,15 @@ def guarded(
         _no_rq_retry()
         prefix = "retries exhausted: " if retryable else "permanent: "
         raise JobFailedError(prefix + reason) from exc
+
+
+def _function_name(action: str) -> str:
+    """The running job's function path (the label of every job metric); the action outside a job."""
+    job = get_current_job()
+    try:
+        return (job.func_name if job is not None else None) or action
+    except Exception:  # an undeserialisable job still counts
+        return action
 
 
 def _stood_down(action: str, execution_id: str | None) -> Any:

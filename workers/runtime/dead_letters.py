@@ -36,6 +36,7 @@ from workers.core.contract import (
 from workers.core.errors import JobFailedError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
+from workers.core.metrics import count_dead_letter
 from workers.core.settings import Settings, get_settings
 from workers.fanout.publisher import Publisher
 
@@ -209,6 +210,7 @@ def publish_dead_lettered(
 ) -> None:
     """``job.dead_lettered`` for a job landing in the failed registry: function, job id, queue, execution
     id, a code and a codes-only reason; never the job's arguments. Best effort (Redis may be down)."""
+    count_dead_letter(_job_function(job) or "unknown", code)
     count = int(job.meta.get(DEAD_LETTERS, 0)) + 1
     job.meta[DEAD_LETTERS] = count
     job.meta[DEAD_LETTER_CODE] = code

@@ -27,6 +27,10 @@ listed in ``OVERRIDDEN_HOOKS``:
   they echo); the bridge stores the code-only traceback ``handle_exception`` built for that job instead.
   RQ's other callers pass its own words (a killed work-horse, a stopped job). A job whose
   ``failure_ttl`` is None would keep its record a year and its result for ever: ``keep_failure_for``;
+* ``BaseWorker.perform_job(job, queue, execution)``: the run of one job in the process that runs it (the
+  work-horse of a forking worker); the override counts and times it once RQ has recorded its status;
+* ``Worker.execute_job``: RQ's fork of the work-horse and its watch; the override opens the pipe the
+  horse hands its metrics back through (RQ's public ``is_horse`` tells the horse from the worker);
 * ``SimpleWorker.execute_job``, rebuilt from ``prepare_execution``, ``perform_job``,
   ``maintain_heartbeats`` and ``set_state``: a heartbeat thread beside the in-process job.
 
@@ -58,7 +62,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import Queue, SimpleWorker, cron_job_registry
+from rq import Queue, SimpleWorker, Worker, cron_job_registry
 from rq.cron import CronJob, CronScheduler
 from rq.defaults import (
     DEFAULT_CRON_JOB_HISTORY_LIMIT,
@@ -113,8 +117,10 @@ OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {
         "prepare_job_execution",
         "maintain_heartbeats",
         "handle_job_success",
+        "perform_job",
     ),
     SimpleWorker: ("execute_job",),
+    Worker: ("execute_job",),
 }
 """RQ methods the bridge's worker classes override, by the RQ class that defines them."""
 

@@ -28,10 +28,12 @@ from workers.core.contract import JOB_SERIALIZER
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
 from workers.core.log import describe_exception, get_logger, redactor, safe_traceback
+from workers.core.metrics import replay, start_journal, take_journal
 from workers.core.settings import Settings, get_settings
 from workers.jobs import lease
 from workers.runtime import rq_internals
 from workers.runtime.dead_letters import dead_letter_of, publish_dead_lettered
+from workers.runtime.metrics import record_job_run
 from workers.runtime.reaper import RQ_CLEANUP_MARGIN_SECONDS, reap_abandoned
 
 log = get_logger(__name__)
@@ -173,6 +175,15 @@ class _BridgeWorkerMixin:
     def _busy_key_ttl(self) -> None:
         rq_internals.expire_worker_key(self, self.job_monitoring_interval + self._grace)  # type: ignore[arg-type]
 
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        """RQ hook: RQ's run of the job, counted and timed by function and outcome
+        (``bridge_job_runs_total``, ``bridge_job_duration_seconds``) once RQ has recorded its status."""
+        started = time.monotonic()
+        try:
+            return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+        finally:
+            record_job_run(job, time.monotonic() - started, stood_down=lease.stood_down(job.id))
+
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """RQ hook: a run that lost its job's lease to a newer run (``workers.jobs.lease``) records
         nothing, neither status nor result: the newer run owns them. Only its execution is cleaned up."""
@@ -256,6 +267,40 @@ class BridgeWorker(_BridgeWorkerMixin, Worker):
         super().__init__(*args, **self._configure(kwargs))
         for module in JOB_MODULES:
             importlib.import_module(module)
+
+    _metrics_fd: int | None = None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """RQ hook: RQ's fork and watch of the work-horse, with a pipe the horse hands its metrics back
+        through (what it counts dies with it otherwise); replayed here once it has exited."""
+        read_fd, write_fd = os.pipe()
+        self._metrics_fd = write_fd
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._metrics_fd = None
+            os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                replay(pipe.read())
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        """RQ hook: in the work-horse, journal what the run counts and write it to the worker's pipe."""
+        fd = self._metrics_fd if self.is_horse else None
+        if fd is None:
+            return super().perform_job(job, queue, execution)
+        start_journal()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            payload = take_journal()
+            try:
+                os.write(fd, payload[:_PIPE_CAPACITY])  # one write, within the pipe's buffer
+            except OSError:
+                log.warning("metrics_not_handed_back", job_id=job.id)
+
+
+_PIPE_CAPACITY = 60_000
+"""Linux pipes buffer 64 KiB: the horse's single write never blocks on a parent that reads after it exits."""
 
 
 class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):

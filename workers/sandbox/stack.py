@@ -104,6 +104,7 @@ class StackConfig:
     log_dir: Path | None = None  # None: a temporary directory (``cleanup_logs`` removes it)
     host: str = "127.0.0.1"
     start_timeout: float = 30.0
+    worker_metrics: bool = True  # each worker process serves its metrics on a free port of its own
     cwd: Path | None = None
 
 
@@ -127,6 +128,7 @@ class Stack:
         self.threads: dict[str, ServerThread] = {}
         self.apps: dict[str, Starlette] = {}  # in-process fakes
         self._workers = 0
+        self.worker_metrics_urls: dict[str, str] = {}  # worker child name -> its /metrics URL
         host = self.config.host
         self.kiban_port, self.kompliant_port = free_port(), free_port()
         self.receiver_ports = [free_port() for _ in range(self.config.receivers)]
@@ -362,10 +364,19 @@ class Stack:
             args.append("--scheduler" if scheduler else "--no-scheduler")
         if name is not None:
             args += ["--name", name]
+        child_name = name or f"worker-{self._workers}"
+        metrics_env: dict[str, str] = {}
+        if self.config.worker_metrics and "BRIDGE_WORKER_METRICS_PORT" not in (env or {}):
+            port = free_port()
+            metrics_env = {
+                "BRIDGE_WORKER_METRICS_PORT": str(port),
+                "BRIDGE_WORKER_METRICS_ADDRESS": self.config.host,
+            }
+            self.worker_metrics_urls[child_name] = f"http://{self.config.host}:{port}/metrics"
         child = self.spawn(
-            name or f"worker-{self._workers}",
+            child_name,
             *args,
-            env={**self.config.role_env.get("worker", {}), **(env or {})},
+            env={**metrics_env, **self.config.role_env.get("worker", {}), **(env or {})},
         )
         if wait:
             from rq import Worker

@@ -31,8 +31,10 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an event loop running until it stops, and the
+    asyncio tests of later modules cannot start theirs while it does."""
     from playwright.sync_api import Error, sync_playwright
 
     with sync_playwright() as playwright:

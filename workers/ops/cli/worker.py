@@ -25,6 +25,18 @@ from workers.ops.cli.helpers import redis_or_exit, settings_or_exit
     multiple=True,
     help="A queue to take jobs from, in priority order; repeatable (default: BRIDGE_QUEUE).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this process's Prometheus metrics on this port "
+    "(default: BRIDGE_WORKER_METRICS_PORT, 0: off).",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Interface of the metrics endpoint (default: BRIDGE_WORKER_METRICS_ADDRESS).",
+)
 def worker(
     burst: bool,
     scheduler: bool,
@@ -32,8 +44,11 @@ def worker(
     name: str | None,
     max_jobs: int | None,
     queues: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Run one RQ worker with the project's settings on the bridge queue (or each --queue)."""
+    from workers.runtime import metrics
     from workers.runtime.worker import build_worker
 
     settings = settings_or_exit()
@@ -41,6 +56,7 @@ def worker(
         instance = build_worker(
             connection, settings, queues=list(queues) or None, name=name, cls=worker_class
         )
+        metrics.serve(connection, settings, metrics_port, metrics_host)
         instance.work(
             burst=burst,
             with_scheduler=scheduler,

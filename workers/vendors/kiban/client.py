@@ -26,6 +26,7 @@ from workers.core.errors import (
     KibanValidationError,
 )
 from workers.core.log import get_logger
+from workers.core.metrics import observe_vendor_call
 from workers.core.settings import Settings
 from workers.vendors.http import (
     DEFAULT_MAX_CONNECTIONS,
@@ -296,16 +297,20 @@ class KibanClient:
                 method, path, json=json, headers=dict(headers or {}), params=query or None
             )
         except httpx.TimeoutException as exc:
+            observe_vendor_call("kiban", operation, "timeout", time.monotonic() - started)
             log.warning("kiban.timeout", operation=operation, error=type(exc).__name__)
             raise KibanRetryableError(
                 f"Kiban {operation} timed out ({type(exc).__name__})", operation=operation
             ) from exc
         except httpx.TransportError as exc:
+            observe_vendor_call("kiban", operation, "transport_error", time.monotonic() - started)
             log.warning("kiban.transport_error", operation=operation, error=type(exc).__name__)
             raise KibanRetryableError(
                 f"Kiban {operation} failed to connect ({type(exc).__name__})", operation=operation
             ) from exc
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        elapsed = time.monotonic() - started
+        observe_vendor_call("kiban", operation, response.status_code, elapsed)
+        elapsed_ms = round(elapsed * 1000, 1)
         if response.is_success:
             log.debug("kiban.ok", operation=operation, status=response.status_code, elapsed_ms=elapsed_ms)
             return response

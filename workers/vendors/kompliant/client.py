@@ -18,6 +18,7 @@ from workers.core.errors import (
     KompliantRetryableError,
 )
 from workers.core.log import get_logger
+from workers.core.metrics import observe_vendor_call
 from workers.core.settings import Settings, env_name
 from workers.vendors.http import (
     DEFAULT_MAX_CONNECTIONS,
@@ -199,16 +200,20 @@ class KompliantClient:
         try:
             response = self._http.post(f"/{method}", content=body, headers=headers)
         except httpx.TimeoutException as exc:
+            observe_vendor_call("kompliant", method, "timeout", time.monotonic() - started)
             log.warning("kompliant.timeout", method=method, error=type(exc).__name__)
             raise KompliantRetryableError(
                 f"Kompliant {method} timed out ({type(exc).__name__})", method=method, retryable=True
             ) from exc
         except httpx.TransportError as exc:
+            observe_vendor_call("kompliant", method, "transport_error", time.monotonic() - started)
             log.warning("kompliant.transport_error", method=method, error=type(exc).__name__)
             raise KompliantRetryableError(
                 f"Kompliant {method} failed to connect ({type(exc).__name__})", method=method, retryable=True
             ) from exc
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        elapsed = time.monotonic() - started
+        observe_vendor_call("kompliant", method, response.status_code, elapsed)
+        elapsed_ms = round(elapsed * 1000, 1)
         envelope = _envelope(response)
         meta = envelope.get("meta") if isinstance(envelope.get("meta"), dict) else {}
         trace_id = meta.get("trace_id") if isinstance(meta, dict) else None

@@ -131,4 +131,5 @@ def command_result(connection: redis.Redis, command_id: str) -> dict[str, Any] |
         job = Job.fetch(command_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         return None
-    return {"status": str(job.get_status()), "result": job.return_value()}
+    status = job.get_status()
+    return {"status": status.value if status is not None else None, "result": job.return_value()}

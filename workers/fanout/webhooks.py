@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -378,8 +378,43 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
     return "retry_scheduled"
 
 
+def disable(connection: redis.Redis, subscriber_key: str, reason: str = "operator") -> bool:
+    """Disable a subscriber as ``410 Gone`` does (deliveries return ``disabled`` until ``enable``); True
+    when it was enabled. ``reason`` is a code (``operator``), kept with the time."""
+    record = orjson.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()})
+    return bool(connection.set(keys.subscriber_disabled(subscriber_key), record, nx=True))
+
+
+def subscribers(connection: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """Each configured HTTP subscriber for operators: key, destination (scheme, host, path: no query),
+    types, whether and why it is disabled, and its delivery counters and last attempt."""
+    rows: list[dict[str, Any]] = []
+    for subscriber in settings.bridge_http_subscribers:
+        parts = urlsplit(subscriber.url)
+        counters = {
+            k.decode(): v.decode()
+            for k, v in cast(
+                dict[bytes, bytes], connection.hgetall(keys.subscriber_state(subscriber.key))
+            ).items()
+        }
+        rows.append(
+            {
+                "key": subscriber.key,
+                "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
+                "types": list(subscriber.types),
+                "disabled": disabled_reason(connection, subscriber.key),
+                "delivered": int(counters.get("delivered", 0)),
+                "failed_attempts": int(counters.get("failed_attempts", 0)),
+                "last_attempt_at": counters.get("last_attempt_at"),
+                "last_status": counters.get("last_status") or None,
+                "last_result": counters.get("last_result") or None,
+            }
+        )
+    return rows
+
+
 def enable(connection: redis.Redis, subscriber_key: str) -> bool:
-    """Re-enable a subscriber disabled by ``410 Gone``; True when it was disabled."""
+    """Re-enable a subscriber disabled by ``410 Gone`` or ``disable``; True when it was disabled."""
     return bool(connection.delete(keys.subscriber_disabled(subscriber_key)))
 
 

@@ -168,6 +168,10 @@ RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
 FORGET_FUNCTION = "workers.jobs.erasure.forget_job"
 
 
+COMMAND_ID_RE: Final = re.compile(r"cmd-[a-z]{1,16}-[0-9a-z]{26}")
+"""What ``new_command_id`` gives: ``GET /v1/commands/{id}`` reads no job whose id does not match."""
+
+
 def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str | None = None) -> str:
     """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command).
 

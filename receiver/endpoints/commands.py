@@ -48,7 +48,7 @@ from receiver.http import (
 from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import JOB_KEY_PREFIX, JOB_VIEW_FIELDS, job_view, utc_stamp
 from receiver.openapi import unavailable
-from workers.core import contract, crypto, keys
+from workers.core import contract, crypto, keys, tracing
 from workers.core.crypto import KeyRing
 from workers.core.log import get_logger
 from workers.core.settings import Settings
@@ -82,6 +82,17 @@ class CommandEndpoints:
         return await read_json_object(request, self.keys, self.limit, self.body_timeout, empty_ok=empty_ok)
 
     async def _enqueue(
+        self, request: Request, command_id: str, func: str, payload: Mapping[str, Any]
+    ) -> Response:
+        if tracing.active():
+            name = f"command {func.rsplit('.', 1)[-1]}"
+            attributes = {"workfloo.command_id": command_id}
+            with tracing.span(name, kind=tracing.SpanKind.SERVER, attributes=attributes):
+                traced = {**payload, tracing.TRACEPARENT: tracing.traceparent()}
+                return await self._write(request, command_id, func, traced)
+        return await self._write(request, command_id, func, payload)
+
+    async def _write(
         self, request: Request, command_id: str, func: str, payload: Mapping[str, Any]
     ) -> Response:
         intake: Intake = request.app.state.intake

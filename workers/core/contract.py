@@ -82,7 +82,14 @@ class StatusWebhookBody(BaseModel):
     currentNodeType: str | None = None
 
 
-class CallbackPayload(TypedDict):
+class Traced(TypedDict, total=False):
+    """The optional key of every job argument the receiver writes: the W3C trace context of its span,
+    present only while tracing is on (``workers.core.tracing``)."""
+
+    traceparent: str
+
+
+class CallbackPayload(Traced):
     """The single positional argument of every callback job."""
 
     event_id: str
@@ -185,7 +192,7 @@ def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str 
     return f"cmd-{kind}-{str(ULID()).lower()}"
 
 
-class _StartForm(TypedDict, total=False):
+class _StartForm(Traced, total=False):
     sealed_form: str
     form: dict[str, Any]
 
@@ -201,7 +208,7 @@ class StartCommand(_StartForm):
     scenario_id: str | None
 
 
-class ValidateNipCommand(TypedDict):
+class ValidateNipCommand(Traced):
     """Argument of ``VALIDATE_FUNCTION``. The NIP itself waits under a short-TTL key named by
     ``nip_ref``: it never sits in a job payload."""
 
@@ -210,7 +217,7 @@ class ValidateNipCommand(TypedDict):
     nip_ref: str
 
 
-class ResendNipCommand(TypedDict):
+class ResendNipCommand(Traced):
     """Argument of ``RESEND_FUNCTION``: from a caller (``command_id``, no ``resend``) or scheduled by
     the NIP ERROR handling (``resend`` = the resend number, no ``command_id``)."""
 
@@ -219,7 +226,7 @@ class ResendNipCommand(TypedDict):
     resend: int | None
 
 
-class ForgetCommand(TypedDict):
+class ForgetCommand(Traced):
     """Argument of ``FORGET_FUNCTION``: erase everything the bridge holds about one application."""
 
     command_id: str

@@ -32,7 +32,7 @@ from rq.job import Job, JobStatus, get_current_job
 from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
@@ -204,6 +204,7 @@ def prepare_deliveries(
             status=JobStatus.QUEUED,
             description=f"webhook {subscriber.key} {event.type} {event.id}",
             serializer=JOB_SERIALIZER,
+            meta=tracing.job_meta(),
         )
         job.enqueued_at = rq_now()
         prepared.append(
@@ -361,6 +362,7 @@ def deliver(subscriber_key: str, envelope: str, attempt: int = 0, settings: Sett
         "failure_ttl": settings.job_failure_ttl_seconds,
         "retry": _crash_retry(),
         "description": f"webhook {subscriber_key} {event_id} attempt {next_attempt}",
+        "meta": tracing.job_meta(),
     }
     args = (subscriber_key, envelope, next_attempt)
     if delay <= 0:

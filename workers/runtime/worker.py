@@ -24,6 +24,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import import_attribute
 from rq.worker import WorkerStatus
 
+from workers.core import tracing
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
@@ -58,6 +59,7 @@ class _BridgeWorkerMixin:
             print(f"workfloo-bridge: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         self._bridge_settings = s
+        tracing.configure(s, "worker")
         # JSON always, whatever the caller asked (``rq worker --serializer``): a pickled job fails as a
         # bad job instead of running code.
         kwargs["serializer"] = JOB_SERIALIZER
@@ -172,6 +174,22 @@ class _BridgeWorkerMixin:
 
     def _busy_key_ttl(self) -> None:
         rq_internals.expire_worker_key(self, self.job_monitoring_interval + self._grace)  # type: ignore[arg-type]
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        """RQ hook (in the work-horse, or the worker itself for ``SimpleWorker``): the job's span, a child
+        of the context the job carries (``workers.core.tracing``), exported before a horse exits."""
+        if not tracing.active():
+            return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+        try:
+            with tracing.span(
+                f"job {_function_name(job)}",
+                parent=_job_traceparent(job),
+                kind=tracing.SpanKind.CONSUMER,
+                attributes={"messaging.message.id": job.id, "messaging.destination.name": queue.name},
+            ):
+                return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+        finally:
+            tracing.flush()
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """RQ hook: a run that lost its job's lease to a newer run (``workers.jobs.lease``) records
@@ -288,6 +306,26 @@ class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
             stop.set()
             thread.join(timeout=5)
         self.set_state(WorkerStatus.IDLE)
+
+
+def _function_name(job: Job) -> str:
+    try:
+        return str(job.func_name).rsplit(".", 1)[-1]
+    except Exception:  # an undeserialisable job still gets its span
+        return "unknown"
+
+
+def _job_traceparent(job: Job) -> str | None:
+    """The context a job carries: in its meta (jobs the workers enqueue) or its payload (the receiver's)."""
+    found = job.meta.get(tracing.TRACEPARENT)
+    if not found:
+        try:
+            args = job.args
+        except Exception:
+            args = ()
+        if args and isinstance(args[0], dict):
+            found = args[0].get(tracing.TRACEPARENT)
+    return found if isinstance(found, str) else None
 
 
 def worker_class(settings: Settings, override: str | None = None) -> type[Worker] | type[SimpleWorker]:

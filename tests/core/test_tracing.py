@@ -1,0 +1,114 @@
+"""Tracing: off, nothing is built or carried; on (the SDK's in-memory exporter), one trace runs from the
+receiver's callback through the worker's job to Kiban, Kompliant and the publish."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rq.job import Job
+
+from tests.receiver.conftest import KEY
+from tests.support.vendor_rigs import KIBAN_KEY, KibanRig, KompliantRig
+from workers.core import tracing
+from workers.core.contract import JOB_SERIALIZER
+from workers.core.settings import get_settings, load_settings
+from workers.sandbox.fakes import kompliant as fake_kompliant
+from workers.sandbox.serving import ServerThread
+
+DEFINITION = "def-tracing"
+FORM = {"email": "ana@example.com", "first_name": "Ana", "last_name_1": "López"}
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.install(None)
+
+
+def test_off_nothing_is_built_or_carried(redis_url: str) -> None:
+    assert not tracing.active() and not tracing.configure(load_settings(redis_url=redis_url), "worker")
+    with tracing.span("anything") as span:
+        assert span is None and tracing.traceparent() is None
+    assert tracing.job_meta({"a": 1}) == {"a": 1}
+
+
+def test_one_trace_from_the_callback_to_kiban_kompliant_and_the_publish(
+    spans: InMemorySpanExporter,
+    kiban: KibanRig,
+    kompliant: KompliantRig,
+    redis_url: str,
+    redis_client: redis.Redis,
+    serve_receiver: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "REDIS_URL": redis_url,
+        "BRIDGE_KIBAN_BASE_URL": kiban.url,
+        "BRIDGE_KIBAN_API_KEY": KIBAN_KEY,
+        "BRIDGE_KIBAN_WORKFLOO_DEFINITION_ID": DEFINITION,
+        "BRIDGE_KOMPLIANT_BASE_URL": kompliant.server.url,
+        "BRIDGE_KOMPLIANT_API_KEY": fake_kompliant.DEFAULT_API_KEY,
+        "BRIDGE_KOMPLIANT_SECRET_KEY": fake_kompliant.DEFAULT_SECRET_KEY,
+        "BRIDGE_KOMPLIANT_AUTH_TOKEN": fake_kompliant.DEFAULT_AUTH_TOKEN,
+        "BRIDGE_KOMPLIANT_ACCOUNT_ID": fake_kompliant.DEFAULT_ACCOUNT_ID,
+        "BRIDGE_CALLBACK_KEYS": KEY,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        # An approved execution, finished at the fake Kiban (made without tracing's help: no spans yet).
+        client = kiban.make_client()
+        tracing.install(None)
+        execution_id = client.execute(DEFINITION, scenario_id="approved")
+        client.submit_form(execution_id, FORM)
+        fake = kiban.state.execution(execution_id)
+        kiban.state.finish(fake)
+        assert fake.is_terminal
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        tracing.install(provider)
+
+        receiver = serve_receiver(get_settings())
+        answer = httpx.post(
+            f"{receiver.url}/v1/kiban/status",
+            json={"id": execution_id, "status": fake.status},
+            headers={"x-api-key": KEY},
+        )
+        assert answer.status_code == 200, answer.text
+        job = Job.fetch(answer.json()["event_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+        assert job.args[0]["traceparent"].startswith("00-")
+        from workers.runtime.worker import build_worker
+
+        build_worker(redis_client, get_settings(), cls="workers.runtime.worker.BridgeSimpleWorker").work(
+            burst=True
+        )
+        assert job.get_status(refresh=True) == "finished", job.latest_result()
+    finally:
+        get_settings.cache_clear()
+
+    finished: list[ReadableSpan] = list(spans.get_finished_spans())
+    names = [span.name for span in finished]
+    [callback] = [span for span in finished if span.name == "callback status"]
+    assert callback.context is not None
+    trace_id = callback.context.trace_id
+    by_trace = [span for span in finished if span.context is not None and span.context.trace_id == trace_id]
+    assert len(by_trace) == len(finished), names  # one trace, nothing outside it
+    [job_span] = [span for span in by_trace if span.name == "job handle_status"]
+    assert job_span.parent is not None and job_span.parent.span_id == callback.context.span_id
+    vendors = {str(span.attributes.get("workfloo.vendor")) for span in by_trace if span.attributes}
+    assert {"kiban", "kompliant"} <= vendors, names
+    assert "publish workfloo.completed" in names and any(n.startswith("kompliant POST") for n in names)
+    for span in by_trace:  # ids and codes only
+        assert "ana@example.com" not in repr(span.attributes) and "López" not in repr(span.attributes)

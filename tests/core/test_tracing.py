@@ -22,6 +22,7 @@ from workers.sandbox.fakes import kompliant as fake_kompliant
 from workers.sandbox.serving import ServerThread
 
 DEFINITION = "def-tracing"
+INTERNAL_KEY = "in-74ddd3f76bd2e02188f50fdfe99558f7ede8e15b"
 FORM = {"email": "ana@example.com", "first_name": "Ana", "last_name_1": "López"}
 
 
@@ -112,3 +113,39 @@ def test_one_trace_from_the_callback_to_kiban_kompliant_and_the_publish(
     assert "publish workfloo.completed" in names and any(n.startswith("kompliant POST") for n in names)
     for span in by_trace:  # ids and codes only
         assert "ana@example.com" not in repr(span.attributes) and "López" not in repr(span.attributes)
+
+
+def test_an_endpoint_turns_tracing_on_with_the_otlp_exporter(redis_url: str) -> None:
+    settings = load_settings(redis_url=redis_url, bridge_otlp_endpoint="http://127.0.0.1:9/v1/traces")
+    try:
+        assert tracing.configure(settings, "worker") and tracing.active()
+        assert tracing.configured_endpoint(settings) == "http://127.0.0.1:9/v1/traces"
+    finally:
+        tracing.install(None)  # no span was made: nothing to export
+
+
+def test_commands_and_jobs_the_workers_enqueue_carry_the_context(
+    spans: InMemorySpanExporter,
+    redis_url: str,
+    redis_client: redis.Redis,
+    serve_receiver: Callable[..., ServerThread],
+) -> None:
+    from workers.jobs import api
+
+    settings = load_settings(redis_url=redis_url, bridge_internal_keys=INTERNAL_KEY, bridge_callback_keys=KEY)
+    receiver = serve_receiver(settings)
+    answer = httpx.post(
+        f"{receiver.internal_url}/v1/applications", json={"form": {"email": "a@b.co"}},
+        headers={"x-api-key": INTERNAL_KEY},
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    job = Job.fetch(answer.json()["command_id"], connection=redis_client, serializer=JOB_SERIALIZER)
+    [command_span] = [span for span in spans.get_finished_spans() if span.name == "command start_application"]
+    assert command_span.context is not None
+    assert job.args[0]["traceparent"].split("-")[1] == format(command_span.context.trace_id, "032x")
+
+    with tracing.span("caller") as caller:  # a worker (or a service using the Python API) enqueueing
+        assert caller is not None
+        enqueued = api.resend_nip(redis_client, "exec-1", settings=settings)
+    meta = Job.fetch(enqueued, connection=redis_client, serializer=JOB_SERIALIZER).meta
+    assert meta["traceparent"].split("-")[1] == format(caller.get_span_context().trace_id, "032x")

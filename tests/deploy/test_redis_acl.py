@@ -70,7 +70,10 @@ def test_the_receiver_user_runs_its_intake_and_reads_and_nothing_else(
     internal = httpx.Client(base_url=server.internal_url, headers={"x-api-key": INTERNAL_KEY}, timeout=10)
     assert internal.get("/readyz").status_code == 200
     assert internal.get("/metrics").status_code == 200
-    assert internal.post(f"/v1/applications/{EXECUTION_ID}/nip", json={"nip": "123456"}).status_code == 202
+    nip = internal.post(f"/v1/applications/{EXECUTION_ID}/nip", json={"nip": "123456"})
+    assert nip.status_code == 202
+    command = internal.get(f"/v1/commands/{nip.json()['command_id']}")  # reads the job's fields
+    assert command.status_code == 200 and command.json()["execution_id"] == EXECUTION_ID, command.text
     assert internal.get(f"/v1/applications/{EXECUTION_ID}/timeline").status_code == 404  # read allowed
     internal.close()
 

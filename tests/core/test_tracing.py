@@ -149,3 +149,21 @@ def test_commands_and_jobs_the_workers_enqueue_carry_the_context(
         enqueued = api.resend_nip(redis_client, "exec-1", settings=settings)
     meta = Job.fetch(enqueued, connection=redis_client, serializer=JOB_SERIALIZER).meta
     assert meta["traceparent"].split("-")[1] == format(caller.get_span_context().trace_id, "032x")
+
+
+def test_a_failed_job_is_a_failed_span(spans: InMemorySpanExporter, redis_client: redis.Redis) -> None:
+    from opentelemetry.trace import StatusCode
+    from rq import Queue
+
+    from workers.runtime.worker import build_worker
+
+    queue = Queue("workfloo", connection=redis_client, serializer=JOB_SERIALIZER)
+    queue.enqueue("tests.jobs.test_retry.permanent_problem", job_id="probe-traced-failure")
+    build_worker(redis_client, load_settings(), cls="workers.runtime.worker.BridgeSimpleWorker").work(
+        burst=True
+    )
+    [job_span] = [span for span in spans.get_finished_spans() if span.name == "job permanent_problem"]
+    assert job_span.status.status_code == StatusCode.ERROR and job_span.parent is None  # a trace of its own
+    assert {"publish action.failed", "publish job.dead_lettered"} <= {
+        s.name for s in spans.get_finished_spans()
+    }

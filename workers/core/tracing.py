@@ -108,6 +108,12 @@ def span(
         yield current
 
 
+def set_error(span: trace.Span | None, description: str) -> None:
+    """Mark ``span`` failed (``description``: a code, never vendor text or applicant data)."""
+    if span is not None:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, description))
+
+
 def traceparent() -> str | None:
     """The current span's W3C ``traceparent``, or None when tracing is off or no span is open."""
     if _tracer is None:

@@ -60,6 +60,7 @@ class _BridgeWorkerMixin:
             raise SystemExit(2) from None
         self._bridge_settings = s
         tracing.configure(s, "worker")
+        self._tracing_pid = os.getpid()
         # JSON always, whatever the caller asked (``rq worker --serializer``): a pickled job fails as a
         # bad job instead of running code.
         kwargs["serializer"] = JOB_SERIALIZER
@@ -76,6 +77,7 @@ class _BridgeWorkerMixin:
         return kwargs
 
     _early_stop = False
+    _tracing_pid = 0  # the worker's own pid (set by _configure): a horse's differs
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ hook. RQ installs its SIGTERM/SIGINT handlers only after registering and starting the
@@ -186,10 +188,14 @@ class _BridgeWorkerMixin:
                 parent=_job_traceparent(job),
                 kind=tracing.SpanKind.CONSUMER,
                 attributes={"messaging.message.id": job.id, "messaging.destination.name": queue.name},
-            ):
-                return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+            ) as span:
+                succeeded = bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+                if not succeeded:  # RQ handled the exception: the span says so with the job's status
+                    tracing.set_error(span, "job failed")
+                return succeeded
         finally:
-            tracing.flush()
+            if os.getpid() != self._tracing_pid:  # a forked work-horse exits without exporting
+                tracing.flush()
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """RQ hook: a run that lost its job's lease to a newer run (``workers.jobs.lease``) records

@@ -37,6 +37,7 @@ from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import JobRecorder
 from receiver.metrics import ReceiverMetrics, RequestMetricsMiddleware
 from receiver.openapi import openapi_document
+from workers.core import tracing
 from workers.core.contract import JOB_FUNCTIONS
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
@@ -98,6 +99,7 @@ def create_app(
     except SettingsError as exc:  # `uvicorn receiver.app:create_app --factory`: one line, exit 2
         print(f"workfloo-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    tracing.configure(settings, "receiver")
     metrics = ReceiverMetrics()
     recorder = JobRecorder.from_settings(settings)
     # Build and verify the callback job scripts now: start-up fails if RQ's enqueue commands changed.

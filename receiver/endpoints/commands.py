@@ -11,6 +11,13 @@
 * ``DELETE /v1/applications/{execution_id}`` (``?force=true`` optional) — enqueues ``forget_job``: erase
   everything held about the application; ``application.forgotten`` tells when it is done.
 
+* ``GET /v1/commands/{command_id}`` — ``200 {"command_id", "status", "execution_id"}``: the command job's
+  RQ status (``queued``, ``started``, ``scheduled`` between retries, ``finished``, ``failed`` for a dead
+  letter) and, once known, the execution id (a start's: as soon as Kiban created the execution; the
+  others': the one they were given). 404 for an id that is no command, or a job that expired
+  (``BRIDGE_JOB_RESULT_TTL_SECONDS`` after it finished). Read-only: a few fields of the job hash, through
+  the intake.
+
 The form and the NIP are sealed (``workers.core.crypto``, ``BRIDGE_DATA_KEYS``) before they reach Redis.
 Each answers ``202 {"command_id", "status": "accepted"|"duplicate"}``; progress arrives as events.
 Errors follow the receiver's rules: 401 key, 415 content type, 413 size, 400 JSON, 422 schema (field
@@ -29,6 +36,7 @@ from starlette.routing import BaseRoute
 
 from receiver.http import (
     UNAUTHORIZED,
+    HTTPError,
     JSONBytes,
     KeyChecker,
     execution_id_param,
@@ -38,9 +46,9 @@ from receiver.http import (
     validation_error,
 )
 from receiver.intake import Intake, IntakeUnavailableError
-from receiver.intake.rqjob import utc_stamp
+from receiver.intake.rqjob import JOB_KEY_PREFIX, JOB_VIEW_FIELDS, job_view, utc_stamp
 from receiver.openapi import unavailable
-from workers.core import contract, crypto, keys
+from workers.core import contract, crypto, keys, tracing
 from workers.core.crypto import KeyRing
 from workers.core.log import get_logger
 from workers.core.settings import Settings
@@ -59,6 +67,7 @@ class CommandEndpoints:
         self.limit = settings.bridge_max_body_bytes
         self.body_timeout = settings.bridge_body_read_timeout_seconds
         self.unavailable = redis_unavailable(settings, "the command was not stored; retry later")
+        self.read_unavailable = redis_unavailable(settings, "command store unavailable")
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -66,12 +75,24 @@ class CommandEndpoints:
             route("/v1/applications/{execution_id}/nip", self.validate_nip),
             route("/v1/applications/{execution_id}/nip/resend", self.resend_nip),
             route("/v1/applications/{execution_id}", self.forget, "DELETE"),
+            route("/v1/commands/{command_id}", self.command, "GET"),
         ]
 
     async def _body(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
         return await read_json_object(request, self.keys, self.limit, self.body_timeout, empty_ok=empty_ok)
 
     async def _enqueue(
+        self, request: Request, command_id: str, func: str, payload: Mapping[str, Any]
+    ) -> Response:
+        if tracing.active():
+            name = f"command {func.rsplit('.', 1)[-1]}"
+            attributes = {"workfloo.command_id": command_id}
+            with tracing.span(name, kind=tracing.SpanKind.SERVER, attributes=attributes):
+                traced = {**payload, tracing.TRACEPARENT: tracing.traceparent()}
+                return await self._write(request, command_id, func, traced)
+        return await self._write(request, command_id, func, payload)
+
+    async def _write(
         self, request: Request, command_id: str, func: str, payload: Mapping[str, Any]
     ) -> Response:
         intake: Intake = request.app.state.intake
@@ -147,6 +168,29 @@ class CommandEndpoints:
         payload = contract.forget_command(command_id, execution_id, force in ("true", "1"))
         return await self._enqueue(request, command_id, contract.FORGET_FUNCTION, payload)
 
+    async def command(self, request: Request) -> Response:
+        if not self.keys.allows(request.scope["headers"]):
+            raise UNAUTHORIZED
+        command_id = request.path_params["command_id"]
+        if not contract.COMMAND_ID_RE.fullmatch(command_id):
+            raise HTTPError(404, "not_found", "no such command")
+        intake: Intake = request.app.state.intake
+        try:
+            fields = await intake.call("HMGET", JOB_KEY_PREFIX + command_id, *JOB_VIEW_FIELDS)
+        except IntakeUnavailableError:
+            raise self.read_unavailable from None
+        view = job_view(*fields)
+        if view is None:
+            raise HTTPError(404, "not_found", "no such command (unknown, or expired after it ended)")
+        execution_id = view["meta"].get("execution_id") or view["argument"].get("execution_id")
+        return JSONBytes(
+            {
+                "command_id": command_id,
+                "status": view["status"],
+                "execution_id": execution_id if isinstance(execution_id, str) else None,
+            }
+        )
+
 
 def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
@@ -214,6 +258,43 @@ def openapi_paths(settings: Settings) -> dict[str, Any]:
         },
         "/v1/applications/{execution_id}/nip/resend": {
             "post": {**_op("Resend the NIP", None), "parameters": execution}
+        },
+        "/v1/commands/{command_id}": {
+            "get": {
+                "summary": "A command's status and, once known, its execution id",
+                "operationId": "getCommand",
+                "security": [{"internalKey": []}],
+                "parameters": [
+                    {
+                        "name": "command_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": f"^{contract.COMMAND_ID_RE.pattern}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "status: queued, started, scheduled (between retries), deferred, "
+                        "finished, failed (a dead letter), stopped, canceled; execution_id: null until known",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["command_id", "status", "execution_id"],
+                                    "properties": {
+                                        "command_id": {"type": "string"},
+                                        "status": {"type": "string"},
+                                        "execution_id": {"type": ["string", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "401": {"description": "missing or invalid x-api-key"},
+                    "404": {"description": "no such command, or its job expired after it ended"},
+                    "503": unavailable("Redis unavailable"),
+                },
+            }
         },
         "/v1/applications/{execution_id}": {
             "delete": {

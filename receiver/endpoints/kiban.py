@@ -26,7 +26,7 @@ from receiver.http import (
 from receiver.intake import Intake, IntakeUnavailableError
 from receiver.intake.rqjob import utc_stamp
 from receiver.metrics import ReceiverMetrics
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import (
     EXECUTION_ID_RE,
     FINISHED_BODY_ID_FIELDS,
@@ -104,22 +104,33 @@ class CallbackEndpoints:
                 "event_type_header": event.event_type_header,
                 "body": stored_body(event.kind, body),  # only what the job reads
             }
-            intake: Intake = request.app.state.intake
-            try:
-                accepted = await intake.enqueue(
-                    event.event_id, JOB_FUNCTIONS[event.kind], payload,
-                    description=f"{event.kind} callback {event.event_id}", stamp=received_at,
-                )  # fmt: skip
-            except IntakeUnavailableError as exc:
-                self.metrics.unavailable.inc()
-                log.warning(
-                    "receiver.redis_unavailable", kind=event.kind, event_id=event.event_id, reason=str(exc)
-                )
-                raise self.unavailable from None
-            self.metrics.count_callback(event.kind, accepted, time.perf_counter() - started)
-            return JSONBytes({"status": "accepted" if accepted else "duplicate", "event_id": event.event_id})
+            if tracing.active():
+                ids = {"workfloo.event_id": event.event_id, "workfloo.execution_id": event.execution_id or ""}
+                with tracing.span(f"callback {event.kind}", kind=tracing.SpanKind.SERVER, attributes=ids):
+                    payload[tracing.TRACEPARENT] = tracing.traceparent()
+                    return await self._write(request, event, payload, received_at, started)
+            return await self._write(request, event, payload, received_at, started)
 
         return handle
+
+    async def _write(
+        self, request: Request, event: Callback, payload: dict[str, Any], received_at: str, started: float
+    ) -> Response:
+        """One atomic write of the callback's job and dedupe key (``Intake.enqueue``); the answer."""
+        intake: Intake = request.app.state.intake
+        try:
+            accepted = await intake.enqueue(
+                event.event_id, JOB_FUNCTIONS[event.kind], payload,
+                description=f"{event.kind} callback {event.event_id}", stamp=received_at,
+            )  # fmt: skip
+        except IntakeUnavailableError as exc:
+            self.metrics.unavailable.inc()
+            log.warning(
+                "receiver.redis_unavailable", kind=event.kind, event_id=event.event_id, reason=str(exc)
+            )
+            raise self.unavailable from None
+        self.metrics.count_callback(event.kind, accepted, time.perf_counter() - started)
+        return JSONBytes({"status": "accepted" if accepted else "duplicate", "event_id": event.event_id})
 
     # -- what each callback is ---------------------------------------------------------------------
 

@@ -53,6 +53,30 @@ _ARG: Final = {name: n for n, name in enumerate(SCRIPT_ARGV, 1)}
 _FIELD_SLOTS: Final = {field: _ARG[field.decode()] for field in DYNAMIC_FIELDS}
 
 
+JOB_VIEW_FIELDS: Final = (b"status", b"meta", b"data")
+"""The fields of RQ's job hash ``job_view`` reads (``HMGET``), in its argument order."""
+
+
+def job_view(status: bytes | None, meta: bytes | None, data: bytes | None) -> dict[str, Any] | None:
+    """A job hash's status, meta and first argument as RQ stores them (``Job.to_dict``: the serializer,
+    data zlib-compressed); None when the hash has no status (no such job). An unreadable part is empty."""
+    if status is None:
+        return None
+    view: dict[str, Any] = {"status": status.decode(errors="replace"), "meta": {}, "argument": {}}
+    try:
+        loaded = JOB_SERIALIZER.loads(meta) if meta else {}  # type: ignore[no-untyped-call]
+        view["meta"] = loaded if isinstance(loaded, dict) else {}
+    except ValueError:
+        pass
+    try:
+        stored: Any = JOB_SERIALIZER.loads(zlib.decompress(data)) if data else ()  # type: ignore[no-untyped-call]
+        args = stored[2] if len(stored) == 4 else ()  # (func, instance, args, kwargs)
+        view["argument"] = args[0] if args and isinstance(args[0], dict) else {}
+    except (ValueError, TypeError, IndexError, zlib.error):
+        pass
+    return view
+
+
 def utc_stamp() -> str:
     """Now, formatted as RQ formats its timestamps (``TIMESTAMP_FORMAT``; isoformat is faster)."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

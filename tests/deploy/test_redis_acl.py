@@ -73,7 +73,10 @@ def test_the_receiver_user_runs_its_intake_and_reads_and_nothing_else(
     assert metrics.status_code == 200
     depths = [line for line in metrics.text.splitlines() if line.startswith("receiver_queue_depth{")]
     assert len(depths) == 2 and not [line for line in depths if line.endswith("NaN")]  # both queues read
-    assert internal.post(f"/v1/applications/{EXECUTION_ID}/nip", json={"nip": "123456"}).status_code == 202
+    nip = internal.post(f"/v1/applications/{EXECUTION_ID}/nip", json={"nip": "123456"})
+    assert nip.status_code == 202
+    command = internal.get(f"/v1/commands/{nip.json()['command_id']}")  # reads the job's fields
+    assert command.status_code == 200 and command.json()["execution_id"] == EXECUTION_ID, command.text
     assert internal.get(f"/v1/applications/{EXECUTION_ID}/timeline").status_code == 404  # read allowed
     internal.close()
 

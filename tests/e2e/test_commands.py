@@ -188,3 +188,37 @@ def test_a_bad_nip_idempotency_key_is_refused(receiver: str) -> None:
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "Idempotency-Key"
+
+
+def get_command(url: str, command_id: str, *, key: str | None = KEY) -> httpx.Response:
+    return httpx.get(f"{url}/v1/commands/{command_id}", headers={"x-api-key": key} if key else {})
+
+
+def test_a_command_reports_its_status_and_then_its_execution_id(
+    receiver: str, redis_client: redis.Redis
+) -> None:
+    command_id = post(f"{receiver}/v1/applications", {"form": {"email": "a@b.co"}}).json()["command_id"]
+    answer = get_command(receiver, command_id)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"command_id": command_id, "status": "queued", "execution_id": None}
+    assert "a@b.co" not in answer.text
+
+    # What start_application does once Kiban executed: the execution id checkpointed in the job's meta.
+    job = Job.fetch(command_id, connection=redis_client, serializer=JOB_SERIALIZER)
+    job.meta["execution_id"] = "exec-9"
+    job.save_meta()  # type: ignore[no-untyped-call]
+    redis_client.hset(job.key, "status", "started")
+    assert get_command(receiver, command_id).json() == {
+        "command_id": command_id, "status": "started", "execution_id": "exec-9",
+    }  # fmt: skip
+
+    nip = post(f"{receiver}/v1/applications/exec-7/nip", {"nip": "123456"}).json()["command_id"]
+    assert get_command(receiver, nip).json()["execution_id"] == "exec-7"  # from the command itself
+
+
+def test_an_unknown_command_is_404_and_the_key_is_required(receiver: str) -> None:
+    command_id = post(f"{receiver}/v1/applications/exec-7/nip/resend").json()["command_id"]
+    assert get_command(receiver, command_id, key=None).status_code == 401
+    assert get_command(receiver, command_id, key="wrong").status_code == 401
+    assert get_command(receiver, "cmd-start-01jzzzzzzzzzzzzzzzzzzzzzzz").status_code == 404
+    assert get_command(receiver, "finished-exec-7").status_code == 404  # not a command's job

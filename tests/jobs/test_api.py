@@ -70,3 +70,11 @@ def test_without_a_key_every_call_is_a_new_command(redis_client: redis.Redis) ->
     ids = {api.resend_nip(redis_client, "exec1", settings=settings) for _ in range(2)}
     ids |= {api.validate_nip(redis_client, "exec1", "123456", settings=settings) for _ in range(2)}
     assert len(ids) == 4 and len(_queue(redis_client).job_ids) == 4
+
+
+def test_command_result_names_the_status_as_rq_spells_it(redis_client: redis.Redis) -> None:
+    """``"queued"``, not ``"JobStatus.QUEUED"`` (``str()`` of RQ's enum on Python 3.11+)."""
+    settings = load_settings()
+    command = api.start_application(redis_client, {"email": "a@b.co"}, settings=settings)
+    assert api.command_result(redis_client, command) == {"status": "queued", "result": None}
+    assert api.command_result(redis_client, "cmd-start-unknown") is None

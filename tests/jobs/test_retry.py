@@ -292,3 +292,44 @@ def test_a_dead_letter_is_not_retried_by_rqs_retry_fields(redis_client: Any) -> 
     assert [letter.job_id for letter in dlq.list_dead_letters(redis_client, "workfloo")] == [job.id]
     replayed = dlq.replay(redis_client, "workfloo", job.id)
     assert replayed.retries_left == settings.reaper_max_requeues
+
+
+def start_that_fails_after_execute() -> Any:
+    from rq import get_current_job
+
+    from workers.jobs.commands import _checkpoint
+    from workers.jobs.retry import guarded
+
+    job = get_current_job()
+    assert job is not None
+
+    def body() -> None:
+        RUNS.append(time.monotonic())
+        _checkpoint("execution_id", "exec-s")  # as start_application does once Kiban executed
+        raise PermanentError("the form was refused")
+
+    return guarded(job.connection, _settings_for_job(), "start_application", None, body)
+
+
+def test_a_failed_start_names_the_execution_it_created(redis_client: Any) -> None:
+    from workers.core.settings import load_settings
+    from workers.fanout.publisher import Publisher
+
+    _run(redis_client, "start_that_fails_after_execute")
+    failed, dead = Publisher(redis_client, load_settings()).timeline("exec-s")
+    assert failed.type == "action.failed" and failed.execution_id == "exec-s"
+    assert dead.type == "job.dead_lettered"
+
+
+def test_a_dead_letter_requeued_by_rq_itself_fails_loudly_again(redis_client: Any) -> None:
+    """``rq requeue`` and rq-dashboard requeue through RQ's registry, without ``dlq replay``'s meta:
+    the second failure still publishes its own ``action.failed``."""
+    from rq.registry import FailedJobRegistry
+
+    job = _run(redis_client, "permanent_problem")
+    FailedJobRegistry("workfloo", connection=redis_client, serializer=JOB_SERIALIZER).requeue(job.id)
+    _work(redis_client)
+    assert len(RUNS) == 2
+    types = _types(redis_client, "exec-p")
+    assert types.count("job.dead_lettered") == 2
+    assert types.count("action.failed") == 2, types

@@ -12,6 +12,7 @@ from workers.core.settings import load_settings
 from workers.sandbox.serving import ServerThread
 
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
+COMMAND_ID = "cmd-start-01jzzzzzzzzzzzzzzzzzzzzzzz"
 PUBLIC = [
     ("POST", f"/v1/kiban/executions/{EXECUTION_ID}/nip-events"),
     ("POST", "/v1/kiban/nip-events"),
@@ -29,6 +30,7 @@ INTERNAL = [
     ("POST", f"/v1/applications/{EXECUTION_ID}/nip/resend"),
     ("DELETE", f"/v1/applications/{EXECUTION_ID}"),
     ("GET", f"/v1/applications/{EXECUTION_ID}/timeline"),
+    ("GET", f"/v1/commands/{COMMAND_ID}"),
 ]
 
 
@@ -47,7 +49,10 @@ def test_each_route_answers_only_on_its_listener(
             assert other == 404, f"{method} {path} answers on the wrong listener: {table}"
     # Every served route is in the table above (a new route must be placed on a listener here).
     served = {r.path for r in create_app(load_settings(redis_url=redis_url)).routes}  # type: ignore[attr-defined]
-    tested = {p.replace(EXECUTION_ID, "{execution_id}") for _m, p in PUBLIC + INTERNAL}
+    tested = {
+        p.replace(EXECUTION_ID, "{execution_id}").replace(COMMAND_ID, "{command_id}")
+        for _m, p in PUBLIC + INTERNAL
+    }
     assert served == tested
 
 

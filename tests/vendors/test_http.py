@@ -64,7 +64,7 @@ def test_vendor_http_client_pools_and_never_follows_redirects() -> None:
         assert client.follow_redirects is False
         assert client.headers["x-api-key"] == "k"
         assert str(client.base_url) == "http://vendor.invalid"
-        pool = client._transport._pool  # type: ignore[attr-defined]
+        pool = client._transport.inner._pool  # type: ignore[attr-defined]  # inside TracedTransport
         assert (pool._max_connections, pool._max_keepalive_connections) == (3, 3)
     finally:
         client.close()
@@ -86,7 +86,7 @@ def test_both_vendor_clients_are_built_the_same_way() -> None:
         for http in (kiban._http, kompliant._http):
             assert http.timeout == timeout_from_settings(settings)
             assert http.follow_redirects is False
-            pool = http._transport._pool  # type: ignore[attr-defined]
+            pool = http._transport.inner._pool  # type: ignore[attr-defined]
             assert pool._max_connections == 6
     finally:
         kiban.close()

@@ -82,7 +82,14 @@ class StatusWebhookBody(BaseModel):
     currentNodeType: str | None = None
 
 
-class CallbackPayload(TypedDict):
+class Traced(TypedDict, total=False):
+    """The optional key of every job argument the receiver writes: the W3C trace context of its span,
+    present only while tracing is on (``workers.core.tracing``)."""
+
+    traceparent: str
+
+
+class CallbackPayload(Traced):
     """The single positional argument of every callback job."""
 
     event_id: str
@@ -168,6 +175,10 @@ RESEND_FUNCTION = "workers.jobs.commands.resend_nip"
 FORGET_FUNCTION = "workers.jobs.erasure.forget_job"
 
 
+COMMAND_ID_RE: Final = re.compile(r"cmd-[a-z]{1,16}-[0-9a-z]{26}")
+"""What ``new_command_id`` gives: ``GET /v1/commands/{id}`` reads no job whose id does not match."""
+
+
 def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str | None = None) -> str:
     """``cmd-<kind>-<ulid>``, or a digest of the caller's idempotency key (same key → same command).
 
@@ -181,7 +192,7 @@ def new_command_id(kind: str, idempotency_key: str | None = None, *, scope: str 
     return f"cmd-{kind}-{str(ULID()).lower()}"
 
 
-class _StartForm(TypedDict, total=False):
+class _StartForm(Traced, total=False):
     sealed_form: str
     form: dict[str, Any]
 
@@ -197,7 +208,7 @@ class StartCommand(_StartForm):
     scenario_id: str | None
 
 
-class ValidateNipCommand(TypedDict):
+class ValidateNipCommand(Traced):
     """Argument of ``VALIDATE_FUNCTION``. The NIP itself waits under a short-TTL key named by
     ``nip_ref``: it never sits in a job payload."""
 
@@ -206,7 +217,7 @@ class ValidateNipCommand(TypedDict):
     nip_ref: str
 
 
-class ResendNipCommand(TypedDict):
+class ResendNipCommand(Traced):
     """Argument of ``RESEND_FUNCTION``: from a caller (``command_id``, no ``resend``) or scheduled by
     the NIP ERROR handling (``resend`` = the resend number, no ``command_id``)."""
 
@@ -215,7 +226,7 @@ class ResendNipCommand(TypedDict):
     resend: int | None
 
 
-class ForgetCommand(TypedDict):
+class ForgetCommand(Traced):
     """Argument of ``FORGET_FUNCTION``: erase everything the bridge holds about one application."""
 
     command_id: str

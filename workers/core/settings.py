@@ -786,6 +786,24 @@ class LoggingSettings(_Section):
         return value
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces: off unless an OTLP endpoint is configured."""
+
+    model_config = SettingsConfigDict(title="Tracing")
+
+    bridge_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces). Set, or the SDK's own "
+        "OTEL_EXPORTER_OTLP_ENDPOINT set, turns tracing on; unset, no span is built or exported.",
+    )
+    bridge_trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces kept (a job follows its parent's decision).",
+    )
+
+
 class Settings(
     RedisSettings,
     ReceiverSettings,
@@ -796,6 +814,7 @@ class Settings(
     FanoutSettings,
     DataKeySettings,
     LoggingSettings,
+    TracingSettings,
 ):
     """Every setting of every process; the sections are its bases, in the order the reference lists them."""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.events import Event, fact_event_id
 from workers.core.settings import Settings
 from workers.fanout.webhooks import PreparedDelivery, prepare_deliveries
@@ -114,11 +114,28 @@ class Publisher:
     ) -> bool:
         """Publish ``event`` (with the id ``fact_event_id(once_key)`` when ``once_key`` is given); False,
         and no effect but the once-key's renewed TTL, when ``once_key`` was already published."""
-        keys_, args = self._call_args(event, once_key, state_key, state_fields)
-        return bool(self._script(keys=keys_, args=args))
+        if not tracing.active():
+            keys_, args = self._call_args(event, once_key, state_key, state_fields)
+            return bool(self._script(keys=keys_, args=args))
+        attributes = {
+            "workfloo.event_type": str(event.type),
+            "workfloo.execution_id": event.execution_id or "",
+        }
+        with tracing.span(
+            f"publish {event.type}", kind=tracing.SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            keys_, args = self._call_args(event, once_key, state_key, state_fields)
+            published = bool(self._script(keys=keys_, args=args))
+            if span is not None:
+                span.set_attribute("workfloo.published", published)  # False: already published once
+            return published
 
     def publish_many(self, items: Iterable[PublishItem | Event]) -> list[bool]:
         """Publish several events in one round trip (each one still atomic on its own, in order)."""
+        with tracing.span("publish batch", kind=tracing.SpanKind.PRODUCER):
+            return self._publish_many(items)
+
+    def _publish_many(self, items: Iterable[PublishItem | Event]) -> list[bool]:
         pipe = self.redis.pipeline(transaction=False)
         count = 0
         for item in items:

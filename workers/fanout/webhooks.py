@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,7 +32,7 @@ from rq.job import Job, JobStatus, get_current_job
 from rq.utils import now as rq_now
 from standardwebhooks.webhooks import Webhook
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.errors import DestinationRefusedError
 from workers.core.events import Event
@@ -205,6 +205,7 @@ def prepare_deliveries(
             status=JobStatus.QUEUED,
             description=f"webhook {subscriber.key} {event.type} {event.id}",
             serializer=JOB_SERIALIZER,
+            meta=tracing.job_meta(),
         )
         job.enqueued_at = rq_now()
         prepared.append(
@@ -368,6 +369,7 @@ def _deliver(subscriber_key: str, envelope: str, attempt: int, settings: Setting
         "failure_ttl": settings.job_failure_ttl_seconds,
         "retry": _crash_retry(),
         "description": f"webhook {subscriber_key} {event_id} attempt {next_attempt}",
+        "meta": tracing.job_meta(),
     }
     args = (subscriber_key, envelope, next_attempt)
     if delay <= 0:
@@ -386,14 +388,42 @@ def _deliver(subscriber_key: str, envelope: str, attempt: int, settings: Setting
 
 
 def disable(connection: redis.Redis, subscriber_key: str, reason: str = "operator") -> bool:
-    """Stop deliveries to a subscriber as ``410 Gone`` does (its jobs return ``disabled``) until
-    ``enable``; True when it was enabled. ``reason`` is a code, shown with the subscriber."""
-    value = orjson.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()})
-    return bool(connection.set(keys.subscriber_disabled(subscriber_key), value, nx=True))
+    """Disable a subscriber as ``410 Gone`` does (deliveries return ``disabled`` until ``enable``); True
+    when it was enabled. ``reason`` is a code (``operator``), kept with the time."""
+    record = orjson.dumps({"reason": reason, "at": datetime.now(UTC).isoformat()})
+    return bool(connection.set(keys.subscriber_disabled(subscriber_key), record, nx=True))
+
+
+def subscribers(connection: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """Each configured HTTP subscriber for operators: key, destination (scheme, host, path: no query),
+    types, whether and why it is disabled, and its delivery counters and last attempt."""
+    rows: list[dict[str, Any]] = []
+    for subscriber in settings.bridge_http_subscribers:
+        parts = urlsplit(subscriber.url)
+        counters = {
+            k.decode(): v.decode()
+            for k, v in cast(
+                dict[bytes, bytes], connection.hgetall(keys.subscriber_state(subscriber.key))
+            ).items()
+        }
+        rows.append(
+            {
+                "key": subscriber.key,
+                "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
+                "types": list(subscriber.types),
+                "disabled": disabled_reason(connection, subscriber.key),
+                "delivered": int(counters.get("delivered", 0)),
+                "failed_attempts": int(counters.get("failed_attempts", 0)),
+                "last_attempt_at": counters.get("last_attempt_at"),
+                "last_status": counters.get("last_status") or None,
+                "last_result": counters.get("last_result") or None,
+            }
+        )
+    return rows
 
 
 def enable(connection: redis.Redis, subscriber_key: str) -> bool:
-    """Re-enable a subscriber disabled by ``410 Gone``; True when it was disabled."""
+    """Re-enable a subscriber disabled by ``410 Gone`` or ``disable``; True when it was disabled."""
     return bool(connection.delete(keys.subscriber_disabled(subscriber_key)))
 
 

@@ -22,7 +22,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import (
     JOB_SERIALIZER,
     RESEND_FUNCTION,
@@ -44,6 +44,7 @@ def _options(s: Settings) -> dict[str, Any]:
         "result_ttl": s.job_result_ttl_seconds,
         "failure_ttl": s.job_failure_ttl_seconds,
         "retry": abandoned_job_retry(s),
+        "meta": tracing.job_meta(),  # the caller's trace, when it traces
     }
 
 
@@ -131,4 +132,5 @@ def command_result(connection: redis.Redis, command_id: str) -> dict[str, Any] |
         job = Job.fetch(command_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         return None
-    return {"status": str(job.get_status()), "result": job.return_value()}
+    status = job.get_status()
+    return {"status": status.value if status is not None else None, "result": job.return_value()}

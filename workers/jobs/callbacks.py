@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 import redis
 from rq import Queue, get_current_job
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import (
     JOB_SERIALIZER,
     RESEND_FUNCTION,
@@ -222,9 +222,12 @@ def _schedule_resend(conn: redis.Redis, s: Settings, execution_id: str, number: 
     job_id = f"nip-resend-{execution_id}-{number}"
     delay = s.nip_resend_delay_seconds
     if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), RESEND_FUNCTION, command, job_id=job_id, **job_options(s))
+        queue.enqueue_in(
+            timedelta(seconds=delay), RESEND_FUNCTION, command, job_id=job_id, meta=tracing.job_meta(),
+            **job_options(s),
+        )  # fmt: skip
     else:
-        queue.enqueue(RESEND_FUNCTION, command, job_id=job_id, **job_options(s))
+        queue.enqueue(RESEND_FUNCTION, command, job_id=job_id, meta=tracing.job_meta(), **job_options(s))
     log.info("nip_resend_scheduled", execution_id=execution_id, resend=number, delay=delay)
 
 

@@ -49,7 +49,7 @@ from rq.registry import (
 )
 
 from workers.core import keys
-from workers.core.contract import EXECUTION_ID_RE, JOB_SERIALIZER, ForgetCommand
+from workers.core.contract import DEAD_LETTERS, EXECUTION_ID_RE, JOB_SERIALIZER, ForgetCommand
 from workers.core.errors import ErasureRefusedError, PermanentError
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
@@ -128,7 +128,7 @@ class _Found:
     stream_entries: list[bytes] = field(default_factory=list)
     dead_entries: list[bytes] = field(default_factory=list)
     replays: int = 3
-    """Highest dead-letter replay count among the jobs (``action-failed:<job>:<n>`` once-keys)."""
+    """Highest dead-letter or replay count among the jobs (``action-failed:<job>:<n>`` once-keys)."""
 
 
 def _note_envelope(found: _Found, raw: bytes | str) -> None:
@@ -294,7 +294,9 @@ def _find_jobs(conn: redis.Redis, execution_id: str, found: _Found, skip: str | 
 
 def _note_job(found: _Found, job: Job) -> None:
     found.job_ids.add(job.id)
-    found.replays = max(found.replays, int(job.meta.get("dlq_replays", 0)))
+    found.replays = max(
+        found.replays, int(job.meta.get("dlq_replays", 0)), int(job.meta.get(DEAD_LETTERS, 0))
+    )
     try:
         args = job.args
     except Exception:

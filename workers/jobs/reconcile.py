@@ -37,7 +37,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from workers.core import keys
+from workers.core import keys, tracing
 from workers.core.contract import (
     DEAD_LETTER_CODE,
     JOB_SERIALIZER,
@@ -126,7 +126,7 @@ def ensure_finish(conn: redis.Redis, s: Settings, queue: Queue, execution_id: st
         if job.meta.get(RETRY_STARTED_AT) is not None:
             meta[RETRY_STARTED_AT] = job.meta[RETRY_STARTED_AT]
     command: FinishCommand = {"execution_id": execution_id, "trigger": trigger}
-    queue.enqueue(FINISH_FUNCTION, command, job_id=job_id, meta=meta or None, **job_options(s))
+    queue.enqueue(FINISH_FUNCTION, command, job_id=job_id, meta=tracing.job_meta(meta), **job_options(s))
     return "enqueued"
 
 

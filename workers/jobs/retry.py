@@ -28,7 +28,13 @@ import redis
 from rq import Retry, get_current_job
 from rq.job import Job
 
-from workers.core.contract import DEAD_LETTER_CODE, PERMANENT, RETRY_BUDGET_SPENT, RETRY_STARTED_AT
+from workers.core.contract import (
+    DEAD_LETTER_CODE,
+    DEAD_LETTERS,
+    PERMANENT,
+    RETRY_BUDGET_SPENT,
+    RETRY_STARTED_AT,
+)
 from workers.core.errors import BridgeError, JobFailedError, LeaseLostError
 from workers.core.events import Event, EventType
 from workers.core.log import error_reason, get_logger
@@ -98,11 +104,20 @@ def current_attempt() -> int:
 
 
 def _failure_once_key(action: str) -> str | None:
+    """One ``action.failed`` per landing in the dead-letter registry: numbered by the job's dead letters so
+    far (``DEAD_LETTERS``, counted by the worker as the job lands there), so a run after any requeue —
+    ``dlq replay``, ``rq requeue``, rq-dashboard, the reconciler — publishes its own."""
     job = get_current_job()
     if job is None:
         return None
-    replays = int(job.meta.get("dlq_replays", 0))
-    return f"action-failed:{job.id}:{replays}"
+    return f"action-failed:{job.id}:{int(job.meta.get(DEAD_LETTERS, 0))}"
+
+
+def _recorded_execution_id() -> str | None:
+    """The execution id the running job checkpointed (``start_application`` after Kiban's execute)."""
+    job = get_current_job()
+    value = job.meta.get("execution_id") if job is not None else None
+    return str(value) if value else None
 
 
 def publish_action_failed(
@@ -182,6 +197,7 @@ def guarded(
             return stood_down  # no dead letter
         retryable = is_retryable(exc)
         reason = reason_of(exc)
+        execution_id = execution_id or _recorded_execution_id()
         elapsed = 0.0
         if retryable:
             try:

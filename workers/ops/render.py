@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from workers.fanout.dead_events import DeadEvent
     from workers.ops.checks import CheckResult
     from workers.runtime.dead_letters import DeadLetter
 
@@ -147,5 +148,37 @@ def dead_letters_table(letters: Sequence[DeadLetter]) -> Table:
             letter.reason,
             letter.execution_id or "",
             str(letter.replays),
+        )
+    return table
+
+
+def dead_events_table(entries: Sequence[DeadEvent]) -> Table:
+    table = Table("entry id", "group", "reason", "deliveries", "type", "execution id", "original id")
+    for entry in entries:
+        table.add_row(
+            entry.entry_id,
+            entry.group or "",
+            entry.reason or "",
+            "" if entry.deliveries is None else str(entry.deliveries),
+            entry.type or "",
+            entry.execution_id or "",
+            entry.original_id or "",
+        )
+    return table
+
+
+def subscribers_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table("key", "url", "types", "state", "delivered", "failed", "last attempt", "last status")
+    for row in rows:
+        disabled = row["disabled"]
+        table.add_row(
+            row["key"],
+            row["url"],
+            ",".join(row["types"]),
+            f"disabled ({disabled.get('reason', '?')})" if disabled else "enabled",
+            str(row["delivered"]),
+            str(row["failed_attempts"]),
+            row["last_attempt_at"] or "",
+            row["last_status"] or "",
         )
     return table

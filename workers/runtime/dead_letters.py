@@ -2,8 +2,9 @@
 
 A job lands there when it raised a permanent error, spent its retry budget, or kept killing workers
 (``workers.runtime.reaper.reap_abandoned``). Replay requeues the **same job id** (so the job's own idempotency
-keys still apply), with its retry count reset; ``dlq_replays`` in the job's meta gives the replayed run a
-fresh ``action.failed`` once-key.
+keys still apply), with its retry count reset and ``dlq_replays`` in its meta bumped. The ``action.failed``
+once-key is numbered by the job's dead letters (``DEAD_LETTERS``), so a run requeued any other way
+(``rq requeue``, rq-dashboard) publishes its own too.
 
 Every landing in the registry by the bridge's path (a job failing in a bridge worker, the reaper's poison
 pills) publishes ``job.dead_lettered`` (``publish_dead_lettered``): function, job id, queue, execution

@@ -15,7 +15,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from workers.core import keys
-from workers.core.contract import ABANDONED, CRASH_REQUEUES, JOB_SERIALIZER
+from workers.core.contract import ABANDONED, CRASH_REQUEUES, DEAD_LETTERS, JOB_SERIALIZER
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.settings import Settings, get_settings
@@ -156,7 +156,7 @@ def _publish_abandoned(connection: redis.Redis, settings: Settings, job: Job, re
                 execution_id=execution_id,
                 data={"action": job.func_name, "job_id": job.id, "reason": reason, "retryable": False},
             ),
-            once_key=f"action-failed:{job.id}:abandoned:{int(job.meta.get('dlq_replays', 0))}",
+            once_key=f"action-failed:{job.id}:abandoned:{int(job.meta.get(DEAD_LETTERS, 0))}",
         )
     except redis.RedisError:
         log.warning("action_failed_not_published", job_id=job.id)

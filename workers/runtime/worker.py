@@ -24,6 +24,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import import_attribute
 from rq.worker import WorkerStatus
 
+from workers.core import tracing
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.crypto import require_keys
 from workers.core.errors import SettingsError
@@ -60,6 +61,8 @@ class _BridgeWorkerMixin:
             print(f"workfloo-bridge: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         self._bridge_settings = s
+        tracing.configure(s, "worker")
+        self._tracing_pid = os.getpid()
         # JSON always, whatever the caller asked (``rq worker --serializer``): a pickled job fails as a
         # bad job instead of running code.
         kwargs["serializer"] = JOB_SERIALIZER
@@ -76,6 +79,7 @@ class _BridgeWorkerMixin:
         return kwargs
 
     _early_stop = False
+    _tracing_pid = 0  # the worker's own pid (set by _configure): a horse's differs
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ hook. RQ installs its SIGTERM/SIGINT handlers only after registering and starting the
@@ -176,11 +180,28 @@ class _BridgeWorkerMixin:
         rq_internals.expire_worker_key(self, self.job_monitoring_interval + self._grace)  # type: ignore[arg-type]
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
-        """RQ hook: RQ's run of the job, counted and timed by function and outcome
-        (``bridge_job_runs_total``, ``bridge_job_duration_seconds``) once RQ has recorded its status."""
+        """RQ hook (in the work-horse, or the worker itself for ``SimpleWorker``): RQ's run of the job,
+        counted and timed by function and outcome (``bridge_job_runs_total``, ``bridge_job_duration_seconds``)
+        once RQ has recorded its status, inside the job's span when tracing is on (a child of the context
+        the job carries, ``workers.core.tracing``, exported before a horse exits)."""
         started = time.monotonic()
         try:
-            return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+            if not tracing.active():
+                return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+            try:
+                with tracing.span(
+                    f"job {_function_name(job)}",
+                    parent=_job_traceparent(job),
+                    kind=tracing.SpanKind.CONSUMER,
+                    attributes={"messaging.message.id": job.id, "messaging.destination.name": queue.name},
+                ) as span:
+                    succeeded = bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+                    if not succeeded:  # RQ handled the exception: the span says so with the job's status
+                        tracing.set_error(span, "job failed")
+                    return succeeded
+            finally:
+                if os.getpid() != self._tracing_pid:  # a forked work-horse exits without exporting
+                    tracing.flush()
         finally:
             record_job_run(job, time.monotonic() - started, stood_down=lease.stood_down(job.id))
 
@@ -333,6 +354,26 @@ class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
             stop.set()
             thread.join(timeout=5)
         self.set_state(WorkerStatus.IDLE)
+
+
+def _function_name(job: Job) -> str:
+    try:
+        return str(job.func_name).rsplit(".", 1)[-1]
+    except Exception:  # an undeserialisable job still gets its span
+        return "unknown"
+
+
+def _job_traceparent(job: Job) -> str | None:
+    """The context a job carries: in its meta (jobs the workers enqueue) or its payload (the receiver's)."""
+    found = job.meta.get(tracing.TRACEPARENT)
+    if not found:
+        try:
+            args = job.args
+        except Exception:
+            args = ()
+        if args and isinstance(args[0], dict):
+            found = args[0].get(tracing.TRACEPARENT)
+    return found if isinstance(found, str) else None
 
 
 def worker_class(settings: Settings, override: str | None = None) -> type[Worker] | type[SimpleWorker]:

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from workers.core import tracing
 from workers.core.settings import Settings
 
 T = TypeVar("T")
@@ -47,18 +48,50 @@ def vendor_http_client(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     transport: httpx.BaseTransport | None = None,
     event_hooks: Mapping[str, list[Any]] | None = None,
+    vendor: str = "vendor",
 ) -> httpx.Client:
     """A keep-alive pool of ``max_connections`` to one vendor; redirects are never followed (a vendor
-    redirect is an error to classify, not a place to send credentials)."""
+    redirect is an error to classify, not a place to send credentials). Each request is a client span
+    named after ``vendor`` while tracing is on (``TracedTransport``)."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return httpx.Client(
         base_url=base_url,
         headers=dict(headers),
         timeout=timeout or DEFAULT_TIMEOUT,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        transport=transport,
+        limits=limits,
+        transport=TracedTransport(transport or httpx.HTTPTransport(limits=limits), vendor),
         event_hooks=dict(event_hooks or {}),
         follow_redirects=False,
     )
+
+
+class TracedTransport(httpx.BaseTransport):
+    """A client span around each vendor request (``workers.core.tracing``): method, path, status code;
+    never the body, the query or a header. No trace context is sent to the vendor (Kompliant signs its
+    requests, and the vendors do not join the bridge's traces). One check per request when tracing is off."""
+
+    def __init__(self, inner: httpx.BaseTransport, vendor: str) -> None:
+        self.inner = inner
+        self.vendor = vendor
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not tracing.active():
+            return self.inner.handle_request(request)
+        attributes = {
+            "http.request.method": request.method,
+            "url.path": request.url.path,
+            "server.address": request.url.host,
+            "workfloo.vendor": self.vendor,
+        }
+        name = f"{self.vendor} {request.method}"
+        with tracing.span(name, kind=tracing.SpanKind.CLIENT, attributes=attributes) as current:
+            response = self.inner.handle_request(request)
+            if current is not None:
+                current.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class ProcessLocal(Generic[T]):

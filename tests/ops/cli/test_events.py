@@ -82,6 +82,20 @@ def test_tail_since_stream_id_is_exclusive_and_lines_limits_recent(
     assert result.output == ""
 
 
+def test_lines_counts_the_events_that_pass_the_type_filter(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """``-n 2 --type nip.*`` prints the two latest NIP events, however many others came after them."""
+    nip_sent, completed, nip_failed = _events()
+    later = [completed.model_copy(update={"id": f"later-{n}"}) for n in range(12)]
+    _publish(redis_client, nip_sent, nip_failed, *later)
+    result = CliRunner().invoke(main, ["events", "tail", "--json", "-n", "2", "--type", "nip.*"])
+    assert result.exit_code == 0, result.output
+    assert [orjson.loads(x)["id"] for x in result.output.splitlines()] == [nip_sent.id, nip_failed.id]
+    result = CliRunner().invoke(main, ["events", "tail", "--json", "-n", "1", "--type", "nip.*"])
+    assert [orjson.loads(x)["id"] for x in result.output.splitlines()] == [nip_failed.id]
+
+
 def test_parse_since_forms() -> None:
     now = datetime(2026, 11, 22, 23, 0, 0, tzinfo=UTC)
     assert parse_since("1700000000000-3") == ("1700000000000-3", True)

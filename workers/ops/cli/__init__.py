@@ -13,12 +13,14 @@ from workers.ops.cli import (
     demo,
     dlq,
     events,
+    events_dead,
     fake,
     forget,
     keygen,
     scheduler,
     serve,
     status,
+    subscribers,
     timeline,
     worker,
 )
@@ -34,6 +36,7 @@ main.add_command(serve.serve)
 main.add_command(worker.worker)
 main.add_command(scheduler.scheduler)
 main.add_command(dlq.dlq)
+events.events.add_command(events_dead.dead)
 main.add_command(events.events)
 main.add_command(demo.demo)
 main.add_command(fake.fake)
@@ -42,3 +45,4 @@ main.add_command(check.check)
 main.add_command(timeline.timeline)
 main.add_command(forget.forget)
 main.add_command(keygen.keygen)
+main.add_command(subscribers.subscribers)

@@ -56,6 +56,26 @@ def _history(client: redis.Redis, stream: str, start: str, exclusive: bool) -> I
         cursor = "(" + batch[-1][0].decode()
 
 
+def _recent(client: redis.Redis, stream: str, lines: int, patterns: list[str]) -> list[tuple[bytes, Any]]:
+    """The ``lines`` latest entries whose type passes ``patterns``, oldest first: read backwards in
+    batches until that many matched or the stream's start (the stream is bounded by its retention)."""
+    if lines <= 0:
+        return []
+    found: list[tuple[bytes, Any]] = []
+    cursor = "+"
+    while len(found) < lines:
+        batch: Any = client.xrevrange(stream, max=cursor, min="-", count=_BATCH if patterns else lines)
+        for entry_id, fields in batch:
+            if matches(patterns, fields.get(b"type", b"").decode()):
+                found.append((entry_id, fields))
+                if len(found) == lines:
+                    break
+        if len(batch) < (_BATCH if patterns else lines):
+            break
+        cursor = "(" + batch[-1][0].decode()
+    return found[::-1]
+
+
 def _newer(a: str, b: str) -> bool:
     """Stream id ``a`` is after ``b``."""
     ams, _, aseq = a.partition("-")
@@ -75,7 +95,10 @@ def events() -> None:
 @click.option("--since", help="Start after a stream id, or at an RFC 3339 time or a relative 10m / 2h.")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events (Ctrl-C to stop).")
 @click.option("--json", "as_json", is_flag=True, help="Print envelopes as JSON, one per line.")
-@click.option("--lines", "-n", default=20, show_default=True, help="Without --since: recent events shown.")
+@click.option(
+    "--lines", "-n", default=20, show_default=True,
+    help="Without --since: recent events shown (counted after the --type filter).",
+)  # fmt: skip
 @click.option("--limit", type=int, default=None, help="Stop after printing this many events.")
 def tail(
     patterns: tuple[str, ...], since: str | None, follow: bool, as_json: bool, lines: int, limit: int | None
@@ -110,7 +133,7 @@ def tail(
             if start is not None:
                 history: Any = _history(client, stream, *start)
             else:
-                history = reversed(client.xrevrange(stream, count=lines) if lines > 0 else [])  # type: ignore[arg-type]
+                history = _recent(client, stream, lines, list(patterns))
             for entry_id, fields in history:
                 if _newer(entry_id.decode(), last_id):
                     last_id = entry_id.decode()

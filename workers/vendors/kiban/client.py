@@ -82,6 +82,7 @@ class KibanClient:
             max_connections=max_connections,
             transport=transport,
             event_hooks=event_hooks,
+            vendor="kiban",
         )
 
     @classmethod

@@ -66,6 +66,7 @@ class KompliantClient:
             max_connections=max_connections,
             transport=transport,
             event_hooks=event_hooks,
+            vendor="kompliant",
         )
 
     @classmethod

@@ -174,9 +174,13 @@ def test_permanent_4xx_dead_letters_then_replays(bridge: Bridge) -> None:
     assert dead_letters() == []
 
 
-def _rerun_validate(bridge: Bridge, execution_id: str, command_id: str, crashed: bool) -> dict[str, object]:
-    """Run validate_nip again for an execution whose NIP Kiban already accepted (its NIP re-stashed)."""
-    state.stash_nip(bridge.redis, command_id, "123456", data_keys(bridge.settings))
+def _rerun_validate(
+    bridge: Bridge, execution_id: str, command_id: str, crashed: bool, stashed: bool = True
+) -> dict[str, object]:
+    """Run validate_nip again for an execution whose NIP Kiban already accepted: its NIP re-stashed, or
+    (``stashed=False``) already dropped, as by a first run killed after it dropped the stash."""
+    if stashed:
+        state.stash_nip(bridge.redis, command_id, "123456", data_keys(bridge.settings))
     job = Queue(bridge.settings.bridge_queue, connection=bridge.redis, serializer=JOB_SERIALIZER).enqueue(
         "workers.jobs.commands.validate_nip",
         {"execution_id": execution_id, "nip_ref": command_id, "command_id": command_id},
@@ -194,6 +198,10 @@ def test_validate_rerun_after_a_crash_is_not_reported_as_a_wrong_nip(bridge: Bri
     execution_id = approved_run(bridge)
     bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
     assert _rerun_validate(bridge, execution_id, "rerun-after-crash", crashed=True)["valid"] is True
+    # Killed after it dropped the stash, before its event: the re-run finds no NIP, and Kiban past the step.
+    assert (
+        _rerun_validate(bridge, execution_id, "rerun-no-stash", crashed=True, stashed=False)["valid"] is True
+    )
     assert T.ACTION_FAILED not in bridge.types(execution_id)
     # The same 400 on a first run is a late NIP: reported, as before.
     assert _rerun_validate(bridge, execution_id, "late-nip", crashed=False)["valid"] is False

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from receiver.app import create_app
-from workers.core.settings import load_settings
+from workers.core.settings import api_key_problems, load_settings
 from workers.sandbox.serving import ServerThread
 
 EXECUTION_ID = "657118e1d511b6e54fe2a969"
@@ -69,6 +69,14 @@ def test_the_listeners_need_two_ports(redis_url: str) -> None:
 
 
 STRONG = "cb-9f1c2e7a5b3d8c6e4f0a1b2c3d4e5f6a7b8c9d0e"
+
+
+def test_a_random_key_that_happens_to_hold_a_digit_run_is_accepted() -> None:
+    """``secrets.token_hex(24)`` holds "1234" in about one key of 1,500: a generated key is no placeholder
+    (the demo once refused its own key this way)."""
+    settings = load_settings(bridge_internal_keys="in_9d0c1234a7e55f0b6c2d8e4f1a3b5c7d9e0f2a4b6c8d0e1f")
+    assert api_key_problems(settings) == []
+    assert api_key_problems(load_settings(bridge_internal_keys="key-12345678-abcdefghijklmnopqrstuv"))
 
 
 @pytest.mark.parametrize(

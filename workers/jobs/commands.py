@@ -177,9 +177,12 @@ def _validate(
 ) -> dict[str, Any]:
     ref = command["nip_ref"]
     nip = state.take_nip(conn, ref, data_keys(s))
-    if nip is None:
-        raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
     kiban = get_kiban_client(s)
+    if nip is None:
+        if _crash_rerun() and _past_the_nip_step(kiban.get_status(execution_id)):
+            # The first run dropped the stash once Kiban accepted the NIP, then died before its event.
+            return _validated(conn, s, command, execution_id, ref, NipPhase.VALIDATED)
+        raise PermanentError("the NIP reference expired before the job ran; ask the applicant again")
     try:
         lease.check(conn, "kiban.validate_nip")
         phase = kiban.validate_nip_twice(execution_id, nip)

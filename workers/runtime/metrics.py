@@ -29,6 +29,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from workers.core import keys
+from workers.core.contract import JOB_SERIALIZER
 from workers.core.log import get_logger
 from workers.core.metrics import REGISTRY, observe_job_run
 from workers.core.settings import Settings
@@ -80,8 +81,8 @@ class RedisCollector(Collector):
         subscribers = [sub.key for sub in s.bridge_http_subscribers]
         pipe = self.connection.pipeline(transaction=False)
         for name in queues:
-            pipe.llen(Queue(name, connection=self.connection).key)
-            pipe.zcard(FailedJobRegistry(name, connection=self.connection).key)
+            pipe.llen(Queue(name, connection=self.connection, serializer=JOB_SERIALIZER).key)
+            pipe.zcard(FailedJobRegistry(name, connection=self.connection, serializer=JOB_SERIALIZER).key)
         pipe.xlen(s.events_stream)
         pipe.zcard(keys.OPEN_EXECUTIONS)
         pipe.zcard(keys.FOLLOWUP_PENDING)

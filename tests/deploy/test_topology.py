@@ -157,3 +157,17 @@ def test_nginx_proxies_only_the_public_routes() -> None:
     conf = (DEPLOY / "nginx.conf").read_text()
     proxied = re.findall(r"location ([=~^ ]*\S+) \{\s*(?:#[^\n]*\n\s*)*proxy_pass", conf)
     assert sorted(p.replace("= ", "") for p in proxied) == ["/healthz", "/v1/kiban/"]
+
+
+@pytest.mark.parametrize("topology", ["compose", "procfile", "systemd"])
+def test_every_worker_serves_its_metrics_on_a_port_of_its_own(topology: str) -> None:
+    """Each worker process serves its own registry (docs/operations.md, Metrics): every worker line passes
+    ``--metrics-port``, and the topologies that run several workers on one host give each its own port
+    (compose runs one per container)."""
+    workers = [args for args in TOPOLOGIES[topology]() if args[:1] == ["worker"]]
+    assert workers, topology
+    ports = [args[args.index("--metrics-port") + 1] for args in workers if "--metrics-port" in args]
+    assert len(ports) == len(workers), f"{topology}: a worker without --metrics-port: {workers}"
+    assert all(port.rstrip("%i").isdigit() and port != "0" for port in ports), ports
+    if topology != "compose":
+        assert len(set(ports)) == len(ports), f"{topology}: two workers on one port: {ports}"

@@ -4,7 +4,10 @@ the receiver's and a real worker process's after real jobs ran through the proce
 from __future__ import annotations
 
 import json
+import math
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -14,7 +17,10 @@ from rq import Queue
 from tests.support.workers_stack import INTERNAL_KEY, Bridge, make_bridge
 from workers.core.contract import JOB_SERIALIZER
 from workers.core.events import EventType as T
+from workers.sandbox.demo.model import EXPECTED_OUTCOME, AppRun
+from workers.sandbox.demo.scenario import ScenarioRunner
 from workers.sandbox.redis_server import free_port
+from workers.sandbox.stack import Stack, StackConfig
 from workers.sandbox.wait import wait_until
 
 GROUP = "metrics-test"
@@ -184,3 +190,100 @@ def test_the_stack_gives_each_worker_a_metrics_port_of_its_own(metrics_bridge: t
             return None
 
     assert "bridge_metrics_redis_up 1.0" in wait_until(answers, timeout=15, what="the worker's metrics")
+
+
+class _Subscriber(BaseHTTPRequestHandler):
+    """A tiny HTTP subscriber: takes every delivery with 204."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def subscriber_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Subscriber)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_metric_the_issue_names_is_there_after_a_demo_run(subscriber_url: str) -> None:
+    """The demo's own stack (processes, a scheduler, a worker serving its metrics) and the demo's scenario
+    runner through the receiver's command API: an approved application and a NIP resend, one HTTP
+    subscriber taking deliveries, one consumer group, one Kompliant 503 (a retry) and one poison job (a dead
+    letter); then both expositions carry every family with its
+    labels, no ``_created`` series and no NaN."""
+    subscriber = {
+        "id": "demo-hook",
+        "url": subscriber_url,
+        "types": ["workfloo.*", "kompliant.*"],
+        "secret": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "allow_private": True,
+    }
+    config = StackConfig(workers=1, extra_env={"BRIDGE_HTTP_SUBSCRIBERS": json.dumps([subscriber])})
+    with Stack(config) as stack:
+        client = stack.redis()
+        settings = stack.settings()
+        client.xgroup_create(settings.events_stream, GROUP, id="0", mkstream=True)
+        stack.set_faults("kompliant", fail_next=1, fail_status=503, fail_retry_after=None)  # one retry
+        runs = [AppRun(index=1, scenario="approved"), AppRun(index=2, scenario="nip-error")]
+        runner = ScenarioRunner(stack, runs, timeout=25)
+        try:
+            runner.run()
+        finally:
+            runner.close()
+        assert all(run.outcome == EXPECTED_OUTCOME[run.scenario] for run in runs), [
+            (run.scenario, run.outcome, run.error, run.checks) for run in runs
+        ]
+        queue = Queue(settings.bridge_queue, connection=client, serializer=JOB_SERIALIZER)
+        queue.enqueue("workers.jobs.commands.validate_nip", {}, job_id="demo-metrics-poison")  # dead letter
+        queue.enqueue("workers.jobs.reconcile.reconcile_open_executions", job_id="demo-metrics-sweep")
+        [url] = stack.worker_metrics_urls.values()
+
+        def scraped() -> dict[str, list[tuple[str, dict[str, str], float]]] | None:
+            parsed = parse(httpx.get(url, timeout=5).text)
+            functions = {s[1]["function"] for s in parsed.get("bridge_job_runs", [])}
+            deliveries = {s[1]["outcome"] for s in parsed.get("bridge_webhook_deliveries", [])}
+            sweep = "workers.jobs.reconcile.reconcile_open_executions" in functions
+            done = sweep and "delivered" in deliveries and parsed.get("bridge_dead_letters")
+            return parsed if done else None
+
+        worker = wait_until(scraped, timeout=15, what="the worker's metrics after the demo")
+        check_families(worker, WORKER_FAMILIES)
+        nan = [(n, s) for n, samples in worker.items() for s in samples if math.isnan(s[2])]
+        assert not nan, nan
+        outcomes = {(s[1]["function"], s[1]["outcome"]) for s in worker["bridge_job_runs"]}
+        assert ("workers.jobs.commands.start_application", "succeeded") in outcomes
+        assert ("workers.jobs.commands.validate_nip", "failed") in outcomes
+        assert worker["bridge_job_retries"] and worker["bridge_dead_letters"]
+        assert any("resend" in function for function, _o in outcomes), outcomes
+        operations = {(s[1]["vendor"], s[1]["operation"]) for s in worker["bridge_vendor_requests"]}
+        assert {"kiban", "kompliant"} == {vendor for vendor, _op in operations}
+        latency = {
+            (s[1]["vendor"], s[1]["operation"]) for s in worker["bridge_vendor_request_duration_seconds"]
+        }
+        assert latency == operations
+        deliveries = {(s[1]["subscriber"], s[1]["outcome"]) for s in worker["bridge_webhook_deliveries"]}
+        assert ("demo-hook", "delivered") in deliveries
+        assert {s[1]["group"] for s in worker["bridge_consumer_group_pending"]} == {GROUP}
+        [(_n, _l, age)] = worker["bridge_reconciler_last_sweep_age_seconds"]
+        assert 0 <= age < 60
+        for family in ("bridge_open_executions", "bridge_followup_pending_executions"):
+            assert [value for _n, _l, value in worker[family]] == [0.0], family
+
+        answer = httpx.get(
+            f"{stack.internal_url}/metrics", headers={"x-api-key": stack.keys.internal}, timeout=5
+        )
+        receiver = parse(answer.text)
+        check_families(receiver, RECEIVER_FAMILIES)
+        assert {s[1]["queue"] for s in receiver["receiver_queue_depth"]} == {"workfloo", "workfloo-webhooks"}
+        client.close()

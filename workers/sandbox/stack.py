@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -197,6 +197,17 @@ class Stack:
         values.update(overrides)
         return load_settings(**values)
 
+    def queues(self) -> list[str]:
+        """Every queue the bridge enqueues to, as this stack's processes name them: the jobs' queue and the
+        HTTP subscribers' delivery queue (the workers ``start()`` runs take both, like one worker of
+        each kind in production)."""
+        env = self.env()
+        fields = Settings.model_fields
+        return [
+            env.get("BRIDGE_QUEUE", str(fields["bridge_queue"].default)),
+            env.get("BRIDGE_HTTP_SUBSCRIBERS_QUEUE", str(fields["bridge_http_subscribers_queue"].default)),
+        ]
+
     def redis(self) -> redis.Redis:
         """A new client of the stack's Redis (one per thread; ``client`` is the stack's own)."""
         from workers.core.redis_client import redis_from_url
@@ -256,7 +267,7 @@ class Stack:
                     env=self.config.role_env.get("receiver"),
                 )
         for _ in range(self.config.workers):
-            self.add_worker()
+            self.add_worker(queues=self.queues())
         if self.config.scheduler:
             self.spawn("scheduler", "scheduler", env=self.config.role_env.get("scheduler"))
         if not self.config.in_process:
@@ -355,11 +366,15 @@ class Stack:
         scheduler: bool | None = None,
         env: Mapping[str, str] | None = None,
         wait: bool = False,
+        queues: Sequence[str] = (),
     ) -> Child:
         """One more ``worker`` process; ``name`` is also its RQ name (default: RQ's own, log ``worker-N``).
-        ``scheduler``: ``--scheduler``/``--no-scheduler`` (None: the CLI's default)."""
+        ``scheduler``: ``--scheduler``/``--no-scheduler`` (None: the CLI's default); ``queues``: its
+        ``--queue`` options (none: the CLI's default, ``BRIDGE_QUEUE``)."""
         self._workers += 1
         args = ["worker"]
+        for queue in queues:
+            args += ["--queue", queue]
         if scheduler is not None:
             args.append("--scheduler" if scheduler else "--no-scheduler")
         if name is not None:

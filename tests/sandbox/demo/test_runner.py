@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests import ROOT
 from workers.sandbox.demo.runner import READY_LINE
 from workers.sandbox.supervisor import pid_alive
@@ -94,6 +96,10 @@ def test_keep_running_then_sigint_leaves_nothing_running(tmp_path: Path) -> None
         assert READY_LINE in output, output
         assert "workfloo-bridge events tail --follow" in output
         assert len(pids) >= 5  # redis, 2 fakes, receiver, worker
+        # every worker serves its Prometheus metrics, and the notice says where
+        metrics = re.findall(r"^\s*worker metrics\s+(\S+)", output, re.M)
+        assert len(metrics) == 1, output
+        assert "bridge_metrics_redis_up 1.0" in httpx.get(metrics[0], timeout=5).text
         assert all(pid_alive(pid) for pid in pids)
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=30)

@@ -43,6 +43,10 @@ def _keep_running_text(stack: Stack) -> str:
             f"{READY_LINE} (demo keys below are generated for this run only); Ctrl-C stops everything.",
             f"  receiver        {stack.receiver_url}  (public: Kiban's callbacks, GET /healthz)",
             f"  internal        {stack.internal_url}  (commands, timeline, GET /readyz, /metrics)",
+            *(
+                f"  worker metrics  {url}  ({name}, Prometheus)"
+                for name, url in stack.worker_metrics_urls.items()
+            ),
             f"  fake Kiban      {stack.kiban_url}",
             f"  fake Kompliant  {stack.kompliant_url}",
             f"  Redis           {redact_url(stack.redis_url)}",
@@ -108,6 +112,12 @@ def run_demo(
                 f"stack ready in {time.monotonic() - began:.1f} s: receiver {stack.receiver_url}, "
                 f"{workers} workers, Redis {redact_url(stack.redis_url)}"
             )
+            if stack.worker_metrics_urls:
+                console.print(
+                    f"metrics: receiver {stack.internal_url}/metrics, workers "
+                    + " ".join(stack.worker_metrics_urls.values()),
+                    soft_wrap=True,
+                )
             if runs:
                 runner = ScenarioRunner(stack, runs, timeout=timeout)
                 try:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_flow import approved_run
-from tests.ops.console.conftest import SSO_HEADER, SUBSCRIBER, sign_in
+from tests.ops.console.conftest import ARTIFACTS, SSO_HEADER, SUBSCRIBER, sign_in
 from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import keys
 from workers.core.events import Event
@@ -327,3 +327,40 @@ def test_list_and_replay_a_consumer_dead_event(bridge: Bridge, console: ServerTh
         "dead_event.replay",
         "done",
     )
+
+
+SCREENSHOTS = ("overview", "application", "dead-letters")
+
+
+def test_screenshots_of_the_main_pages(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    """The pages docs/images/console-*.png show, over a run with a dead letter; kept in
+    artifacts/browser/ (``make console-screenshots`` copies them into docs/images/)."""
+    bridge.kompliant_faults(fail_next=1000, fail_status=400, fail_retry_after=None)
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.WORKFLOO_COMPLETED, T.ACTION_FAILED)
+    bridge.reset_faults()
+    sign_in(page, console)
+    page.wait_for_url("**/console/")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    urls = {
+        "overview": "/console/",
+        "application": f"/console/applications/{execution_id}",
+        "dead-letters": "/console/dead-letters",
+    }
+    rows = page.locator("#dead-letters tr", has_text=execution_id)
+
+    def listed() -> bool:
+        page.goto(f"{console.internal_url}/console/dead-letters")
+        return rows.count() >= 1
+
+    wait_until(listed, timeout=15, what="the execution's dead letters listed")
+    for name in SCREENSHOTS:
+        page.goto(f"{console.internal_url}{urls[name]}")
+        shot = ARTIFACTS / f"console-{name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "López" not in page.content() and "@example.com" not in page.content()
+    page.goto(f"{console.internal_url}/console/dead-letters")
+    page.locator("#replay-all").get_by_role("button", name="Replay all").click()  # leave none behind
+    bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)

@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SANDBOX_STAMP := $(VENV)/.installed-sandbox
 
-.PHONY: help install lock check-latest test lint typecheck pytest demo bench resilience clean
+.PHONY: help install lock check-latest test lint typecheck pytest demo bench resilience console-screenshots clean
 
 help:
 	@echo "make demo        run the whole bridge on embedded defaults (no configuration)"
 	@echo "make test        ruff, mypy --strict, pytest (creates .venv if missing)"
 	@echo "make bench       intake and fan-out benchmarks (bench/)"
 	@echo "make resilience  the long resilience suite (tests marked slow)"
+	@echo "make console-screenshots  refresh docs/images/console-*.png (end-to-end stack, Chromium)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +73,13 @@ bench: $(STAMP)
 
 resilience: $(STAMP)
 	$(BIN)/pytest -m slow tests/resilience $(PYTEST_ARGS)
+
+# The console's pages over the end-to-end stack in Chromium, saved by the browser test, copied to the docs.
+console-screenshots: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/ops/console/test_console.py -k screenshots
+	mkdir -p docs/images
+	cp artifacts/browser/console-overview.png artifacts/browser/console-application.png \
+		artifacts/browser/console-dead-letters.png docs/images/
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -239,9 +239,11 @@ class OperatorActionData(EventData):
     """``operator.action``: an operator acted in the console (who, what, on what; no applicant data)."""
 
     actor: str = Field(description="key:<id> of the internal key signed in with, or sso:<identity>")
-    action: str = Field(description="dead_letter.replay, subscriber.disable or subscriber.enable")
-    target: str = Field(description="the job id or subscriber key acted on")
-    outcome: str = Field(description="done, or a code: not_found, unchanged")
+    action: str = Field(
+        description="dead_letter.replay(_all), nip.resend, dead_event.replay, subscriber.disable/enable"
+    )
+    target: str = Field(description="the job id, execution id, dead entry id, queue or subscriber key")
+    outcome: str = Field(description="done, or a code: not_found, unchanged, queued, none")
 
 
 DATA_MODELS: dict[EventType, type[EventData]] = {

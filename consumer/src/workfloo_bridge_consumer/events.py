@@ -259,11 +259,11 @@ class OperatorActionData(TypedDict):
 
     # key:<id> of the internal key signed in with, or sso:<identity>
     actor: str
-    # dead_letter.replay, subscriber.disable or subscriber.enable
+    # dead_letter.replay(_all), nip.resend, dead_event.replay, subscriber.disable/enable
     action: str
-    # the job id or subscriber key acted on
+    # the job id, execution id, dead entry id, queue or subscriber key
     target: str
-    # done, or a code: not_found, unchanged
+    # done, or a code: not_found, unchanged, queued, none
     outcome: str
 
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from tests.e2e.test_flow import approved_run
-from tests.ops.console.conftest import SSO_HEADER, SUBSCRIBER, sign_in
+from tests.ops.console.conftest import ARTIFACTS, SSO_HEADER, SUBSCRIBER, sign_in
 from tests.support.workers_stack import INTERNAL_KEY, Bridge
 from workers.core import keys
+from workers.core.events import Event
 from workers.core.events import EventType as T
 from workers.core.settings import get_settings
 from workers.jobs import api as commands_api
@@ -209,3 +210,157 @@ def test_a_forged_csrf_post_is_refused(bridge: Bridge, console: ServerThread, pa
     assert answer.status == 403
     assert not bridge.redis.exists(keys.subscriber_disabled(SUBSCRIBER))
     assert len(operator_actions(bridge)) == before
+
+
+def test_replay_all_dead_letters_from_the_list(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    bridge.kompliant_faults(fail_next=1000, fail_status=400, fail_retry_after=None)
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.WORKFLOO_COMPLETED, T.ACTION_FAILED)
+    bridge.reset_faults()
+
+    sign_in(page, console)
+    page.goto(f"{console.internal_url}/console/dead-letters")
+    rows = page.locator("#dead-letters tr", has_text=execution_id)
+
+    def listed() -> bool:
+        page.reload()
+        return rows.count() >= 1
+
+    wait_until(listed, timeout=15, what="the execution's dead letters listed")
+    jobs = {str(rows.nth(i).get_attribute("data-job")) for i in range(rows.count())}
+    page.locator("#replay-all").get_by_role("button", name="Replay all").click()
+    assert page.get_by_role("status").inner_text().startswith("Replayed ")
+    assert rows.count() == 0
+    bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
+    audits = [a for a in operator_actions(bridge) if a["data"]["action"] == "dead_letter.replay_all"]
+    mine = {a["data"]["target"] for a in audits if a["execution_id"] == execution_id}
+    assert jobs <= mine
+    assert all(a["data"]["outcome"] == "done" for a in audits if a["data"]["target"] in jobs)
+    # Without the page's token the post changes nothing.
+    answer = page.request.post(
+        f"{console.internal_url}/console/dead-letters/replay-all", form={"csrf": "forged"}, max_redirects=0
+    )
+    assert answer.status == 403
+
+
+def test_filter_applications_by_state(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)
+    sign_in(page, console)
+    page.wait_for_url("**/console/")
+    mine = page.locator(f"#recent tr[data-execution='{execution_id}']")
+
+    def filtered_by_its_state() -> bool:
+        # Callbacks may still move it on between the two reads: retry until both agree.
+        page.goto(f"{console.internal_url}/console/applications")
+        state = mine.locator(".state").inner_text()
+        assert state in ("handed off", "completed", "open")  # derived from its latest event
+        page.select_option("#state-filter select[name=state]", state)
+        page.locator("#state-filter").get_by_role("button", name="Filter").click()
+        page.wait_for_url("**/console/applications?state=*")
+        assert set(page.locator("#recent td.state").all_inner_texts()) == {state}
+        return mine.count() == 1
+
+    wait_until(filtered_by_its_state, timeout=15, what="the application listed under its state")
+    page.goto(f"{console.internal_url}/console/applications?state=failed")
+    assert page.locator(f"#recent tr[data-execution='{execution_id}']").count() == 0
+    assert set(page.locator("#recent td.state").all_inner_texts()) <= {"failed"}
+
+
+def test_resend_the_nip_from_an_application(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.NIP_VALIDATED)
+    sign_in(page, console)
+    page.wait_for_url("**/console/")
+    page.goto(f"{console.internal_url}/console/applications/{execution_id}")
+    page.locator("#resend-nip").get_by_role("button", name="Resend NIP").click()
+    page.wait_for_url(f"**/console/applications/{execution_id}")
+    flash = page.get_by_role("status").inner_text()
+    assert flash.startswith("NIP resend queued as ")
+    command_id = flash.removeprefix("NIP resend queued as ").rstrip(".")
+    assert commands_api.command_result(bridge.redis, command_id) is not None  # the same command job
+    [audit] = [a for a in operator_actions(bridge) if a["data"]["action"] == "nip.resend"][-1:]
+    assert audit["execution_id"] == execution_id
+    assert audit["data"] == {
+        "actor": f"key:{key_id(INTERNAL_KEY)}",
+        "action": "nip.resend",
+        "target": execution_id,
+        "outcome": "queued",
+    }
+    answer = page.request.post(
+        f"{console.internal_url}/console/applications/no-such-execution/resend-nip",
+        form={"csrf": "forged"},
+        max_redirects=0,
+    )
+    assert answer.status == 403
+
+
+def test_list_and_replay_a_consumer_dead_event(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    event = Event(
+        type=T.NIP_SENT,
+        execution_id="exec-dead-1",
+        data={"date": "2026-12-06T05:00:00Z", "link_id": "LINK-SECRET-1"},
+    )
+    fields: dict[Any, Any] = {
+        "original_stream": bridge.settings.events_stream, "original_id": "1-0", "group": "crm",
+        "consumer": "crm-1", "type": event.type, "execution_id": "exec-dead-1", "event": event.to_json(),
+        "reason": "delivered 5 times without ack", "deliveries": 6,
+    }  # fmt: skip
+    entry = bytes(bridge.redis.xadd(keys.DEAD_LETTER_STREAM, fields)).decode()  # type: ignore[arg-type]
+
+    sign_in(page, console)
+    page.wait_for_url("**/console/")
+    page.click("text=Dead events")
+    row = page.locator(f"#dead-events tr[data-entry='{entry}']")
+    text = row.inner_text()
+    for expected in ("crm", "delivered 5 times without ack", "6", "nip.sent", "exec-dead-1"):
+        assert expected in text
+    assert "LINK-SECRET-1" not in page.content()  # never the event itself
+    row.get_by_role("button", name="Replay").click()
+    assert page.get_by_role("status").inner_text() == f"Replayed {entry}."
+    assert row.count() == 0
+    back = [f for _, f in bridge.redis.xrevrange(bridge.settings.events_stream, count=50)]
+    assert any(Event.from_json(f[b"event"]) == event for f in back if f.get(b"type") == b"nip.sent")
+    [audit] = [a for a in operator_actions(bridge) if a["data"]["target"] == entry]
+    assert (audit["execution_id"], audit["data"]["action"], audit["data"]["outcome"]) == (
+        "exec-dead-1",
+        "dead_event.replay",
+        "done",
+    )
+
+
+SCREENSHOTS = ("overview", "application", "dead-letters")
+
+
+def test_screenshots_of_the_main_pages(bridge: Bridge, console: ServerThread, page: Any) -> None:
+    """The pages docs/images/console-*.png show, over a run with a dead letter; kept in
+    artifacts/browser/ (``make console-screenshots`` copies them into docs/images/)."""
+    bridge.kompliant_faults(fail_next=1000, fail_status=400, fail_retry_after=None)
+    execution_id = approved_run(bridge)
+    bridge.wait_types(execution_id, T.WORKFLOO_COMPLETED, T.ACTION_FAILED)
+    bridge.reset_faults()
+    sign_in(page, console)
+    page.wait_for_url("**/console/")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    urls = {
+        "overview": "/console/",
+        "application": f"/console/applications/{execution_id}",
+        "dead-letters": "/console/dead-letters",
+    }
+    rows = page.locator("#dead-letters tr", has_text=execution_id)
+
+    def listed() -> bool:
+        page.goto(f"{console.internal_url}/console/dead-letters")
+        return rows.count() >= 1
+
+    wait_until(listed, timeout=15, what="the execution's dead letters listed")
+    for name in SCREENSHOTS:
+        page.goto(f"{console.internal_url}{urls[name]}")
+        shot = ARTIFACTS / f"console-{name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "López" not in page.content() and "@example.com" not in page.content()
+    page.goto(f"{console.internal_url}/console/dead-letters")
+    page.locator("#replay-all").get_by_role("button", name="Replay all").click()  # leave none behind
+    bridge.wait_types(execution_id, T.KOMPLIANT_WORKFLOW_STARTED)

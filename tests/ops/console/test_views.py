@@ -53,3 +53,20 @@ def test_without_internal_keys_nobody_signs_in_not_even_with_a_forged_cookie(
         f"{server.url}/console/dead-letters", cookies={"bridge_console": forged}, follow_redirects=False
     )
     assert (answer.status_code, answer.headers["location"]) == (303, "/console/login")
+
+
+def test_an_applications_state_follows_its_latest_event_operators_aside(redis_client: redis.Redis) -> None:
+    from workers.core.events import EventType as T
+
+    settings = load_settings()
+    stream = settings.events_stream
+    for execution_id, types in {
+        "e-open": [T.APPLICATION_STARTED, T.NIP_SENT],
+        "e-handed": [T.WORKFLOO_COMPLETED, T.KOMPLIANT_WORKFLOW_STARTED, T.OPERATOR_ACTION],
+        "e-failed": [T.APPLICATION_STARTED, T.ACTION_FAILED],
+    }.items():
+        for event_type in types:
+            redis_client.xadd(stream, {"type": event_type.value, "execution_id": execution_id, "event": "{}"})
+    states = {a["execution_id"]: a["state"] for a in views.recent_applications(redis_client, settings)}
+    assert states == {"e-open": "open", "e-handed": "handed off", "e-failed": "failed"}
+    assert views.state_of(T.WORKFLOO_COMPLETED) == "completed" and views.state_of("unknown") == "open"

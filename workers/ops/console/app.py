@@ -28,12 +28,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from workers.core import keys
 from workers.core.events import Event, EventType
 from workers.core.log import get_logger
 from workers.core.redis_client import redis_from_settings
 from workers.core.settings import Settings
-from workers.fanout import webhooks
+from workers.fanout import dead_events, webhooks
 from workers.fanout.publisher import Publisher
+from workers.jobs import api as commands_api
 from workers.ops.console import views
 from workers.runtime import dead_letters
 
@@ -167,8 +169,20 @@ class Console:
             found = await run_in_threadpool(views.find_application, self.client, query)
             if found:
                 return RedirectResponse(f"{MOUNT_PATH}/applications/{found}", status_code=303)
+        state = request.query_params.get("state", "")
+        state = state if state in views.STATES else ""
         recent = await run_in_threadpool(views.recent_applications, self.client, self.settings)
-        return self.render(request, "applications.html", recent=recent, query=query, not_found=bool(query))
+        if state:
+            recent = [a for a in recent if a["state"] == state]
+        return self.render(
+            request,
+            "applications.html",
+            recent=recent,
+            query=query,
+            not_found=bool(query),
+            states=views.STATES,
+            state=state,
+        )
 
     async def application(self, request: Request) -> Response:
         self._signed_in(request)
@@ -210,6 +224,71 @@ class Console:
         target = back if back.startswith(f"{MOUNT_PATH}/") else f"{MOUNT_PATH}/dead-letters"
         return RedirectResponse(target, status_code=303)
 
+    async def replay_all(self, request: Request) -> Response:
+        actor = self._signed_in(request)
+        await self.checked_form(request)
+
+        def act() -> list[str]:
+            queue = self.settings.bridge_queue
+            letters = dead_letters.list_dead_letters(self.client, queue)
+            execution_of = {d.job_id: d.execution_id for d in letters}
+            done = dead_letters.replay_all(self.client, queue)
+            for job_id in done:
+                self.audit(actor, "dead_letter.replay_all", job_id, "done", execution_of.get(job_id))
+            if not done:
+                self.audit(actor, "dead_letter.replay_all", queue, "none", None)
+            return done
+
+        done = await run_in_threadpool(act)
+        request.session["flash"] = f"Replayed {len(done)} dead letters."
+        return RedirectResponse(f"{MOUNT_PATH}/dead-letters", status_code=303)
+
+    async def resend_nip(self, request: Request) -> Response:
+        actor = self._signed_in(request)
+        await self.checked_form(request)
+        execution_id = request.path_params["execution_id"]
+
+        def act() -> str | None:
+            if not self.client.exists(keys.timeline(execution_id)):
+                return None
+            command_id = commands_api.resend_nip(self.client, execution_id, settings=self.settings)
+            self.audit(actor, "nip.resend", execution_id, "queued", execution_id)
+            return command_id
+
+        command_id = await run_in_threadpool(act)
+        if command_id is None:
+            raise HTTPException(404, "no such application")
+        request.session["flash"] = f"NIP resend queued as {command_id}."
+        return RedirectResponse(f"{MOUNT_PATH}/applications/{execution_id}", status_code=303)
+
+    async def dead_events_page(self, request: Request) -> Response:
+        self._signed_in(request)
+        entries = await run_in_threadpool(views.dead_event_list, self.client)
+        return self.render(request, "dead_events.html", entries=entries)
+
+    async def dead_event_replay(self, request: Request) -> Response:
+        actor = self._signed_in(request)
+        await self.checked_form(request)
+        entry_id = request.path_params["entry_id"]
+
+        def act() -> str:
+            found = dead_events.list_dead_events(self.client, count=views.DEAD_EVENTS_SHOWN)
+            execution_id = next((e.execution_id for e in found if e.entry_id == entry_id), None)
+            try:
+                dead_events.replay(self.client, self.settings, entry_id)
+            except (LookupError, redis.ResponseError):
+                outcome = "not_found"
+            else:
+                outcome = "done"
+            self.audit(actor, "dead_event.replay", entry_id, outcome, execution_id or None)
+            return outcome
+
+        outcome = await run_in_threadpool(act)
+        request.session["flash"] = (
+            f"Replayed {entry_id}." if outcome == "done" else f"{entry_id} cannot be replayed."
+        )
+        return RedirectResponse(f"{MOUNT_PATH}/dead-events", status_code=303)
+
     async def subscribers_page(self, request: Request) -> Response:
         self._signed_in(request)
         found = await run_in_threadpool(views.subscribers, self.client, self.settings)
@@ -242,7 +321,11 @@ class Console:
             Route("/applications", self.applications, methods=["GET"]),
             Route("/applications/{execution_id}", self.application, methods=["GET"]),
             Route("/dead-letters", self.dead_letters_page, methods=["GET"]),
+            Route("/dead-letters/replay-all", self.replay_all, methods=["POST"]),
             Route("/dead-letters/{job_id}/replay", self.replay, methods=["POST"]),
+            Route("/applications/{execution_id}/resend-nip", self.resend_nip, methods=["POST"]),
+            Route("/dead-events", self.dead_events_page, methods=["GET"]),
+            Route("/dead-events/{entry_id}/replay", self.dead_event_replay, methods=["POST"]),
             Route("/subscribers", self.subscribers_page, methods=["GET"]),
             Route("/subscribers/{key}/{action:str}", self.subscriber_action, methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

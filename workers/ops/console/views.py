@@ -16,13 +16,39 @@ from workers.core import keys
 from workers.core.events import EventType
 from workers.core.settings import Settings
 from workers.core.timeline import read_timeline
-from workers.fanout import webhooks
+from workers.fanout import dead_events, webhooks
 from workers.jobs import api as commands_api
 from workers.ops.status import collect_status
 from workers.runtime import dead_letters
 
 RECENT_SCAN = 500
 """Stream entries read (newest first) to list recent applications."""
+
+DEAD_EVENTS_SHOWN = 200
+"""Most recent entries of the consumers' dead-letter stream the console lists."""
+
+STATES = ("open", "handed off", "completed", "failed", "forgotten")
+"""What the applications page filters by, derived from an application's latest event type."""
+
+_STATE_OF: dict[str, str] = {
+    EventType.WORKFLOO_COMPLETED: "completed",
+    EventType.KOMPLIANT_WORKFLOW_CREATED: "handed off",
+    EventType.KOMPLIANT_WORKFLOW_STARTED: "handed off",
+    EventType.WORKFLOO_FAILED: "failed",
+    EventType.WORKFLOO_ABANDONED: "failed",
+    EventType.NIP_FAILED: "failed",
+    EventType.ACTION_FAILED: "failed",
+    EventType.JOB_DEAD_LETTERED: "failed",
+    EventType.KOMPLIANT_WORKFLOW_REJECTED: "failed",
+    EventType.KOMPLIANT_WORKFLOW_CONFLICT: "failed",
+    EventType.APPLICATION_FORGOTTEN: "forgotten",
+}
+
+
+def state_of(event_type: str) -> str:
+    """The state an application's latest event type puts it in (anything not listed: open)."""
+    return _STATE_OF.get(event_type, "open")
+
 
 _REDACTIONS = [
     re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"),  # e-mail
@@ -51,18 +77,21 @@ def overview(client: redis.Redis, settings: Settings) -> dict[str, Any]:
 
 
 def recent_applications(client: redis.Redis, settings: Settings, limit: int = 50) -> list[dict[str, Any]]:
-    """Executions seen in the newest stream entries, newest first, with their latest event type."""
+    """Executions seen in the newest stream entries, newest first, with their latest event type (an
+    operator's action aside) and the state it puts them in."""
     seen: dict[str, dict[str, Any]] = {}
     entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(  # type: ignore[assignment]
         settings.events_stream, count=RECENT_SCAN
     )
     for entry_id, fields in entries:
         execution_id = _text(fields.get(b"execution_id", b""))
-        if not execution_id or execution_id in seen:
+        event_type = _text(fields.get(b"type", b""))
+        if not execution_id or execution_id in seen or event_type == EventType.OPERATOR_ACTION:
             continue
         seen[execution_id] = {
             "execution_id": execution_id,
-            "last_event": _text(fields.get(b"type", b"")),
+            "last_event": event_type,
+            "state": state_of(event_type),
             "entry_id": _text(entry_id),
         }
         if len(seen) >= limit:
@@ -136,3 +165,21 @@ def subscribers(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]
             }
         )
     return found
+
+
+def dead_event_list(client: redis.Redis) -> list[dict[str, Any]]:
+    """The consumers' dead-letter stream, newest first: what ``events dead list`` shows (never the
+    event itself)."""
+    entries = dead_events.list_dead_events(client, count=DEAD_EVENTS_SHOWN)
+    return [
+        {
+            "entry_id": e.entry_id,
+            "group": e.group or "",
+            "reason": redact(e.reason or ""),
+            "deliveries": e.deliveries if e.deliveries is not None else "",
+            "type": e.type or "",
+            "execution_id": e.execution_id or "",
+            "replayable": e.replayable,
+        }
+        for e in reversed(entries)
+    ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.sandbox.supervisor import Supervisor, pid_alive
+from workers.sandbox.supervisor import Child, Supervisor, pid_alive
 from workers.sandbox.wait import WaitTimeout, holds_within, wait_http, wait_port, wait_until
 
 # A child that starts a grandchild (like an RQ worker forking a work horse) and prints both pids.
@@ -159,3 +159,17 @@ def test_children_get_sigterm_when_the_parent_is_killed(tmp_path: Path) -> None:
     driver.kill()
     driver.wait(timeout=10)
     assert _wait_gone(pids) == []
+
+
+def test_a_child_started_from_a_short_lived_thread_outlives_that_thread(tmp_path: Path) -> None:
+    """The parent-death signal follows the forking thread: a worker started by a test's kill loop was
+    SIGTERMed when the loop ended, and the stack was left with no worker (the 20-kill run stalled)."""
+    import threading
+
+    with Supervisor(log_dir=tmp_path) as supervisor:
+        started: list[Child] = []
+        thread = threading.Thread(target=lambda: started.append(supervisor.start("sleeper", ["sleep", "30"])))
+        thread.start()
+        thread.join()
+        time.sleep(0.5)
+        assert started[0].alive(), "the child died with the thread that started it"

@@ -17,8 +17,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -78,6 +80,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """preexec_fn: SIGTERM this child when the parent thread that started it dies (Linux only)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+_SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """One thread for the process's lifetime that starts children for other short-lived threads."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supervisor-spawn")
+        return _SPAWNER
 
 
 def child_popen_kwargs() -> dict[str, Any]:
@@ -156,15 +171,25 @@ class Supervisor:
             log = log_path.open("ab")
             out = log
         full_env = dict(os.environ if env is None else env)
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=cwd,
-            **child_popen_kwargs(),
-        )
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                **child_popen_kwargs(),
+            )
+
+        # The kernel's parent-death signal follows the *thread* that forked the child: a child started from
+        # a short-lived thread (a test's kill loop) was SIGTERMed when that thread ended. Such starts go
+        # through one long-lived spawner thread instead.
+        if threading.current_thread() is threading.main_thread():
+            process = spawn()
+        else:
+            process = _spawner().submit(spawn).result()
         child = Child(name=name, argv=list(argv), process=process, log_path=log_path, _log=log)
         self.children.append(child)
         return child
